@@ -1,0 +1,434 @@
+"""Datasets as tensors in [-1, 1]: images ``[N, C, H, W]`` (C = 1 or 3), points ``[N, D]``.
+
+``load_dataset`` reads a named dataset (bundled with scikit-learn / scikit-image, the Debian package
+``dataset-fashion-mnist``, or a 2-D toy generated from ``seed``) or a path (a folder of images, a folder of
+IDX files, ``.npy``, ``.npz``, ``.pt``/``.pth``, ``.safetensors``). Nothing is downloaded. Every problem is a
+one-line ``ValueError`` naming the dataset or path; ``check_data`` applies the same checks to any tensor.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DATASETS = ("digits", "faces", "fashion-mnist", "moons", "spiral", "checkerboard", "circles", "gmm", "swiss-roll")
+TOYS = ("moons", "spiral", "checkerboard", "circles", "gmm", "swiss-roll")
+_ALIASES = {"fmnist": "fashion-mnist", "swissroll": "swiss-roll"}
+_IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+_ARRAY_KEYS = ("x", "X", "data", "images", "samples")
+_LABEL_KEYS = ("labels", "y", "targets")
+_FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+def _one_line(text: object, width: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[:width] + "..."
+
+
+def _is_pos_int(v: object) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+
+
+def is_image(X: torch.Tensor) -> bool:
+    """True for image data ``[N, C, H, W]``, False for points ``[N, D]``."""
+    return X.ndim == 4
+
+
+def check_data(X: torch.Tensor, *, name: str = "data") -> torch.Tensor:
+    """Validate a dataset tensor and return it as contiguous float32.
+
+    Requires a floating tensor ``[N, D]`` or ``[N, C, H, W]`` with N >= 1, no empty dimension, finite values
+    within [-1, 1] (1e-6 slack). Raises a one-line ``ValueError`` starting with ``name`` otherwise.
+    """
+    if not isinstance(X, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, got {type(X).__name__}")
+    if not X.is_floating_point():
+        raise ValueError(f"{name}: expected floating-point data, got {X.dtype}")
+    if X.ndim not in (2, 4):
+        raise ValueError(f"{name}: expected shape [N, D] or [N, C, H, W], got {list(X.shape)}")
+    if X.numel() == 0:
+        raise ValueError(f"{name}: data is empty (shape {list(X.shape)})")
+    X = X.to(torch.float32).contiguous()
+    bad = int((~torch.isfinite(X)).sum())
+    if bad:
+        raise ValueError(f"{name}: data contains NaN or inf values ({bad} entries)")
+    lo, hi = (float(v) for v in torch.aminmax(X))
+    if lo < -1 - 1e-6 or hi > 1 + 1e-6:
+        raise ValueError(f"{name}: values range from {lo:.4g} to {hi:.4g}, outside [-1, 1]")
+    return X
+
+
+# ---------------------------------------------------------------- arrays (npy, npz, pt, safetensors, IDX)
+
+def _value_range(a: np.ndarray | torch.Tensor) -> tuple[float, float, int]:
+    """(min, max, count of non-finite entries) of the whole array, read in row chunks (memmap-friendly)."""
+    lo, hi, bad = math.inf, -math.inf, 0
+    step = max(1, (1 << 22) // max(1, math.prod(a.shape[1:])))
+    for i in range(0, a.shape[0], step):
+        c = a[i:i + step]
+        c = torch.from_numpy(np.array(c, dtype=np.float32)) if isinstance(c, np.ndarray) else c.float()
+        finite = torch.isfinite(c)
+        bad += int((~finite).sum())
+        c = c[finite]
+        if c.numel():
+            lo, hi = min(lo, float(c.min())), max(hi, float(c.max()))
+    return lo, hi, bad
+
+
+def _to_tensor(a: np.ndarray | torch.Tensor, *, limit: int | None, name: str) -> torch.Tensor:
+    """Array of any supported layout/dtype -> float32 ``[N, D]`` or ``[N, C, H, W]`` in [-1, 1].
+
+    uint8 maps by ``/127.5 - 1``; float data within [0, 1] by ``*2 - 1`` (decided on the whole array, so the
+    mapping does not depend on ``limit``); other data within [-1, 1] is kept; anything else is an error.
+    """
+    shape = list(a.shape)
+    if a.ndim < 2 or a.ndim > 4:
+        raise ValueError(f"{name}: expected an array [N, D], [N, H, W], [N, C, H, W] or [N, H, W, C], "
+                         f"got shape {shape}")
+    if a.shape[0] == 0 or 0 in a.shape:
+        raise ValueError(f"{name}: array is empty (shape {shape})")
+    if a.ndim == 4 and a.shape[1] not in (1, 3) and a.shape[-1] not in (1, 3):
+        raise ValueError(f"{name}: image arrays need 1 or 3 channels (first or last), got shape {shape}")
+    if isinstance(a, np.ndarray):
+        is_uint8, is_numeric = a.dtype == np.uint8, a.dtype.kind in "iuf"
+    else:
+        is_uint8, is_numeric = a.dtype == torch.uint8, not (a.is_complex() or a.dtype == torch.bool)
+    if not is_numeric:
+        raise ValueError(f"{name}: unsupported dtype {a.dtype}; expected uint8 or floating-point data")
+    scale = None
+    if not is_uint8:
+        lo, hi, bad = _value_range(a)
+        if bad:
+            raise ValueError(f"{name}: data contains NaN or inf values ({bad} entries)")
+        if lo >= 0 and hi <= 1:
+            scale = "unit"
+        elif lo < -1 - 1e-6 or hi > 1 + 1e-6:
+            raise ValueError(f"{name}: values range from {lo:.4g} to {hi:.4g}; data must lie in [-1, 1] or "
+                             "[0, 1], or be uint8 (it is not rescaled silently)")
+    a = a[:limit] if limit is not None else a
+    if isinstance(a, np.ndarray):
+        a = torch.from_numpy(np.array(a, dtype=np.uint8 if is_uint8 else np.float32))
+    X = a.to(torch.float32)
+    X = X / 127.5 - 1 if is_uint8 else (X * 2 - 1 if scale == "unit" else X.clamp(-1, 1))
+    if X.ndim == 3:
+        X = X[:, None]
+    elif X.ndim == 4 and X.shape[1] not in (1, 3):
+        X = X.permute(0, 3, 1, 2)  # channels-last [N, H, W, C] -> [N, C, H, W]
+    return X.contiguous()
+
+
+def _pick(arrays: dict, name: str, keys: tuple[str, ...] = _ARRAY_KEYS, *, required: bool = True):
+    for key in keys:
+        if key in arrays:
+            return arrays[key]
+    if required and len(arrays) == 1:
+        return next(iter(arrays.values()))
+    if required:
+        found = ", ".join(map(str, arrays)) or "none"
+        raise ValueError(f"{name}: cannot tell which array holds the data; expected one of keys "
+                         f"{', '.join(_ARRAY_KEYS)} or a single array, found keys: {found}")
+    return None
+
+
+def _load_array_file(path: Path, name: str) -> tuple[np.ndarray | torch.Tensor, object]:
+    """Read ``path`` -> (data array, labels array or None)."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return np.load(path, mmap_mode="r", allow_pickle=False), None
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        elif suffix in (".pt", ".pth"):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(obj, torch.Tensor):
+                return obj, None
+            if not isinstance(obj, dict):
+                raise ValueError(f"expected a tensor or a dict of tensors, found {type(obj).__name__}")
+            arrays = obj
+        else:
+            try:
+                from safetensors.torch import load_file
+            except ImportError:
+                raise ValueError(f"{name}: reading .safetensors needs safetensors: pip install 'boneless-flow[data]'")
+            arrays = load_file(str(path))
+    except ValueError as e:
+        if str(e).startswith(name):
+            raise
+        raise ValueError(f"{name}: cannot read file: {_one_line(e)}") from e
+    except Exception as e:  # corrupt or foreign files: numpy, torch and safetensors raise many types
+        raise ValueError(f"{name}: cannot read file: {_one_line(e) or type(e).__name__}") from e
+    return _pick(arrays, name), _pick(arrays, name, _LABEL_KEYS, required=False)
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    for cand in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        if (folder / cand).is_file():
+            return folder / cand
+    return None
+
+
+def _has_idx(folder: Path) -> bool:
+    return any(_idx_file(folder, f"{p}-images-idx3-ubyte") for p in ("train", "t10k"))
+
+
+def _read_idx(path: Path, *, limit: int | None = None) -> np.ndarray:
+    """Parse an IDX file (optionally gzipped): magic 0 0 dtype ndim, big-endian int32 dims, then the data."""
+    dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            magic = f.read(4)
+            if len(magic) < 4 or magic[:2] != b"\0\0" or magic[2] not in dtypes or magic[3] == 0:
+                raise ValueError("bad IDX magic number")
+            dims = [int(d) for d in np.frombuffer(f.read(4 * magic[3]), dtype=">i4")]
+            if len(dims) != magic[3] or min(dims) < 0:
+                raise ValueError("bad IDX header")
+            n = dims[0] if limit is None else min(limit, dims[0])
+            dtype = np.dtype(dtypes[magic[2]])
+            count = n * math.prod(dims[1:])
+            buf = f.read(count * dtype.itemsize)
+    except (OSError, EOFError, ValueError, IndexError) as e:
+        raise ValueError(f"{path}: cannot read IDX file: {_one_line(e)}") from e
+    if len(buf) != count * dtype.itemsize:
+        raise ValueError(f"{path}: IDX file is truncated")
+    return np.frombuffer(buf, dtype=dtype).astype(dtype.newbyteorder("="), copy=True).reshape([n, *dims[1:]])
+
+
+def _load_idx_folder(folder: Path, split: str, limit: int | None, name: str):
+    prefix = "train" if split == "train" else "t10k"
+    images = _idx_file(folder, f"{prefix}-images-idx3-ubyte")
+    if images is None:
+        raise ValueError(f"{name}: no {prefix}-images-idx3-ubyte[.gz] in {folder} (split={split!r})")
+    X = _to_tensor(_read_idx(images, limit=limit), limit=None, name=name)
+    labels_file = _idx_file(folder, f"{prefix}-labels-idx1-ubyte")
+    if labels_file is None:
+        return X, None
+    labels = torch.from_numpy(_read_idx(labels_file, limit=limit).astype(np.int64)).reshape(-1)
+    if len(labels) != len(X):
+        raise ValueError(f"{name}: {len(X)} images but {len(labels)} labels in {folder}")
+    return X, labels
+
+
+# ---------------------------------------------------------------- image folders
+
+def _resize_crop(h: int, w: int, size: int) -> tuple[int, int, int, int]:
+    """Size after resizing the short side to ``size`` (as torchvision's Resize), then the centre crop's top, left."""
+    nh, nw = (size, max(size, int(size * w / h))) if h <= w else (max(size, int(size * h / w)), size)
+    return nh, nw, int(round((nh - size) / 2)), int(round((nw - size) / 2))
+
+
+def _load_image_folder(folder: Path, *, size: int, limit: int | None, name: str) -> torch.Tensor:
+    """Folder of images -> ``[N, C, size, size]``: Resize(short side = size) then CenterCrop(size)."""
+    from PIL import Image
+
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _IMAGE_EXTS)
+    if not files:
+        raise ValueError(f"{name}: folder has no image files ({', '.join(_IMAGE_EXTS)})")
+    arrays, gray, skipped = [], [], []
+    for p in files:
+        if limit is not None and len(arrays) >= limit:
+            break
+        try:
+            with Image.open(p) as img:
+                img.load()
+                is_gray = img.mode in ("1", "L", "LA", "I", "F") or img.mode.startswith("I;16")
+                img = img.convert("L" if is_gray else "RGB")
+        except Exception:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+            skipped.append(p.name)
+            continue
+        nh, nw, top, left = _resize_crop(img.height, img.width, size)
+        img = img.resize((nw, nh), Image.BICUBIC)
+        arrays.append(np.asarray(img.crop((left, top, left + size, top + size))))
+        gray.append(is_gray)
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        warnings.warn(f"skipped {len(skipped)} unreadable file(s): {shown}", stacklevel=3)
+    if not arrays:
+        raise ValueError(f"{name}: no readable images ({len(skipped)} unreadable file(s))")
+    if all(gray):
+        X = np.stack(arrays)[:, None]
+    else:
+        X = np.stack([np.repeat(a[..., None], 3, axis=-1) if g else a for a, g in zip(arrays, gray)])
+        X = X.transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(X)).to(torch.float32) / 127.5 - 1
+
+
+def _resize(X: torch.Tensor, size: int) -> torch.Tensor:
+    """``[N, C, H, W]`` -> ``[N, C, size, size]``: bilinear antialiased resize of the short side, centre crop."""
+    h, w = X.shape[-2:]
+    if h == w == size:
+        return X
+    nh, nw, top, left = _resize_crop(h, w, size)
+    X = F.interpolate(X, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+    return X[..., top:top + size, left:left + size].clamp(-1, 1).contiguous()
+
+
+# ---------------------------------------------------------------- bundled datasets and 2-D toys
+
+def _digits(name: str):
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ValueError("dataset 'digits' needs scikit-learn: pip install 'boneless-flow[data]'") from None
+    d = load_digits()
+    X = torch.from_numpy(d.images).to(torch.float32)[:, None] / 8 - 1  # values 0..16
+    return X, torch.from_numpy(d.target).to(torch.int64)
+
+
+def _faces(size: int | None):
+    try:
+        from skimage.data import lfw_subset
+    except ImportError:
+        raise ValueError("dataset 'faces' needs scikit-image: pip install 'boneless-flow[data]'") from None
+    faces = lfw_subset()[:100].astype(np.float32)  # floats in [0, 1]; the first 100 of 200 are faces
+    if size is not None and size != faces.shape[-1]:
+        from PIL import Image
+
+        faces = np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.LANCZOS)) for f in faces])
+    X = torch.from_numpy(np.clip(faces, 0, 1))[:, None] * 2 - 1
+    return X, None
+
+
+def _toy(kind: str, n: int, seed: int):
+    """2-D toy ``[n, 2]`` within [-1, 1] and its labels (component ids, or None)."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(n, generator=g)
+    noise = torch.randn(n, 2, generator=g)
+    labels = None
+    if kind == "moons":
+        labels = torch.randint(0, 2, (n,), generator=g)
+        th = u * math.pi
+        outer = torch.stack([th.cos(), th.sin()], 1)
+        inner = torch.stack([1 - th.cos(), 0.5 - th.sin()], 1)
+        x = (torch.where(labels[:, None] == 0, outer, inner) - torch.tensor([0.5, 0.25]) + 0.05 * noise) * 0.6
+    elif kind == "spiral":
+        labels = torch.randint(0, 2, (n,), generator=g)
+        th = u.sqrt() * 3 * math.pi
+        x = 0.9 * th[:, None] / (3 * math.pi) * torch.stack([(th + labels * math.pi).cos(),
+                                                              (th + labels * math.pi).sin()], 1) + 0.02 * noise
+    elif kind == "checkerboard":
+        x1 = u * 4 - 2
+        x2 = torch.rand(n, generator=g) - torch.randint(0, 2, (n,), generator=g) * 2 + torch.floor(x1) % 2
+        x = torch.stack([x1, x2], 1) / 2
+    elif kind == "circles":
+        labels = torch.randint(0, 2, (n,), generator=g)
+        r = torch.where(labels == 0, 0.9, 0.45)
+        x = r[:, None] * torch.stack([(2 * math.pi * u).cos(), (2 * math.pi * u).sin()], 1) + 0.02 * noise
+    elif kind == "gmm":
+        labels = torch.randint(0, 8, (n,), generator=g)
+        phi = labels * (2 * math.pi / 8)
+        x = 0.7 * torch.stack([phi.cos(), phi.sin()], 1) + 0.05 * noise
+    else:  # swiss-roll: t cos t, t sin t for t in [1.5 pi, 4.5 pi]
+        t = 1.5 * math.pi * (1 + 2 * u)
+        x = 0.95 * t[:, None] / (4.5 * math.pi) * torch.stack([t.cos(), t.sin()], 1) + 0.01 * noise
+    return x.to(torch.float32).clamp(-1, 1), None if labels is None else labels.to(torch.int64)
+
+
+# ---------------------------------------------------------------- entry point
+
+def load_dataset(name_or_path: str | os.PathLike, *, split: Literal["train", "test"] = "train",
+                 limit: int | None = None, size: int | None = None, n: int | None = None, seed: int = 0,
+                 with_labels: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+    """Load a dataset as float32 CPU tensor in [-1, 1]: images ``[N, C, H, W]`` (C = 1 or 3) or points ``[N, D]``.
+
+    Args:
+        name_or_path: one of ``DATASETS`` (case-insensitive; ``_`` works for ``-``, also ``fmnist``), or a path:
+            a folder of images, a folder of IDX files (``train-images-idx3-ubyte[.gz]``, Fashion-MNIST layout),
+            ``.npy``, ``.npz``, ``.pt``/``.pth`` or ``.safetensors``. A ``str`` is a name first; pass a
+            ``Path`` (or ``./name``) for a folder that shares a dataset's name. Array files hold ``[N, D]``,
+            ``[N, H, W]``, ``[N, C, H, W]`` or ``[N, H, W, C]`` (C in {1, 3}); in ``.npz``/``.pt``/``.safetensors``
+            the data is under ``x``, ``X``, ``data``, ``images`` or ``samples`` (or is the only array), labels
+            under ``labels``, ``y`` or ``targets``. Values: uint8 -> ``/127.5 - 1``; floats within [0, 1] ->
+            ``*2 - 1`` (so [-1, 1] data that happens to be all >= 0 is rescaled too); other floats within
+            [-1, 1] kept; anything else is an error, never silently rescaled.
+        split: ``"test"`` exists only for Fashion-MNIST and IDX folders; other sources raise for it.
+        limit: keep the first ``limit`` examples (after generation, before resizing).
+        size: image side. Image folders: short side resized (bicubic) to ``size`` then centre-cropped,
+            default 64. ``faces``: Lanczos resize. Other images: bilinear antialiased resize of the short side +
+            centre crop, only when ``size`` differs from the native size. Ignored for point data.
+        n: number of points of a 2-D toy (default 2000); an error for other datasets (use ``limit``).
+        seed: seed of the toy's own ``torch.Generator`` (global RNG untouched).
+        with_labels: also return int64 labels ``[N]`` (None where the source has none).
+
+    Raises:
+        ValueError: one line naming the dataset/path and the problem.
+    """
+    display = str(name_or_path)
+    if not display.strip():
+        raise ValueError("dataset name or path is empty")
+    if split not in ("train", "test"):
+        raise ValueError(f"{display}: split must be 'train' or 'test', got {split!r}")
+    for opt, v in (("limit", limit), ("size", size), ("n", n)):
+        if v is not None and not _is_pos_int(v):
+            raise ValueError(f"{display}: {opt} must be a positive integer, got {v!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise ValueError(f"{display}: seed must be an integer, got {seed!r}")
+    key = display.strip().lower().replace("_", "-")
+    key = _ALIASES.get(key, key)
+    labels, sized = None, False  # sized: already at the requested size
+    if isinstance(name_or_path, str) and key in DATASETS:
+        name = key
+        if n is not None and key not in TOYS:
+            raise ValueError(f"{name}: n sets the size of the 2-D toys ({', '.join(TOYS)}); use limit= instead")
+        if split == "test" and key != "fashion-mnist":
+            raise ValueError(f"{name}: has no test split (only fashion-mnist and IDX folders do)")
+        if key == "digits":
+            X, labels = _digits(name)
+        elif key == "faces":
+            X, labels, sized = *_faces(size), True
+        elif key == "fashion-mnist":
+            folder = Path(os.environ.get("BONELESS_FASHION_MNIST") or _FMNIST_DIR)
+            if not _has_idx(folder):
+                raise ValueError(f"Fashion-MNIST not found in {folder}: install the Debian package "
+                                 "dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or point "
+                                 "BONELESS_FASHION_MNIST at a folder of IDX files")
+            X, labels = _load_idx_folder(folder, split, limit, name)
+        else:
+            X, labels = _toy(key, 2000 if n is None else int(n), int(seed))
+    else:
+        name = display
+        path = Path(name_or_path).expanduser()
+        if not path.exists():
+            if isinstance(name_or_path, str) and not any(c in display for c in "/\\.") and display:
+                raise ValueError(f"unknown dataset {display!r}: known names are {', '.join(DATASETS)}, "
+                                 "or give a path to a folder of images, .npy, .npz, .pt or .safetensors")
+            raise ValueError(f"{display}: no such file or folder")
+        if n is not None:
+            raise ValueError(f"{name}: n sets the size of the 2-D toys ({', '.join(TOYS)}); use limit= instead")
+        is_idx = path.is_dir() and _has_idx(path)
+        if split == "test" and not is_idx:
+            raise ValueError(f"{name}: has no test split (only fashion-mnist and IDX folders do)")
+        if is_idx:
+            X, labels = _load_idx_folder(path, split, limit, name)
+        elif path.is_dir():
+            X = _load_image_folder(path, size=64 if size is None else int(size), limit=limit, name=name)
+            sized = True
+        elif path.suffix.lower() in (".npy", ".npz", ".pt", ".pth", ".safetensors"):
+            data, raw_labels = _load_array_file(path, name)
+            X = _to_tensor(data, limit=limit, name=name)
+            if raw_labels is not None:
+                if raw_labels.ndim != 1 or len(raw_labels) != len(data):
+                    raise ValueError(f"{name}: labels must have shape [{len(data)}], got {list(raw_labels.shape)}")
+                labels = raw_labels[:limit]
+                labels = labels.to(torch.int64) if isinstance(labels, torch.Tensor) else torch.from_numpy(
+                    np.array(labels, dtype=np.int64))
+        else:
+            raise ValueError(f"{name}: unsupported file type {path.suffix or '(none)'!r}; expected a folder of "
+                             "images, .npy, .npz, .pt, .pth or .safetensors")
+    if limit is not None:
+        X = X[:limit]
+        labels = None if labels is None else labels[:limit]
+    if size is not None and X.ndim == 4 and not sized:
+        X = _resize(X, int(size))
+    X = check_data(X, name=name)
+    return (X, labels) if with_labels else X
