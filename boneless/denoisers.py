@@ -1,0 +1,162 @@
+"""Denoisers: the one protocol ``denoiser(x, alpha, sigma) -> x0_hat`` and the exact empirical denoiser.
+
+``x`` is ``[B, *shape]``; ``alpha`` and ``sigma`` are Python floats or tensors of shape ``[B]``; the result
+estimates ``E[x0 | x_t = x]`` for ``x_t = alpha x0 + sigma eps``. Everything else is a formula of ``x0_hat``
+(SPEC §3): see :func:`eps_from_x0`, :func:`score_from_x0`, :func:`velocity_from_x0`.
+
+``DENOISERS`` maps a name to a class constructible as ``cls(X)``; every sampler, metric and command works
+with any of them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from .bank import Bank, Stats
+from .data import check_data
+
+Coef = float | torch.Tensor
+
+
+def per_sample(value: Coef, batch: int, name: str, *, signed: bool = False) -> torch.Tensor:
+    """``alpha`` or ``sigma`` as a float64 tensor [B], checked finite (and non-negative unless ``signed``)."""
+    v = torch.as_tensor(value, dtype=torch.float64).detach().cpu()
+    if v.ndim == 0:
+        v = v.expand(batch)
+    if v.shape != (batch,):
+        raise ValueError(f"{name} must be a float or a tensor of shape [{batch}], got shape {list(v.shape)}")
+    if not bool(torch.isfinite(v).all()) or (not signed and bool((v < 0).any())):
+        raise ValueError(f"{name} must be finite" + ("" if signed else " and >= 0"))
+    return v.clone()
+
+
+def _expand(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return c.to(x.device, x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def eps_from_x0(x: torch.Tensor, x0_hat: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
+    """Noise prediction ``eps = (x - alpha x0_hat) / sigma``."""
+    a, s = per_sample(alpha, len(x), "alpha"), per_sample(sigma, len(x), "sigma")
+    return (x - _expand(a, x) * x0_hat) / _expand(s, x)
+
+
+def score_from_x0(x: torch.Tensor, x0_hat: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
+    """Score ``grad log p_t(x) = (alpha x0_hat - x) / sigma^2`` (Tweedie's formula)."""
+    a, s = per_sample(alpha, len(x), "alpha"), per_sample(sigma, len(x), "sigma")
+    return (_expand(a, x) * x0_hat - x) / _expand(s * s, x)
+
+
+def velocity_from_x0(x: torch.Tensor, x0_hat: torch.Tensor, alpha: Coef, sigma: Coef, d_alpha: Coef,
+                     d_sigma: Coef) -> torch.Tensor:
+    """Flow velocity ``dx/dt = d_alpha x0_hat + d_sigma eps``."""
+    da = per_sample(d_alpha, len(x), "d_alpha", signed=True)
+    ds = per_sample(d_sigma, len(x), "d_sigma", signed=True)
+    return _expand(da, x) * x0_hat + _expand(ds, x) * eps_from_x0(x, x0_hat, alpha, sigma)
+
+
+class Posterior(NamedTuple):
+    """The posterior over training examples for ``B`` queries.
+
+    ``x0_hat`` [B, *shape] its mean; ``indices`` [B, k] and ``weights`` [B, k] the top-k examples;
+    ``entropy`` [B] in nats; ``n_eff`` [B] the effective number of examples ``1 / sum_i p_i^2``.
+    """
+
+    x0_hat: torch.Tensor
+    indices: torch.Tensor
+    weights: torch.Tensor
+    entropy: torch.Tensor
+    n_eff: torch.Tensor
+
+
+class EmpiricalDenoiser:
+    """The exact MMSE denoiser of the (weighted) empirical distribution of ``X``:
+
+    ``x0_hat = sum_i softmax_i((log w_i - |x - alpha x_i|^2 / (2 sigma^2)) / T) x_i``   (SPEC §2.3)
+
+    exact to float64 precision where it matters (see :mod:`boneless.bank`), streamed over ``X`` in chunks.
+
+    Args:
+        X: training examples [N, *shape] in [-1, 1].
+        weights: optional non-negative prior weights [N] (normalised internally).
+        temperature: softmax temperature ``T`` on the posterior logits (1 is the exact posterior).
+        chunk_size: rows per step of the streaming loop.
+        device: where the data live and the computation runs (default: where ``X`` is).
+    """
+
+    def __init__(self, X: torch.Tensor, *, weights: torch.Tensor | None = None, temperature: float = 1.0,
+                 chunk_size: int = 2048, device: torch.device | str | None = None):
+        X = check_data(X)
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+        if not (isinstance(chunk_size, int) and chunk_size > 0):
+            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        log_w = None
+        if weights is not None:
+            w = torch.as_tensor(weights, dtype=torch.float64).flatten()
+            if w.shape != (X.shape[0],):
+                raise ValueError(f"weights must have shape [{X.shape[0]}], got {list(w.shape)}")
+            if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or not bool((w > 0).any()):
+                raise ValueError("weights must be finite, non-negative and not all zero")
+            log_w = torch.log(w / w.sum())
+        self.shape = tuple(X.shape[1:])
+        self.temperature = float(temperature)
+        self.bank = Bank(X, log_weights=log_w, chunk_size=chunk_size, device=device)
+        self.mean = self._stats_mean(log_w)
+
+    def _stats_mean(self, log_w):
+        X = self.bank.X.double()
+        if log_w is None:
+            return X.mean(0).float().reshape(self.shape)
+        return (torch.softmax(log_w / self.temperature, 0)[:, None] * X).sum(0).float().reshape(self.shape)
+
+    @property
+    def data(self) -> torch.Tensor:
+        """The training examples as [N, *shape] (a view of the bank)."""
+        return self.bank.X.reshape(-1, *self.shape)
+
+    def _stats(self, x: torch.Tensor, alpha: Coef, sigma: Coef, k: int) -> Stats:
+        if x.ndim != len(self.shape) + 1 or tuple(x.shape[1:]) != self.shape:
+            raise ValueError(f"x must have shape [B, {', '.join(map(str, self.shape))}], got {list(x.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("x contains NaN or inf values")
+        a, s = per_sample(alpha, len(x), "alpha"), per_sample(sigma, len(x), "sigma")
+        if bool(((a == 0) & (s == 0)).any()):
+            raise ValueError("alpha and sigma cannot both be 0")
+        return self.bank.reduce(x.reshape(len(x), -1), a, s, temperature=self.temperature, k=k)
+
+    def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
+        st = self._stats(x, alpha, sigma, 0)
+        return (st.acc / st.s.to(st.acc.dtype)[:, None]).to(x.device, x.dtype).reshape(x.shape)
+
+    def posterior(self, x: torch.Tensor, alpha: Coef, sigma: Coef, k: int = 5) -> Posterior:
+        """The posterior mean with the top-``k`` examples, their weights, the entropy and effective size."""
+        if not (isinstance(k, int) and k >= 1):
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        k = min(k, len(self.bank))
+        st = self._stats(x, alpha, sigma, k)
+        x0_hat = (st.acc / st.s.to(st.acc.dtype)[:, None]).to(x.device, x.dtype).reshape(x.shape)
+        weights = torch.exp(st.top_l - st.m[:, None]) / st.s[:, None]
+        entropy = torch.log(st.s) - st.u / st.s
+        n_eff = st.s * st.s / st.q
+        return Posterior(x0_hat, st.top_i.cpu(), weights.float().cpu(), entropy.float().clamp(min=0).cpu(),
+                         n_eff.float().cpu())
+
+
+def exact_reference(X: torch.Tensor, x: torch.Tensor, alpha: Coef, sigma: Coef, *, weights=None,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """The empirical denoiser in plain float64, difference form (B x N x D memory: for tests and checks)."""
+    X64 = X.reshape(len(X), -1).double()
+    x64 = x.reshape(len(x), -1).double()
+    a, s = per_sample(alpha, len(x), "alpha"), per_sample(sigma, len(x), "sigma")
+    d = ((x64[:, None, :] - a[:, None, None] * X64[None]) ** 2).sum(-1)
+    logits = -d / (2 * s[:, None] ** 2)
+    if weights is not None:
+        logits = logits + torch.log(torch.as_tensor(weights, dtype=torch.float64))[None]
+    p = torch.softmax(logits / temperature, dim=1)
+    return (p @ X64).reshape(x.shape)
+
+
+DENOISERS: dict[str, type] = {"empirical": EmpiricalDenoiser}
