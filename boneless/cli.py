@@ -1,0 +1,271 @@
+"""The command line: ``boneless sample``, ``boneless demo``, ``boneless eval``, ``boneless bench``.
+
+Bad input is a one-line ``boneless: error: ...`` on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import math
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .data import DATASETS, is_image, load_dataset
+from .denoisers import DENOISERS
+from .metrics import COPY_RATIO, nearest
+from .plots import (atomic_path, neighbours_grid, posterior_figure, samples_grid, save_figure, save_image,
+                    scatter_samples, trajectory_figure, trajectory_scatter)
+from .samplers import SAMPLERS, sample
+from .schedules import ALIASES, SCHEDULES, get_schedule
+
+# subcommands living in their own modules: name -> (module, help); each module has add_arguments(p) and run(args)
+EXTERNAL = {
+    "demo": ("boneless.demos", "pictures and animations of the ideas behind diffusion (boneless demo --list)"),
+    "eval": ("boneless.evaluate", "compare denoisers: held-out error, copy rate, sample quality"),
+    "bench": ("boneless.bench", "time the exact denoiser against baselines and the matrix-product limit"),
+}
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def finite_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
+
+
+def add_data_arguments(p: argparse.ArgumentParser, *, default: str = "digits") -> None:
+    """``--data``, ``--split``, ``--limit``, ``--size``: shared by every command that reads a dataset."""
+    p.add_argument("--data", default=default, metavar="NAME|PATH",
+                   help=f"dataset name ({', '.join(DATASETS)}) or a path: image folder, .npy, .npz, .pt, "
+                        f".safetensors, folder of IDX files (default: {default})")
+    p.add_argument("--split", choices=("train", "test"), default="train", help="split, where the dataset has one")
+    p.add_argument("--limit", type=positive_int, help="use only the first LIMIT examples")
+    p.add_argument("--size", type=positive_int, help="resize + centre-crop images to SIZE x SIZE (image folders: 64)")
+
+
+def make_denoiser(name: str, X: torch.Tensor, **options):
+    """``DENOISERS[name](X, **options)``, passing only the options the class accepts."""
+    if name not in DENOISERS:
+        raise ValueError(f"unknown denoiser {name!r}: choose one of {', '.join(DENOISERS)}")
+    cls = DENOISERS[name]
+    params = inspect.signature(cls).parameters
+    return cls(X, **{k: v for k, v in options.items() if k in params and v is not None})
+
+
+def add_sample_arguments(p: argparse.ArgumentParser) -> None:
+    add_data_arguments(p)
+    p.add_argument("--denoiser", default="empirical", choices=sorted(DENOISERS),
+                   help="closed-form denoiser (default: empirical, the exact E[x0 | x_t])")
+    p.add_argument("--schedule", default="rectified-flow",
+                   help=f"noise schedule: {', '.join(SCHEDULES)} (aliases: {', '.join(ALIASES)}); default rectified-flow")
+    p.add_argument("--sampler", default="euler", choices=list(SAMPLERS), help="default: euler (the original notebook's)")
+    p.add_argument("--steps", type=positive_int, default=100, help="sampling steps (default 100)")
+    p.add_argument("-n", "--num-samples", dest="n", type=positive_int, default=16, help="number of samples (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", default="runs/sample", help="output folder (default runs/sample)")
+    p.add_argument("--spacing", choices=("uniform", "karras", "logsnr"), help="time grid (default: per schedule)")
+    p.add_argument("--softmax-temperature", type=positive_float, default=1.0,
+                   help="temperature T on the posterior logits (1: exact posterior; >1 flatter)")
+    p.add_argument("--flow-scale", type=finite_float, nargs=2, default=(1.0, 1.0), metavar=("START", "END"),
+                   help="the notebook's 'temperature': scales the flow, linear over the run (notebook: 0 1; default 1 1)")
+    p.add_argument("--noise-strength", type=float, nargs=2, default=(0.0, 0.0), metavar=("START", "END"),
+                   help="Gaussian noise added to the flow, linear over the run (notebook: 1 0; default 0 0)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 deterministic, 1 = DDPM)")
+    p.add_argument("--churn", type=float, default=1.0, help="euler-maruyama noise level g^2 = 2 churn sigma d_sigma")
+    p.add_argument("--top-k", type=positive_int, default=5, help="posterior examples recorded per step (default 5)")
+    p.add_argument("--chunk-size", type=positive_int, default=2048, help="rows per step of the exact loop")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _write_json(obj, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def _write_npz(path: Path, **arrays) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+
+def run_sample(args) -> int:
+    timings = {}
+    t0 = time.perf_counter()
+    schedule = get_schedule(args.schedule)
+    for name in ("eta", "churn"):
+        if not (math.isfinite(getattr(args, name)) and getattr(args, name) >= 0):
+            raise ValueError(f"--{name} must be a finite number >= 0, got {getattr(args, name)}")
+    if min(args.noise_strength) < 0 or not all(map(math.isfinite, args.noise_strength)):
+        raise ValueError("--noise-strength values must be finite and >= 0")
+    device = _device(args.device)
+    X = load_dataset(args.data, split=args.split, limit=args.limit, size=args.size)
+    timings["load_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    den = make_denoiser(args.denoiser, X, temperature=args.softmax_temperature, chunk_size=args.chunk_size,
+                        device=device)
+    timings["build_s"] = time.perf_counter() - t0
+    res = sample(den, schedule, n=args.n, steps=args.steps, sampler=args.sampler, seed=args.seed,
+                 shape=tuple(X.shape[1:]), spacing=args.spacing, flow_scale=tuple(args.flow_scale),
+                 noise_strength=tuple(args.noise_strength), eta=args.eta, churn=args.churn, top_k=args.top_k,
+                 progress=not args.no_progress, device=device)
+    timings["sample_s"] = res.seconds
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    dist, idx = nearest(res.samples, X, k=2)
+    copies = (dist[:, 0] < COPY_RATIO * dist[:, 1]).numpy()
+    write_sample_outputs(out, X, res, dist, idx)
+    timings["outputs_s"] = time.perf_counter() - t0
+    report = {
+        "version": __version__,
+        "command": "sample",
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items() if k != "func"},
+        "schedule": schedule.name,
+        "time_grid": [round(float(t), 6) for t in res.ts],
+        "dataset": {"shape": list(X.shape), "n": len(X)},
+        "world_size": 1,
+        "denoiser_calls": res.denoiser_calls,
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+        "seconds_per_step": round(res.seconds / args.steps, 6),
+        "copy_rate": float(copies.mean()),
+        "copy_rule": f"nearest / second-nearest training distance < {COPY_RATIO:.4f}",
+        "nearest_distance": {"mean": float(dist[:, 0].mean()), "max": float(dist[:, 0].max())},
+        "nearest_ratio": [round(float(r), 6) for r in (dist[:, 0] / dist[:, 1].clamp(min=1e-30))],
+        "nearest": idx[:, 0].tolist(),
+        "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(), "device": str(device)},
+    }
+    if res.trajectory.n_eff:
+        report["final_n_eff"] = [round(float(v), 4) for v in res.trajectory.n_eff[-1]]
+    _write_json(report, out / "report.json")
+    print(f"{args.n} samples from {args.data} ({len(X)} examples, {args.denoiser}, {schedule.name}, {args.sampler}, "
+          f"{args.steps} steps) in {res.seconds:.2f} s; copy rate {report['copy_rate']:.3f}; wrote {out}/")
+    return 0
+
+
+def write_sample_outputs(out: Path, X: torch.Tensor, res, dist: torch.Tensor, idx: torch.Tensor) -> None:
+    """samples.png, samples.npz, trajectory.png, posterior.png, neighbours.png (SPEC §5)."""
+    tr = res.trajectory.stacked()
+    _write_npz(out / "samples.npz", samples=res.samples.numpy(), nearest=idx[:, 0].numpy(),
+               nearest_distance=dist[:, 0].numpy(), second_distance=dist[:, 1].numpy(), times=res.ts.numpy())
+    if is_image(X):
+        save_image(samples_grid(res.samples), out / "samples.png")
+        save_image(trajectory_figure(tr["x"], tr["x0_hat"], tr["times"]), out / "trajectory.png")
+        save_image(neighbours_grid(res.samples, X, idx[:, 0]), out / "neighbours.png")
+    else:
+        save_figure(scatter_samples(res.samples, X, title="samples of the exact flow"), out / "samples.png")
+        save_figure(trajectory_scatter(tr["x"], X, res.samples), out / "trajectory.png")
+        save_figure(_neighbour_lines(res.samples, X, idx[:, 0]), out / "neighbours.png")
+    if "weights" in tr:
+        save_figure(posterior_figure(tr["times"], tr["weights"], tr["indices"], tr["n_eff"]), out / "posterior.png")
+
+
+def _neighbour_lines(samples, X, idx):
+    from .plots import pyplot
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 6.5))
+    ax.scatter(X[:, 0], X[:, 1], s=4, c="0.75", label="training data")
+    for s, j in zip(samples, idx):
+        ax.plot([s[0], X[j, 0]], [s[1], X[j, 1]], c="k", lw=0.8)
+    ax.scatter(samples[:, 0], samples[:, 1], s=14, c="tab:red", label="samples", zorder=3)
+    ax.set_aspect("equal")
+    ax.set_title("each sample and its nearest training example")
+    ax.legend(loc="upper right")
+    return fig
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="boneless", description="Boneless Flow: the exact ground-truth flow of diffusion models. "
+                     "Closed-form denoisers, samplers and pictures; no training.")
+    parser.add_argument("--version", action="version", version=f"boneless-flow {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    p = sub.add_parser("sample", help="generate with the exact flow and show that it copies training examples",
+                       description="Generate samples with a closed-form denoiser and write samples.png, samples.npz, "
+                                   "trajectory.png, posterior.png, neighbours.png and report.json to --out.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_sample_arguments(p)
+    p.set_defaults(func=run_sample)
+    for name, (module, help_text) in EXTERNAL.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue
+        q = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip().split("\n\n")[0])
+        mod.add_arguments(q)
+        q.set_defaults(func=mod.run)
+    return parser
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None):
+    print(f"boneless: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    warnings.showwarning = _warning_line
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as e:
+        print(f"boneless: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("boneless: interrupted (outputs already written are complete; nothing half-written)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
