@@ -222,7 +222,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; the module of an external subcommand is imported only when that command is run."""
     parser = _Parser(prog="boneless", description="Boneless Flow: the exact ground-truth flow of diffusion models. "
                      "Closed-form denoisers, samplers and pictures; no training.")
     parser.add_argument("--version", action="version", version=f"boneless-flow {__version__}")
@@ -234,13 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_sample_arguments(p)
     p.set_defaults(func=run_sample)
     for name, (module, help_text) in EXTERNAL.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
+        if name != command:
+            sub.add_parser(name, help=help_text)
             continue
-        q = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip().split("\n\n")[0])
+        mod = importlib.import_module(module)
+        q = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip().split("\n\n")[0],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(q)
         q.set_defaults(func=mod.run)
     return parser
@@ -251,7 +251,9 @@ def _warning_line(message, category, filename, lineno, file=None, line=None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

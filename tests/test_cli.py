@@ -1,0 +1,123 @@
+"""`boneless sample` end to end, and every bad input of SPEC §6 as a one-line error with a non-zero exit."""
+
+import json
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from boneless.cli import main
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_sample_digits_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, _ = run(["sample", "--data", "digits", "-n", "8", "--steps", "40", "--out", str(out),
+                           "--no-progress"], capsys)
+    assert code == 0
+    for name in ("samples.png", "samples.npz", "trajectory.png", "posterior.png", "neighbours.png", "report.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no temporary files left
+    report = json.loads((out / "report.json").read_text())
+    assert report["copy_rate"] >= 0.875  # the exact flow memorises (SPEC §2.4)
+    assert report["world_size"] == 1 and report["settings"]["steps"] == 40
+    npz = np.load(out / "samples.npz")
+    assert npz["samples"].shape == (8, 1, 8, 8) and npz["nearest"].shape == (8,)
+    assert report["nearest"] == npz["nearest"].tolist()
+    assert Image.open(out / "samples.png").width >= 600
+    assert "copy rate" in stdout
+
+
+def test_sample_points_and_other_options(tmp_path, capsys):
+    out = tmp_path / "moons"
+    code, _, _ = run(["sample", "--data", "moons", "-n", "16", "--steps", "20", "--schedule", "ve", "--sampler",
+                      "heun", "--spacing", "karras", "--softmax-temperature", "2", "--flow-scale", "0", "1",
+                      "--noise-strength", "1", "0", "--out", str(out), "--no-progress"], capsys)
+    assert code == 0
+    assert json.loads((out / "report.json").read_text())["schedule"] == "ve"
+    assert (out / "posterior.png").exists() and (out / "trajectory.png").exists()
+
+
+def test_sample_from_an_image_folder_with_an_unreadable_file(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        code, _, err = run(["sample", "--data", str(folder), "--size", "16", "-n", "2", "--steps", "10", "--out",
+                            str(out), "--no-progress"], capsys)
+    assert code == 0
+    assert "broken.png" in err and "warning" in err
+    assert np.load(out / "samples.npz")["samples"].shape == (2, 3, 16, 16)
+
+
+def bad_inputs(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nan = tmp_path / "nan.npy"
+    np.save(nan, np.array([[0.1, np.nan], [0.2, 0.3]], dtype=np.float32))
+    shape5 = tmp_path / "five.npy"
+    np.save(shape5, np.zeros((2, 1, 1, 2, 2), dtype=np.float32))
+    text = tmp_path / "junk.npy"
+    text.write_text("hello")
+    return [
+        (["--data", str(tmp_path / "missing.npy")], "no such"),
+        (["--data", str(empty)], "empty"),
+        (["--data", str(nan)], "NaN"),
+        (["--data", str(shape5)], "shape"),
+        (["--data", str(text)], "junk.npy"),
+        (["--data", "not-a-dataset"], "unknown dataset"),
+        (["--steps", "0"], "positive integer"),
+        (["-n", "-3"], "positive integer"),
+        (["--schedule", "cosine-ish"], "unknown schedule"),
+        (["--sampler", "rk4"], "invalid choice"),
+        (["--softmax-temperature", "0"], "positive number"),
+        (["--noise-strength", "-1", "0"], "noise-strength"),
+        (["--eta", "-0.5"], "eta"),
+        (["--device", "cuda:7"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"], "device"),
+        (["--limit", "0"], "positive integer"),
+    ]
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
+    for args, needle in bad_inputs(tmp_path):
+        try:
+            code = main(["sample", "--out", str(tmp_path / "out"), "--no-progress", *args])
+        except SystemExit as e:  # argparse's own validation
+            code = e.code
+        _, err = capsys.readouterr()
+        lines = [line for line in err.strip().splitlines() if line]
+        assert code == 2, (args, err)
+        assert len(lines) == 1, (args, err)
+        assert "error" in lines[0] and needle.lower() in lines[0].lower(), (args, err)
+        assert "Traceback" not in err
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_console_script_reports_errors_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "boneless.cli", "sample", "--data", str(tmp_path / "nope.npz")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("boneless: error:")
+
+
+def test_help_texts(capsys):
+    for argv in (["--help"], ["sample", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0
+    out, _ = capsys.readouterr()
+    assert "--schedule" in out and "--noise-strength" in out and "sample" in out
