@@ -215,7 +215,8 @@ def sample(denoiser, schedule: Schedule | str = "rectified-flow", *, n: int = 16
            sampler: SamplerName = "euler", seed: int | None = 0, generator: torch.Generator | None = None,
            shape: tuple[int, ...] | None = None, spacing: Spacing | None = None, t_max: float = 1.0,
            flow_scale: tuple[float, float] = (1.0, 1.0), noise_strength: tuple[float, float] = (0.0, 0.0),
-           eta: float = 0.0, churn: float = 1.0, record_every: int | None = None, top_k: int = 5,
+           eta: float = 0.0, churn: float = 1.0, record_every: int | None = None,
+           record_steps: list[int] | None = None, top_k: int = 5,
            progress: bool = False, device: torch.device | str = "cpu") -> SampleResult:
     """Generate ``n`` samples from pure noise with ``denoiser`` under ``schedule``.
 
@@ -230,6 +231,7 @@ def sample(denoiser, schedule: Schedule | str = "rectified-flow", *, n: int = 16
         spacing: time grid (``uniform``, ``karras``, ``logsnr``; default per schedule).
         flow_scale, noise_strength: the notebook's two knobs as (start, end) linear schedules.
         record_every: record x_t and x0_hat every this many steps (default: about 10 frames), plus the last.
+        record_steps: or record them at exactly these step indices (0 .. steps - 1).
         top_k: posterior top-k recorded at every step, when the denoiser has ``posterior`` (0: off).
         progress: show a progress bar.
 
@@ -250,8 +252,13 @@ def sample(denoiser, schedule: Schedule | str = "rectified-flow", *, n: int = 16
     ts = time_grid(schedule, steps, spacing=spacing, t_max=t_max)
     if generator is None:
         generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
-    record_every = record_every or max(1, steps // 10)
-    record_steps = set(range(0, steps, record_every)) | {steps - 1}
+    if record_steps is not None:
+        if any(not (isinstance(i, int) and 0 <= i < steps) for i in record_steps):
+            raise ValueError(f"record_steps must be step indices in [0, {steps - 1}]")
+        record_steps = set(record_steps)
+    else:
+        record_every = record_every or max(1, steps // 10)
+        record_steps = set(range(0, steps, record_every)) | {steps - 1}
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -141,3 +141,10 @@ def test_bad_sampler_arguments(digits):
         sample(den, "rf", noise_strength=(-1.0, 0.0))
     with pytest.raises(ValueError, match="schedule"):
         sample(den, "nope")
+
+
+def test_record_chosen_steps(digits):
+    res = sample(EmpiricalDenoiser(digits), "rf", n=2, steps=10, seed=0, record_steps=[0, 3, 9])
+    assert res.trajectory.steps == [0, 3, 9]
+    with pytest.raises(ValueError, match="record_steps"):
+        sample(EmpiricalDenoiser(digits), "rf", n=2, steps=10, record_steps=[10])
