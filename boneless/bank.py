@@ -12,29 +12,51 @@ Exactness. The fast form expands ``|x - alpha x_i|^2`` into matrix products, and
 row) is dropped, leaving ``c (2 alpha x.x_i - alpha^2 |x_i|^2)`` with ``c = 1 / (2 sigma^2 T)``. In float32
 each such logit carries an absolute error of at most
 
-    delta = (D + 4) u c (2 alpha |x| r + alpha^2 r^2),    u = 2^-24, r = max_i |x_i|
+    delta = kappa u c (2 alpha |x| r + alpha^2 r^2),    u = 2^-24, r = max_i |x_i|, kappa = 2 sqrt(D) + 8
 
-(the standard dot-product bound, Higham, Accuracy and Stability, eq. 3.5). Where ``delta`` is negligible the
-float32 logits are used as they are. Elsewhere the float32 logits only *screen*: every row whose screened logit
-is within ``margin + 2 delta`` of the running screened maximum is a candidate and gets its logit recomputed in
-float64 in difference form; the other rows provably carry less than ``exp(-margin)`` of the top weight each,
-and keep their screened logits. Sharp posteriors, where float32 fails, have few candidates, so the exact
-result costs little more than the two matrix products.
+(the probabilistic dot-product bound of Higham & Mary, SIAM J. Sci. Comput. 2019, in place of the worst-case
+``D u`` of Higham, Accuracy and Stability, eq. 3.5). A lower-precision screen (``screen="tf32"`` or
+``"bfloat16"``, for GPUs) adds the rounding of its inputs (and bf16 output) to ``delta``: ``2 u_f`` (``3 u_f``)
+times ``c 2 alpha |x| r``, with ``u_f = 2^-11`` (TF32) or ``2^-8`` (bf16). Three tiers, per query and chunk:
+
+1. ``delta <= FAST_DELTA``: the screened logits are used as they are.
+2. Otherwise the screened logits only *screen*: a row whose screened logit lies within ``margin + 2 delta`` of
+   the running screened maximum is a candidate and gets its logit recomputed in float64 in difference form.
+   Every other row carries, exactly and as screened (its logit is clamped to ``-margin``), at most
+   ``exp(-margin)`` of the top weight, changed by at most ``min(1, e^delta - 1)`` of that; with ``n`` rows
+   these move ``x0_hat`` by at most ``4 n e^-margin min(1, e^delta - 1) r``, and ``margin`` is chosen to make
+   that ``TOL r``. Sharp posteriors, where float32 fails, have few candidates: the exact result costs little
+   more than the two matrix products.
+3. A query with more than ``DENSE_FRACTION`` of a chunk as candidates (a broad posterior whose float32 logits
+   are not accurate enough) gets float64 logits from one float64 matrix product for the rest of the pass
+   (squared norms in float64; error ~ ``delta * 2^-29``), without a screen.
+
+Storage. Rows may be held as ``float16``, ``bfloat16`` or ``uint8`` (8-bit images, ``q / 127.5 - 1``):
+:class:`StoredRows` dequantises each chunk exactly into float32 as it is read; the exact reference is then the
+dequantised data (:attr:`Bank.X`'s rows).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 
 U32 = 2.0 ** -24  # unit roundoff of float32
-MARGIN = 32.0  # rows more than this many nats below the top carry < exp(-32) = 1.3e-14 of its weight each
+TOL = 1e-6  # screened-out rows move x0_hat by at most TOL * r (r = max_i |x_i|) in all
 FAST_DELTA = 1e-5  # below this logit error bound the float32 logits are used as they are
-DENSE_FRACTION = 0.05  # more candidates than this fraction of a chunk: one float64 product for the chunk
+DENSE_FRACTION = 0.05  # more candidates than this fraction of a chunk: float64 products for that query from then on
 EXP_FLOOR = -80.0  # exp of float32 below ~-87 hits a slow path; clamp shifted logits (weights >= 1.8e-35)
 C_MAX = 1e30  # sigma -> 0 cap on c (keeps float32 logits finite; the limit is the nearest row)
+Storage = Literal["float32", "float16", "bfloat16", "uint8"]
+Screen = Literal["float32", "tf32", "bfloat16"]
+STORAGES = ("float32", "float16", "bfloat16", "uint8")
+SCREENS = ("float32", "tf32", "bfloat16")
+# extra error of a screened dot product, in units of sum_j |x_j x_ij|: inputs rounded to the format (2 u_f),
+# and for bf16 its rounded output (u_f)
+SCREEN_DOT = {"float32": 0.0, "tf32": 2 * 2.0 ** -11, "bfloat16": 3 * 2.0 ** -8}
 
 
 class Stats(NamedTuple):
@@ -82,27 +104,107 @@ def empty_stats(batch: int, dim: int, k: int, device) -> Stats:
                  torch.full((batch, k), -math.inf, **f64), torch.full((batch, k), -1, dtype=torch.long, device=device))
 
 
+class StoredRows:
+    """Rows [N, D] held once in ``float16``, ``bfloat16`` or ``uint8``; ``rows[i:j]`` and ``rows[indices]`` are
+    float32 [n, D], dequantised exactly (the same float32 values every time) as they are read.
+
+    uint8 holds 8-bit images: ``q = round((x + 1) * 127.5)``, read back as ``q / 127.5 - 1`` in float32 (the
+    rule of :func:`boneless.load_dataset`), so 8-bit data round-trip exactly; other data are rounded to 8 bits.
+    """
+
+    def __init__(self, X: torch.Tensor, storage: Storage, *, device: torch.device | str | None = None):
+        X = X.reshape(X.shape[0], -1)
+        device = torch.device(device) if device is not None else X.device
+        if storage not in ("float16", "bfloat16", "uint8"):
+            raise ValueError(f"StoredRows holds float16, bfloat16 or uint8, got {storage!r}")
+        dtype = torch.uint8 if storage == "uint8" else getattr(torch, storage)
+        self.data = torch.empty(X.shape, dtype=dtype, device=device)
+        for i in range(0, len(X), 8192):  # in blocks: no full-size float32 temporary
+            block = X[i:i + 8192].to(device, torch.float32)
+            self.data[i:i + len(block)] = ((block + 1) * 127.5).round_().clamp_(0, 255) if storage == "uint8" else block
+        self.storage, self.device, self.shape = storage, device, self.data.shape
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _dequantise(self, raw: torch.Tensor) -> torch.Tensor:
+        if self.storage == "uint8":
+            return raw.to(torch.float32).div_(127.5).sub_(1.0)
+        return raw.to(torch.float32)
+
+    def __getitem__(self, key) -> torch.Tensor:
+        return self._dequantise(self.data[key])
+
+    def flat(self, device: torch.device | str | None = None) -> "StoredRows":
+        """These rows on ``device`` (for :class:`Bank`)."""
+        if device is None or torch.device(device) == self.device:
+            return self
+        out = object.__new__(StoredRows)
+        out.storage, out.device, out.data = self.storage, torch.device(device), self.data.to(device)
+        out.shape = out.data.shape
+        return out
+
+    def dequantised(self) -> torch.Tensor:
+        """All rows as float32 [N, D] (a new tensor: for references and tests, not the hot loop)."""
+        return self._dequantise(self.data)
+
+
 class Bank:
     """Rows ``X`` [N, D] held once, with their squared norms and optional log weights.
 
     Args:
-        X: [N, *shape] float tensor; flattened to [N, D] (a view where possible, never copied per step).
+        X: [N, *shape] float tensor; flattened to [N, D] (a view where possible, never copied per step). Or a
+            row source with ``len()`` and ``flat(device)`` (:class:`boneless.pack.MappedRows`), read per chunk.
         log_weights: optional [N] log prior weights ``log w_i`` (unnormalised).
         chunk_size: rows per step of the streaming loop.
         device: where the rows live and the loop runs.
+        storage: the type the rows are held in (a tensor ``X`` only); other than float32 they are held by a
+            :class:`StoredRows` and dequantised exactly chunk by chunk (uint8: ``q / 127.5 - 1``).
+        screen: format of the screening matrix product: ``float32``; ``tf32`` or ``bfloat16`` (GPUs; their
+            rounding is added to the error bound, so the result stays exact; on CPU ``tf32`` runs in float32).
     """
 
     def __init__(self, X: torch.Tensor, *, log_weights: torch.Tensor | None = None, chunk_size: int = 2048,
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, storage: Storage = "float32", screen: Screen = "float32"):
+        if storage not in STORAGES:
+            raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+        if screen not in SCREENS:
+            raise ValueError(f"screen must be one of {', '.join(SCREENS)}, got {screen!r}")
+        self.storage, self.screen = storage, screen
+        if isinstance(X, torch.Tensor) and storage != "float32":
+            device = torch.device(device) if device is not None else X.device
+            X = StoredRows(X.reshape(X.shape[0], -1), storage, device=device)
+        elif not isinstance(X, torch.Tensor) and storage != "float32":
+            raise ValueError("storage applies to a tensor of rows; a row source keeps its own type")
+        if not isinstance(X, torch.Tensor):  # a row source (boneless.pack.MappedRows): rows stay on disk
+            self._init_source(X, log_weights=log_weights, chunk_size=chunk_size, device=device)
+            return
         X = X.reshape(X.shape[0], -1)
         self.device = torch.device(device) if device is not None else X.device
         self.X = X.to(self.device, torch.float32).contiguous()
         x64 = self.X.double()
-        self.sq_norms = (x64 * x64).sum(1).to(torch.float32)  # |x_i|^2, rounded once
-        self.r = float(self.sq_norms.max().sqrt()) if len(self.X) else 0.0
+        self.sq_norms64 = (x64 * x64).sum(1)  # |x_i|^2 in float64 (float64 tiers)
+        self.sq_norms = self.sq_norms64.to(torch.float32)  # and rounded once (float32 screen)
+        self.r = float(self.sq_norms64.max().sqrt()) if len(self.X) else 0.0
         self.log_w = None if log_weights is None else log_weights.to(self.device, torch.float64)
         self.log_w_max = 0.0 if log_weights is None else float(self.log_w.abs().max())
         self.chunk_size = int(chunk_size)
+
+    def _init_source(self, source, *, log_weights, chunk_size, device):
+        """Rows read chunk by chunk: ``self.X = source.flat(device)`` gives ``X[i:j]`` and ``X[indices]`` as
+        float32 [n, D] on the device (no other use of ``self.X`` touches all rows); norms in one streaming pass."""
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.X = source.flat(self.device)
+        n, self.chunk_size = len(self.X), int(chunk_size)
+        sq = []
+        for j in range(0, n, self.chunk_size):
+            r64 = self.X[j:j + self.chunk_size].double()
+            sq.append((r64 * r64).sum(1))
+        self.sq_norms64 = torch.cat(sq) if sq else torch.zeros(0, dtype=torch.float64, device=self.device)
+        self.sq_norms = self.sq_norms64.to(torch.float32)
+        self.r = float(self.sq_norms64.max().sqrt()) if n else 0.0
+        self.log_w = None if log_weights is None else log_weights.to(self.device, torch.float64)
+        self.log_w_max = 0.0 if log_weights is None else float(self.log_w.abs().max())
 
     def __len__(self) -> int:
         return self.X.shape[0]
@@ -118,20 +220,20 @@ class Bank:
     def reduce(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, *, temperature: float = 1.0,
                k: int = 0, start: int = 0, stop: int | None = None) -> Stats:
         """Softmax statistics of rows ``start:stop`` for queries ``x`` [B, D] at per-query ``alpha``,
-        ``sigma`` [B] (float64). Row indices in ``top_i`` are global (offset by ``start``)."""
+        ``sigma`` [B] (float64). Row indices in ``top_i`` are global (offset by ``start``).
+
+        Per query and chunk, one of three tiers (module docstring): float32 logits as they are (``delta`` below
+        ``FAST_DELTA``); screened logits with float64 recomputation of the candidates; or, once a query has had
+        more than ``DENSE_FRACTION`` of a chunk as candidates, float64 logits for it from then on."""
         stop = len(self) if stop is None else stop
-        q = _Queries(self, x, alpha, sigma, temperature)
+        q = _Queries(self, x, alpha, sigma, temperature, n_rows=max(stop - start, 1))
         st = empty_stats(len(q.x), self.dim, k, self.device)
-        m_screen = torch.full_like(q.delta, -math.inf)
+        m_screen = torch.full_like(q.delta, -math.inf)  # running maximum of the screened logits
+        dense = torch.zeros(len(q.x), dtype=torch.bool, device=self.device)
         for j0 in range(start, stop, self.chunk_size):
             j1 = min(j0 + self.chunk_size, stop)
             rows = self.rows(j0, j1)
-            # screened logits, float32: c (2 alpha x.x_i - alpha^2 |x_i|^2) + log w_i / T
-            l32 = torch.addmm(-q.aac * self.sq_norms[j0:j1], q.x_scaled, rows.T)
-            if self.log_w is not None:
-                l32 += (self.log_w[j0:j1] / temperature).float()
-            m_screen = torch.maximum(m_screen, l32.max(1).values.double())
-            z, m = self._shifted_logits(q, l32, m_screen, st.m, rows, j0)
+            z, m = self._shifted_logits(q, rows, j0, j1, m_screen, st.m, dense)
             z.clamp_(min=EXP_FLOOR)
             p = torch.exp(z)
             chunk = Stats(m, p.sum(1, dtype=torch.float64), p @ rows, (p * z).sum(1, dtype=torch.float64),
@@ -139,29 +241,67 @@ class Bank:
             st = merge(st, chunk)
         return st
 
-    def _shifted_logits(self, q: "_Queries", l32, m_screen, m_old, rows, j0):
-        """Logits of one chunk minus the new running maximum ``m`` (float32 [B, n]) and ``m`` (float64 [B]).
+    def _screen(self, q: "_Queries", sel: torch.Tensor | None, rows: torch.Tensor, j0: int, j1: int) -> torch.Tensor:
+        """Screened logits ``c (2 alpha x.x_i - alpha^2 |x_i|^2) + log w_i / T`` [b, n] in float32 for the queries
+        ``sel`` (None: all), with the matrix product in the bank's ``screen`` format."""
+        xs, aac = (q.x_scaled, q.aac) if sel is None else (q.x_scaled[sel], q.aac[sel])
+        if self.screen == "bfloat16":
+            l32 = (xs.bfloat16() @ rows.bfloat16().T).float()
+            l32 -= aac * self.sq_norms[j0:j1]
+        else:
+            with _tf32(self.screen == "tf32" and rows.is_cuda):
+                l32 = torch.addmm(-aac * self.sq_norms[j0:j1], xs, rows.T)
+        if self.log_w is not None:
+            l32 += (self.log_w[j0:j1] / q.temperature).float()
+        return l32
 
-        Three tiers: float32 logits where their error bound is negligible; float64 difference form for the
-        few candidate rows of sharp posteriors; one float64 matrix product for the whole chunk where the
-        candidates are many (broad posteriors whose float32 logits are not accurate enough)."""
-        if not bool(q.slow.any()):
+    def _dense_logits(self, q: "_Queries", sel: torch.Tensor, rows: torch.Tensor, j0: int, j1: int) -> torch.Tensor:
+        """Float64 logits [b, n] of the queries ``sel`` by one float64 matrix product (error ~ delta * 2^-29)."""
+        l64 = torch.addmm(-(q.aac64[sel] * self.sq_norms64[j0:j1]), q.x64_scaled[sel], rows.double().T)
+        if self.log_w is not None:
+            l64 += self.log_w[j0:j1] / q.temperature
+        return l64
+
+    def _shifted_logits(self, q: "_Queries", rows, j0, j1, m_screen, m_old, dense):
+        """Logits of one chunk minus the new running maximum ``m``: ``z`` float32 [B, n] and ``m`` float64 [B].
+        Updates ``m_screen`` and ``dense`` [B] in place."""
+        n = j1 - j0
+        if not bool(q.slow.any()):  # every query's float32 logits are within FAST_DELTA: used as they are
+            l32 = self._screen(q, None, rows, j0, j1)
             m = torch.maximum(m_old, l32.max(1).values.double())
             return l32 - m.float()[:, None], m
-        cand = (l32 >= (m_screen - q.window).float()[:, None]).nonzero()
-        if len(cand) > DENSE_FRACTION * l32.numel():
-            l64 = torch.addmm(-(q.aac.double() * self.sq_norms[j0:j0 + len(rows)].double()), q.x64 * (2 * q.alpha * q.c)[:, None], rows.T.double())
-            if self.log_w is not None:
-                l64 += self.log_w[j0:j0 + len(rows)] / q.temperature
-            m = torch.maximum(m_old, l64.max(1).values)
-            return (l64 - m[:, None]).float(), m
-        m = torch.where(q.slow, m_old, torch.maximum(m_old, l32.max(1).values.double()))
-        b, j = cand[:, 0], cand[:, 1]
-        l64 = self._exact_logits(q, b, j + j0)
-        m = m.scatter_reduce(0, b, l64, reduce="amax")
-        z = l32 - m.float()[:, None]
-        z = torch.where(q.slow[:, None], z.clamp(max=-MARGIN), z)  # screened-out rows: provably < -MARGIN
-        z[b, j] = (l64 - m[b]).float()
+        z = torch.empty(len(q.x), n, device=self.device)
+        m = m_old.clone()
+        sel = (~dense).nonzero().squeeze(1)
+        if len(sel):
+            l32 = self._screen(q, sel, rows, j0, j1)
+            ms = torch.maximum(m_screen[sel], l32.max(1).values.double())
+            m_screen[sel] = ms
+            cand = (l32 >= (ms - q.window[sel]).float()[:, None]) & q.slow[sel, None]
+            many = cand.sum(1) > DENSE_FRACTION * n
+            if bool(many.any()):  # broad posterior: float64 products for this query from here on
+                dense[sel[many]] = True
+                keep = ~many
+                sel, l32, cand = sel[keep], l32[keep], cand[keep]
+        if bool(dense.any()):
+            d = dense.nonzero().squeeze(1)
+            l64 = self._dense_logits(q, d, rows, j0, j1)
+            m[d] = torch.maximum(m_old[d], l64.max(1).values)
+            z[d] = (l64 - m[d, None]).float()
+        if len(sel):
+            slow = q.slow[sel]
+            m_sel = torch.where(slow, m_old[sel], torch.maximum(m_old[sel], l32.max(1).values.double()))
+            bb, jj = cand.nonzero(as_tuple=True)
+            if len(bb):
+                l64 = self._exact_logits(q, sel[bb], jj + j0)
+                m_sel = m_sel.scatter_reduce(0, bb, l64, reduce="amax")
+            zs = l32 - m_sel.float()[:, None]
+            # screened-out rows of slow queries: provably more than `margin` below the top (module docstring)
+            zs = torch.where(slow[:, None], torch.minimum(zs, -q.margin[sel, None].float()), zs)
+            if len(bb):
+                zs[bb, jj] = (l64 - m_sel[bb]).float()
+            m[sel] = m_sel
+            z[sel] = zs
         return z, m
 
     def _exact_logits(self, q: "_Queries", b: torch.Tensor, rows_idx: torch.Tensor, block: int = 1 << 22):
@@ -190,21 +330,48 @@ class Bank:
         return top_l, top_i
 
 
-class _Queries:
-    """Per-query constants of one :meth:`Bank.reduce` call, with the logit error bound ``delta`` [B]."""
+@contextlib.contextmanager
+def _tf32(enabled: bool):
+    """TF32 matrix products on CUDA inside the block only (the screen); IEEE float32 everywhere else."""
+    if not enabled:
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
 
-    def __init__(self, bank: Bank, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, temperature: float):
+
+class _Queries:
+    """Per-query constants of one :meth:`Bank.reduce` call: the screened-logit error bound ``delta`` [B], the
+    screening ``margin`` [B] and ``window = margin + 2 delta`` (module docstring)."""
+
+    def __init__(self, bank: Bank, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, temperature: float,
+                 *, n_rows: int):
+        if bank.device.type == "cuda" and bank.screen == "float32" and torch.backends.cuda.matmul.allow_tf32:
+            raise ValueError("torch.backends.cuda.matmul.allow_tf32 is on: the exact bank needs IEEE float32 "
+                             "products (use screen='tf32' for TF32 screening)")
         self.temperature = temperature
         self.x = x.to(bank.device, torch.float32)
         self.alpha = alpha.to(bank.device, torch.float64)
         self.x64 = self.x.double()
         self.x_sq = (self.x64 * self.x64).sum(1)
-        spread = 2 * self.alpha * self.x_sq.sqrt() * bank.r + self.alpha ** 2 * bank.r ** 2
+        cross = 2 * self.alpha * self.x_sq.sqrt() * bank.r  # >= |2 alpha x.x_i|, by Cauchy-Schwarz
+        spread = cross + self.alpha ** 2 * bank.r ** 2
         c = 0.5 / (sigma.to(bank.device, torch.float64) ** 2 * temperature)
         self.c = torch.minimum(c, C_MAX / (1.0 + spread))  # sigma = 0: the nearest row(s), without overflow
         kappa = 2 * math.sqrt(bank.dim) + 8  # probabilistic dot-product bound (Higham & Mary 2019)
-        self.delta = kappa * U32 * (self.c * spread + bank.log_w_max / temperature)
+        self.delta = kappa * U32 * (self.c * spread + bank.log_w_max / temperature) + \
+            SCREEN_DOT[bank.screen] * self.c * cross
         self.slow = self.delta > FAST_DELTA
-        self.window = torch.where(self.slow, MARGIN + 2 * self.delta, torch.full_like(self.delta, math.inf))
+        # n screened-out rows, each changed by at most e^-margin min(1, e^delta - 1) of the top weight, move
+        # x0_hat by at most 4 n e^-margin min(1, e^delta - 1) r: margin makes that TOL r
+        err = torch.expm1(self.delta.clamp(max=1.0))
+        self.margin = torch.log((4 * n_rows * err / TOL).clamp(min=1.0))
+        self.window = torch.where(self.slow, self.margin + 2 * self.delta, torch.full_like(self.delta, math.inf))
         self.x_scaled = self.x * (2 * self.alpha * self.c).float()[:, None]
         self.aac = (self.alpha ** 2 * self.c).float()[:, None]
+        self.x64_scaled = self.x64 * (2 * self.alpha * self.c)[:, None]
+        self.aac64 = (self.alpha ** 2 * self.c)[:, None]

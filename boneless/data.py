@@ -113,7 +113,12 @@ def _to_tensor(a: np.ndarray | torch.Tensor, *, limit: int | None, name: str) ->
         elif lo < -1 - 1e-6 or hi > 1 + 1e-6:
             raise ValueError(f"{name}: values range from {lo:.4g} to {hi:.4g}; data must lie in [-1, 1] or "
                              "[0, 1], or be uint8 (it is not rescaled silently)")
-    a = a[:limit] if limit is not None else a
+    return _convert(a[:limit] if limit is not None else a, is_uint8=is_uint8, scale=scale)
+
+
+def _convert(a: np.ndarray | torch.Tensor, *, is_uint8: bool, scale: str | None) -> torch.Tensor:
+    """Rows of a checked array -> float32 ``[n, D]`` or ``[n, C, H, W]`` in [-1, 1] (the mapping of
+    :func:`_to_tensor`; also applied chunk by chunk to memory-mapped arrays, :class:`boneless.pack.MappedRows`)."""
     if isinstance(a, np.ndarray):
         a = torch.from_numpy(np.array(a, dtype=np.uint8 if is_uint8 else np.float32))
     X = a.to(torch.float32)
@@ -226,29 +231,46 @@ def _resize_crop(h: int, w: int, size: int) -> tuple[int, int, int, int]:
     return nh, nw, int(round((nh - size) / 2)), int(round((nw - size) / 2))
 
 
-def _load_image_folder(folder: Path, *, size: int, limit: int | None, name: str) -> torch.Tensor:
-    """Folder of images -> ``[N, C, size, size]``: Resize(short side = size) then CenterCrop(size)."""
-    from PIL import Image
-
+def _image_files(folder: Path, name: str) -> list[Path]:
+    """The image files of ``folder``, sorted by name (hidden files skipped); an error when there are none."""
     files = sorted(p for p in folder.iterdir()
                    if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _IMAGE_EXTS)
     if not files:
         raise ValueError(f"{name}: folder has no image files ({', '.join(_IMAGE_EXTS)})")
+    return files
+
+
+def _is_gray_mode(mode: str) -> bool:
+    return mode in ("1", "L", "LA", "I", "F") or mode.startswith("I;16")
+
+
+def _read_image(path: Path, size: int) -> tuple[np.ndarray, bool]:
+    """One image -> (uint8 ``[size, size]`` or ``[size, size, 3]``, is_gray): Resize(short side = size) then
+    CenterCrop(size). Raises whatever Pillow raises for an unreadable file."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        is_gray = _is_gray_mode(img.mode)
+        img = img.convert("L" if is_gray else "RGB")
+    nh, nw, top, left = _resize_crop(img.height, img.width, size)
+    img = img.resize((nw, nh), Image.BICUBIC)
+    return np.asarray(img.crop((left, top, left + size, top + size))), is_gray
+
+
+def _load_image_folder(folder: Path, *, size: int, limit: int | None, name: str) -> torch.Tensor:
+    """Folder of images -> ``[N, C, size, size]``: Resize(short side = size) then CenterCrop(size)."""
+    files = _image_files(folder, name)
     arrays, gray, skipped = [], [], []
     for p in files:
         if limit is not None and len(arrays) >= limit:
             break
         try:
-            with Image.open(p) as img:
-                img.load()
-                is_gray = img.mode in ("1", "L", "LA", "I", "F") or img.mode.startswith("I;16")
-                img = img.convert("L" if is_gray else "RGB")
+            a, is_gray = _read_image(p, size)
         except Exception:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
             skipped.append(p.name)
             continue
-        nh, nw, top, left = _resize_crop(img.height, img.width, size)
-        img = img.resize((nw, nh), Image.BICUBIC)
-        arrays.append(np.asarray(img.crop((left, top, left + size, top + size))))
+        arrays.append(a)
         gray.append(is_gray)
     if skipped:
         shown = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
@@ -336,9 +358,22 @@ def _toy(kind: str, n: int, seed: int):
 
 # ---------------------------------------------------------------- entry point
 
+MMAP_AUTO_BYTES = 4 << 30  # .npy data above this size as float32 are memory-mapped unless mmap=False
+
+
+def _use_mmap(path: Path, mmap: bool | None, name: str) -> bool:
+    if mmap is not None:
+        return bool(mmap)
+    from .pack import MappedRows
+
+    try:
+        return 4 * math.prod(MappedRows.peek_shape(path, name=name)) > MMAP_AUTO_BYTES
+    except ValueError:  # unreadable: the in-memory reader reports it
+        return False
+
 def load_dataset(name_or_path: str | os.PathLike, *, split: Literal["train", "test"] = "train",
                  limit: int | None = None, size: int | None = None, n: int | None = None, seed: int = 0,
-                 with_labels: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+                 with_labels: bool = False, mmap: bool | None = None):
     """Load a dataset as float32 CPU tensor in [-1, 1]: images ``[N, C, H, W]`` (C = 1 or 3) or points ``[N, D]``.
 
     Args:
@@ -359,6 +394,13 @@ def load_dataset(name_or_path: str | os.PathLike, *, split: Literal["train", "te
         n: number of points of a 2-D toy (default 2000); an error for other datasets (use ``limit``).
         seed: seed of the toy's own ``torch.Generator`` (global RNG untouched).
         with_labels: also return int64 labels ``[N]`` (None where the source has none).
+        mmap: for a ``.npy`` file, return a :class:`boneless.pack.MappedRows` (rows read from disk chunk by
+            chunk, never all in memory; accepted wherever the empirical denoiser, ``nearest`` and the pictures
+            take data) instead of a tensor. ``None`` (default): only when the float32 data would exceed
+            ``MMAP_AUTO_BYTES``. ``size`` must then be the stored size (pack at the size you want).
+
+    Returns:
+        a float32 tensor (or a ``MappedRows``), with the labels when ``with_labels``.
 
     Raises:
         ValueError: one line naming the dataset/path and the problem.
@@ -405,6 +447,17 @@ def load_dataset(name_or_path: str | os.PathLike, *, split: Literal["train", "te
             raise ValueError(f"{display}: no such file or folder")
         if n is not None:
             raise ValueError(f"{name}: n sets the size of the 2-D toys ({', '.join(TOYS)}); use limit= instead")
+        if mmap and not (path.is_file() and path.suffix.lower() == ".npy"):
+            raise ValueError(f"{name}: memory mapping needs a .npy file (boneless pack FOLDER --out data.npy)")
+        if path.is_file() and path.suffix.lower() == ".npy" and split == "train" and _use_mmap(path, mmap, name):
+            from .pack import MappedRows
+
+            X = MappedRows(path, name=name)
+            X = X.narrow(0, min(limit, len(X))) if limit is not None else X
+            if size is not None and X.ndim == 4 and tuple(X.shape[-2:]) != (size, size):
+                raise ValueError(f"{name}: a memory-mapped dataset is used at its stored size "
+                                 f"{X.shape[-2]}x{X.shape[-1]}, not {size}: pack it again with --size {size}")
+            return (X, None) if with_labels else X
         is_idx = path.is_dir() and _has_idx(path)
         if split == "test" and not is_idx:
             raise ValueError(f"{name}: has no test split (only fashion-mnist and IDX folders do)")

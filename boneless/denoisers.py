@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import torch
 
+from . import distributed
 from .bank import Bank, Stats
 from .data import check_data
 
@@ -84,11 +85,19 @@ class EmpiricalDenoiser:
         temperature: softmax temperature ``T`` on the posterior logits (1 is the exact posterior).
         chunk_size: rows per step of the streaming loop.
         device: where the data live and the computation runs (default: where ``X`` is).
+        shard: hold only this rank's slice of ``X`` and merge the statistics across ranks
+            (:mod:`boneless.distributed`); ``None`` (default): when a process group is initialised and has more
+            than one rank. Every rank must then make the same calls with the same queries.
+        process_group: the torch.distributed group to shard over (default: the default group).
+
+    ``X`` may also be a :class:`boneless.pack.MappedRows` (a memory-mapped .npy): rows are then read chunk by
+    chunk from disk and never held in memory together.
     """
 
     def __init__(self, X: torch.Tensor, *, weights: torch.Tensor | None = None, temperature: float = 1.0,
-                 chunk_size: int = 2048, device: torch.device | str | None = None):
-        X = check_data(X)
+                 chunk_size: int = 2048, device: torch.device | str | None = None, shard: bool | None = None,
+                 process_group=None):
+        X = X if hasattr(X, "flat") else check_data(X)  # a MappedRows was checked when opened
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature must be a positive number, got {temperature!r}")
         if not (isinstance(chunk_size, int) and chunk_size > 0):
@@ -103,18 +112,45 @@ class EmpiricalDenoiser:
             log_w = torch.log(w / w.sum())
         self.shape = tuple(X.shape[1:])
         self.temperature = float(temperature)
+        self.n_total, self.group, self.world_size, self.offset = len(X), process_group, 1, 0
+        p_w = None if log_w is None else torch.softmax(log_w / self.temperature, 0)  # for the mean, all N
+        if shard or (shard is None and (process_group is not None or distributed.is_initialized())):
+            if not distributed.is_initialized():
+                raise ValueError("shard=True needs an initialised torch.distributed process group (run under torchrun)")
+            rank, self.world_size = distributed.rank_and_size(process_group)
+        if self.world_size > 1:
+            if len(X) < self.world_size:
+                raise ValueError(f"{len(X)} examples cannot be sharded over {self.world_size} ranks")
+            start, stop = distributed.shard_bounds(len(X), rank, self.world_size)
+            X = X.narrow(0, start, stop - start) if hasattr(X, "flat") else X[start:stop].clone()
+            log_w = None if log_w is None else log_w[start:stop]
+            p_w = None if p_w is None else p_w[start:stop]
+            self.offset = start
         self.bank = Bank(X, log_weights=log_w, chunk_size=chunk_size, device=device)
-        self.mean = self._stats_mean(log_w)
-
-    def _stats_mean(self, log_w):
-        X = self.bank.X.double()
-        if log_w is None:
-            return X.mean(0).float().reshape(self.shape)
-        return (torch.softmax(log_w / self.temperature, 0)[:, None] * X).sum(0).float().reshape(self.shape)
+        self.mean = self._stats_mean(p_w)
 
     @property
-    def data(self) -> torch.Tensor:
-        """The training examples as [N, *shape] (a view of the bank)."""
+    def sharded(self) -> bool:
+        return self.world_size > 1
+
+    def _stats_mean(self, p_w):
+        """The (weighted) mean of all examples, streamed over the bank's rows (and summed over ranks);
+        ``p_w`` [n] are this process's rows' normalised weights ``softmax(log w / T)`` (None: uniform)."""
+        bank = self.bank
+        total = torch.zeros(bank.dim, dtype=torch.float64, device=bank.device)
+        for j0 in range(0, len(bank), bank.chunk_size):
+            rows = bank.rows(j0, min(j0 + bank.chunk_size, len(bank))).double()
+            total += rows.sum(0) if p_w is None else p_w[j0:j0 + len(rows)].to(bank.device) @ rows
+        if self.sharded:
+            total = distributed.all_reduce_sum(total, self.group, what="all-reduce (mean)")
+        return (total / self.n_total if p_w is None else total).float().reshape(self.shape)
+
+    @property
+    def data(self):
+        """This process's training examples as [n, *shape] (a view of the bank; all N unless sharded; a
+        :class:`~boneless.pack.MappedRows` when memory-mapped)."""
+        if hasattr(self.bank.X, "source"):
+            return self.bank.X.source
         return self.bank.X.reshape(-1, *self.shape)
 
     def _stats(self, x: torch.Tensor, alpha: Coef, sigma: Coef, k: int) -> Stats:
@@ -125,7 +161,11 @@ class EmpiricalDenoiser:
         a, s = per_sample(alpha, len(x), "alpha"), per_sample(sigma, len(x), "sigma")
         if bool(((a == 0) & (s == 0)).any()):
             raise ValueError("alpha and sigma cannot both be 0")
-        return self.bank.reduce(x.reshape(len(x), -1), a, s, temperature=self.temperature, k=k)
+        st = self.bank.reduce(x.reshape(len(x), -1), a, s, temperature=self.temperature, k=k)
+        if self.sharded:  # global row indices, then the merge across ranks (boneless.distributed)
+            st = st._replace(top_i=torch.where(st.top_i >= 0, st.top_i + self.offset, st.top_i))
+            st = distributed.all_reduce_stats(st, self.group)
+        return st
 
     def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
         st = self._stats(x, alpha, sigma, 0)
@@ -135,7 +175,7 @@ class EmpiricalDenoiser:
         """The posterior mean with the top-``k`` examples, their weights, the entropy and effective size."""
         if not (isinstance(k, int) and k >= 1):
             raise ValueError(f"k must be a positive integer, got {k!r}")
-        k = min(k, len(self.bank))
+        k = min(k, self.n_total)
         st = self._stats(x, alpha, sigma, k)
         x0_hat = (st.acc / st.s.to(st.acc.dtype)[:, None]).to(x.device, x.dtype).reshape(x.shape)
         weights = torch.exp(st.top_l - st.m[:, None]) / st.s[:, None]
