@@ -13,8 +13,11 @@ an option of :class:`~boneless.EmpiricalDenoiser`.
 from __future__ import annotations
 
 import math
+import os
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Callable, Literal
 
 import torch
@@ -29,8 +32,12 @@ class Knobs:
 
     flow_scale: tuple[float, float] = (1.0, 1.0)
     noise_strength: tuple[float, float] = (0.0, 0.0)
+    offset: int = 0  # a sampler run over part of a grid: its step 0 is step ``offset`` of ``total`` steps
+    total: int | None = None
 
     def at(self, i: int, steps: int) -> tuple[float, float]:
+        if self.total is not None:
+            i, steps = i + self.offset, self.total
         f = i / max(steps - 1, 1)
         lerp = lambda ab: ab[0] + f * (ab[1] - ab[0])
         return lerp(self.flow_scale), lerp(self.noise_strength)
@@ -184,12 +191,14 @@ class _Recorder:
         self.denoiser, self.record_steps, self.k, self.progress = denoiser, record_steps, k, progress
         self.trajectory, self.calls = Trajectory(), 0
         self.has_posterior = k > 0 and hasattr(denoiser, "posterior")
+        self.offset = 0  # index of the sampler's step 0 in the whole run (runs resumed or split in segments)
 
     def __call__(self, x, alpha, sigma):
         self.calls += 1
         return self.denoiser(x, alpha, sigma)
 
     def step_call(self, i, t, x, alpha, sigma):
+        i += self.offset
         self.calls += 1
         tr = self.trajectory
         tr.times.append(t)
@@ -217,7 +226,8 @@ def sample(denoiser, schedule: Schedule | str = "rectified-flow", *, n: int = 16
            flow_scale: tuple[float, float] = (1.0, 1.0), noise_strength: tuple[float, float] = (0.0, 0.0),
            eta: float = 0.0, churn: float = 1.0, record_every: int | None = None,
            record_steps: list[int] | None = None, top_k: int = 5,
-           progress: bool = False, device: torch.device | str = "cpu") -> SampleResult:
+           progress: bool = False, device: torch.device | str = "cpu", checkpoint: str | os.PathLike | None = None,
+           checkpoint_every: int | None = None, resume: bool = False) -> SampleResult:
     """Generate ``n`` samples from pure noise with ``denoiser`` under ``schedule``.
 
     Args:
@@ -234,6 +244,11 @@ def sample(denoiser, schedule: Schedule | str = "rectified-flow", *, n: int = 16
         record_steps: or record them at exactly these step indices (0 .. steps - 1).
         top_k: posterior top-k recorded at every step, when the denoiser has ``posterior`` (0: off).
         progress: show a progress bar.
+        checkpoint, checkpoint_every: save the state (x, step, generator state, trajectory so far) to the file
+            ``checkpoint`` atomically every ``checkpoint_every`` steps (only rank 0 writes under torch.distributed).
+        resume: continue from ``checkpoint`` when it exists (refused if it was written with other settings): the
+            remaining grid runs from the saved ``x`` with the saved generator state, so the result is
+            bit-identical to an uninterrupted run (same machine, same denoiser). The file is left in place.
 
     Returns:
         :class:`SampleResult` with ``samples`` [n, *shape] in data space.
@@ -250,8 +265,6 @@ def sample(denoiser, schedule: Schedule | str = "rectified-flow", *, n: int = 16
         if not all(math.isfinite(v) for v in (a, b)) or (name == "noise_strength" and min(a, b) < 0):
             raise ValueError(f"{name} must be finite" + (" and >= 0" if name == "noise_strength" else ""))
     ts = time_grid(schedule, steps, spacing=spacing, t_max=t_max)
-    if generator is None:
-        generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
     if record_steps is not None:
         if any(not (isinstance(i, int) and 0 <= i < steps) for i in record_steps):
             raise ValueError(f"record_steps must be step indices in [0, {steps - 1}]")
@@ -259,22 +272,92 @@ def sample(denoiser, schedule: Schedule | str = "rectified-flow", *, n: int = 16
     else:
         record_every = record_every or max(1, steps // 10)
         record_steps = set(range(0, steps, record_every)) | {steps - 1}
-    bar = None
+    if checkpoint_every is not None and not (isinstance(checkpoint_every, int) and checkpoint_every >= 1):
+        raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+    if (checkpoint_every or resume) and checkpoint is None:
+        raise ValueError("checkpoint_every and resume need a checkpoint path")
+    rec = _Recorder(denoiser, record_steps, top_k, None)
+    settings = {"n": n, "steps": steps, "sampler": sampler, "schedule": schedule.name, "shape": list(shape),
+                "spacing": spacing, "t_max": float(t_max), "flow_scale": list(flow_scale),
+                "noise_strength": list(noise_strength), "eta": float(eta), "churn": float(churn), "top_k": top_k,
+                "record_steps": sorted(record_steps), "seed": seed if generator is None else "generator",
+                "denoiser": type(denoiser).__name__, "ts": [float(t) for t in ts]}
+    state = _load_checkpoint(checkpoint, settings) if resume else None
+    if generator is None:
+        generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
+    if state is None:
+        c0 = schedule(float(ts[0]))
+        x = (c0.sigma * torch.randn((n, *shape), generator=generator)).to(device)
+        i, spent = 0, 0.0
+    else:
+        x, i, spent = state["x"].to(device), int(state["step"]), float(state["seconds"])
+        generator.set_state(state["generator"])
+        rec.trajectory, rec.calls = Trajectory(**state["trajectory"]), int(state["calls"])
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=steps, desc=f"{sampler} {schedule.name}", unit="step", leave=False)
-    rec = _Recorder(denoiser, record_steps, top_k, bar)
-    c0 = schedule(float(ts[0]))
-    x = (c0.sigma * torch.randn((n, *shape), generator=generator)).to(device)
+        rec.progress = tqdm(total=steps, initial=i, desc=f"{sampler} {schedule.name}", unit="step", leave=False)
 
     kwargs = {"eta": eta} if sampler == "ddim" else {"churn": churn} if sampler == "euler-maruyama" else {}
     start = time.perf_counter()
-    knobs = Knobs(tuple(flow_scale), tuple(noise_strength))
-    x = SAMPLERS[sampler](rec, schedule, x, ts, knobs=knobs, generator=generator, **kwargs)
+    knobs = Knobs(tuple(flow_scale), tuple(noise_strength), total=steps)
+    every = checkpoint_every if checkpoint is not None and checkpoint_every else steps
+    while i < steps:  # segments of the grid between checkpoints; samplers are stateless over ts[i:j + 1]
+        j = min((i // every + 1) * every, steps)
+        rec.offset = i
+        x = SAMPLERS[sampler](rec, schedule, x, ts[i:j + 1], knobs=replace(knobs, offset=i), generator=generator,
+                              **kwargs)
+        i = j
+        if checkpoint is not None and checkpoint_every and i < steps:
+            _save_checkpoint(checkpoint, settings, x, i, generator, rec, spent + time.perf_counter() - start)
     c_end = schedule(float(ts[-1]))
     if c_end.sigma > 0:  # a grid ending above sigma = 0 (e.g. VE's sigma_min): take the final denoised estimate
         x = denoiser(x, c_end.alpha, c_end.sigma)
-    seconds = time.perf_counter() - start
-    if bar is not None:
-        bar.close()
+    seconds = spent + time.perf_counter() - start
+    if rec.progress is not None:
+        rec.progress.close()
     return SampleResult(x.cpu(), ts, rec.trajectory, seconds, rec.calls)
+
+
+CHECKPOINT_VERSION = 1
+
+
+def _writes_checkpoints() -> bool:
+    """Rank 0 alone writes (all ranks hold the same state); every process without torch.distributed."""
+    import torch.distributed as dist
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _save_checkpoint(path, settings: dict, x, step: int, generator, rec: _Recorder, seconds: float) -> None:
+    """Write the sampler state after ``step`` steps to ``path`` atomically (torch.save of tensors and lists)."""
+    if not _writes_checkpoints():
+        return
+    from .plots import atomic_path
+
+    tr = rec.trajectory
+    state = {"version": CHECKPOINT_VERSION, "settings": settings, "x": x.detach().cpu(), "step": step,
+             "generator": generator.get_state(), "calls": rec.calls, "seconds": seconds,
+             "trajectory": {f.name: list(getattr(tr, f.name)) for f in fields(tr)}}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(path, settings: dict) -> dict | None:
+    """The state saved at ``path``, or None (with a warning) when there is none; refuses other settings."""
+    path = Path(path)
+    if not path.exists():
+        warnings.warn(f"no checkpoint at {path}: starting from step 0", stacklevel=3)
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        saved = state["settings"]
+        ok = state.get("version") == CHECKPOINT_VERSION and all(k in state for k in ("x", "step", "generator"))
+    except Exception as e:  # torch.load raises many types for foreign or truncated files
+        raise ValueError(f"checkpoint {path}: cannot read: {' '.join(str(e).split())[:300]}") from e
+    if not ok:
+        raise ValueError(f"checkpoint {path}: not a boneless sample checkpoint (version {CHECKPOINT_VERSION})")
+    for key in settings:
+        if saved.get(key) != settings[key]:
+            show = lambda v: str(v) if len(str(v)) < 60 else str(v)[:60] + "..."
+            raise ValueError(f"checkpoint {path} was written by a different run: {key} {show(saved.get(key))} "
+                             f"there, {show(settings[key])} now (delete it or use the same settings)")
+    return state
