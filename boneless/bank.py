@@ -47,8 +47,9 @@ import torch
 U32 = 2.0 ** -24  # unit roundoff of float32
 TOL = 1e-6  # screened-out rows move x0_hat by at most TOL * r (r = max_i |x_i|) in all
 FAST_DELTA = 1e-5  # below this logit error bound the float32 logits are used as they are
-DENSE_FRACTION = 0.05  # more candidates than this fraction of a chunk: float64 products for that query from then on
+DENSE_FRACTION = 0.02  # more candidates than this fraction of a chunk: float64 products for that query from then on
 EXP_FLOOR = -80.0  # exp of float32 below ~-87 hits a slow path; clamp shifted logits (weights >= 1.8e-35)
+DENSE_BLOCK = 1 << 21  # elements of the reused float64 buffer of the dense tier (16 MB)
 C_MAX = 1e30  # sigma -> 0 cap on c (keeps float32 logits finite; the limit is the nearest row)
 Storage = Literal["float32", "float16", "bfloat16", "uint8"]
 Screen = Literal["float32", "tf32", "bfloat16"]
@@ -134,6 +135,13 @@ class StoredRows:
 
     def __getitem__(self, key) -> torch.Tensor:
         return self._dequantise(self.data[key])
+
+    def read(self, start: int, stop: int, *, out: torch.Tensor) -> torch.Tensor:
+        """Rows ``start:stop`` dequantised into ``out`` [stop - start, D] float32 (a reused buffer)."""
+        out.copy_(self.data[start:stop])
+        if self.storage == "uint8":
+            out.div_(127.5).sub_(1.0)
+        return out
 
     def flat(self, device: torch.device | str | None = None) -> "StoredRows":
         """These rows on ``device`` (for :class:`Bank`)."""
@@ -230,9 +238,15 @@ class Bank:
         st = empty_stats(len(q.x), self.dim, k, self.device)
         m_screen = torch.full_like(q.delta, -math.inf)  # running maximum of the screened logits
         dense = torch.zeros(len(q.x), dtype=torch.bool, device=self.device)
+        buf = None  # dequantised chunk of StoredRows, reused
         for j0 in range(start, stop, self.chunk_size):
             j1 = min(j0 + self.chunk_size, stop)
-            rows = self.rows(j0, j1)
+            if isinstance(self.X, StoredRows):
+                if buf is None:
+                    buf = torch.empty(min(self.chunk_size, stop - start), self.dim, device=self.device)
+                rows = self.X.read(j0, j1, out=buf[:j1 - j0])
+            else:
+                rows = self.rows(j0, j1)
             z, m = self._shifted_logits(q, rows, j0, j1, m_screen, st.m, dense)
             z.clamp_(min=EXP_FLOOR)
             p = torch.exp(z)
@@ -256,8 +270,18 @@ class Bank:
         return l32
 
     def _dense_logits(self, q: "_Queries", sel: torch.Tensor, rows: torch.Tensor, j0: int, j1: int) -> torch.Tensor:
-        """Float64 logits [b, n] of the queries ``sel`` by one float64 matrix product (error ~ delta * 2^-29)."""
-        l64 = torch.addmm(-(q.aac64[sel] * self.sq_norms64[j0:j1]), q.x64_scaled[sel], rows.double().T)
+        """Float64 logits [b, n] of the queries ``sel`` by float64 matrix products (error ~ delta * 2^-29), over
+        blocks of rows converted into one reused float64 buffer (a fresh chunk-sized float64 tensor per chunk
+        costs more in page faults than the product itself)."""
+        l64 = (-(q.aac64[sel] * self.sq_norms64[j0:j1])).contiguous()
+        xs = q.x64_scaled[sel]
+        step = max(1, DENSE_BLOCK // max(self.dim, 1))
+        if q.buf64 is None:
+            q.buf64 = torch.empty(min(step, len(rows)), self.dim, dtype=torch.float64, device=self.device)
+        for s in range(0, len(rows), step):
+            block = q.buf64[:min(step, len(rows) - s)]
+            block.copy_(rows[s:s + len(block)])
+            l64[:, s:s + len(block)].addmm_(xs, block.T)
         if self.log_w is not None:
             l64 += self.log_w[j0:j1] / q.temperature
         return l64
@@ -375,3 +399,4 @@ class _Queries:
         self.aac = (self.alpha ** 2 * self.c).float()[:, None]
         self.x64_scaled = self.x64 * (2 * self.alpha * self.c)[:, None]
         self.aac64 = (self.alpha ** 2 * self.c)[:, None]
+        self.buf64 = None  # the dense tier's float64 row buffer, allocated on first use
