@@ -1,0 +1,511 @@
+"""Compare denoisers on one footing: held-out denoising error against the Wiener filter, copy rate, nearest-
+training distances and sample quality, for every denoiser in ``boneless.DENOISERS``.
+
+Protocol. The pool is the first ``--pool`` training images (the training split; for datasets without a test
+split, a ``--seed`` shuffle), the held-out set the first ``--test`` images of the test split (or the next ones of
+the shuffle). Each held-out image is noised once, ``y = x + sigma z`` with one ``z`` per image shared by every
+sigma and every denoiser; the table gives MSE / MSE of the Wiener filter fitted to the same pool (in-sample,
+on ``--test`` pool images, in parentheses). Each denoiser then generates ``--samples`` images with
+``boneless.sample`` from the same seed; they are scored by copy rate, nearest-training distance against that of
+held-out images, Frechet distance to the held-out images in PCA space and in the features of a small
+Fashion-MNIST classifier (trained once, cached), and split consistency (same seeds on a second, disjoint pool).
+
+A denoiser that fails, or whose cost (estimated from a probe call) exceeds ``--budget``, is reported and
+skipped; one that overruns its budget keeps the results it finished. Outputs in ``--out``: ``table.md``,
+``results.json``, ``heldout.png``, ``real.png``, ``samples_<name>.png``, ``neighbours_<name>.png``,
+``comparison.png`` and ``n_eff.png``, each written atomically as soon as it is known.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .cli import _device, make_denoiser, positive_float, positive_int
+from .data import DATASETS, is_image, load_dataset
+from .denoisers import DENOISERS
+from .metrics import (COPY_RATIO, PCAFeatures, WienerFilter, denoising_error, effective_examples,
+                      fashion_classifier, frechet_distance, nearest, nearest_distance_stats, split_consistency)
+from .plots import (atomic_path, image_grid, neighbours_grid, pyplot, samples_grid, save_figure, save_image,
+                    scatter_samples)
+from .samplers import SAMPLERS, sample
+from .schedules import get_schedule
+
+DEFAULT_SIGMAS = "0.05,0.1,0.2,0.5,1,2"
+
+
+def _count(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="fashion-mnist", metavar="NAME|PATH",
+                   help=f"dataset name ({', '.join(DATASETS)}) or path (default fashion-mnist)")
+    p.add_argument("--size", type=positive_int, help="resize + centre-crop images to SIZE x SIZE")
+    p.add_argument("--pool", type=positive_int, default=10000, help="training images the denoisers see (10000)")
+    p.add_argument("--test", type=positive_int, default=500, help="held-out images for the error table (500)")
+    p.add_argument("--denoisers", default="all", metavar="A,B,...",
+                   help=f"comma-separated names or 'all' (now: {', '.join(DENOISERS)})")
+    p.add_argument("--sigmas", default=DEFAULT_SIGMAS, metavar="S1,S2,...",
+                   help=f"noise levels of y = x + sigma z (default {DEFAULT_SIGMAS})")
+    p.add_argument("--samples", type=positive_int, default=64, help="samples generated per denoiser (64)")
+    p.add_argument("--steps", type=positive_int, default=50, help="sampling steps (50)")
+    p.add_argument("--sampler", default="euler", choices=list(SAMPLERS), help="sampler (euler)")
+    p.add_argument("--schedule", default="rectified-flow", help="noise schedule for sampling (rectified-flow)")
+    p.add_argument("--consistency", type=_count, default=16,
+                   help="paired samples from a second, disjoint pool of the same size (16; 0: off)")
+    p.add_argument("--pca-dim", type=positive_int, default=32, help="PCA components for the PCA Frechet distance")
+    p.add_argument("--classifier", choices=("auto", "off"), default="auto",
+                   help="Frechet distance in classifier features for 1x28x28 data (auto: load or train once)")
+    p.add_argument("--budget", type=positive_float, default=900.0,
+                   help="seconds allowed per denoiser; slower ones are skipped or stopped (900)")
+    p.add_argument("--batch-size", type=positive_int, default=250, help="images per denoiser call (250)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise draw, the samples and shuffles (0)")
+    p.add_argument("--device", default="cpu", help="torch device for the denoisers (cpu)")
+    p.add_argument("--out", default="runs/eval", help="output folder (runs/eval)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+# ---------------------------------------------------------------- options and data
+
+def parse_sigmas(text: str) -> list[float]:
+    out = []
+    for part in text.split(","):
+        try:
+            v = float(part)
+        except ValueError:
+            raise ValueError(f"--sigmas: expected comma-separated positive numbers, got {text!r}") from None
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"--sigmas: noise levels must be positive and finite, got {part.strip()!r}")
+        out.append(v)
+    return sorted(set(out))
+
+
+def parse_denoisers(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ValueError("--denoisers: give at least one name, or 'all'")
+    if names == ["all"]:
+        return list(DENOISERS)
+    unknown = [n for n in names if n not in DENOISERS]
+    if unknown:
+        raise ValueError(f"--denoisers: unknown {', '.join(map(repr, unknown))}; choose from "
+                         f"{', '.join(DENOISERS)} or 'all'")
+    return list(dict.fromkeys(names))
+
+
+def split_data(data: str, *, pool: int, test: int, extra: int, second_pool: bool, size: int | None,
+               seed: int) -> dict:
+    """The pool [pool, ...], held-out set [test, ...], ``extra`` more unseen real images (the real-image
+    reference of the sample statistics) and, if ``second_pool``, a disjoint second pool (None if too few)."""
+    try:
+        X_test_all = load_dataset(data, split="test", size=size)
+    except ValueError as e:
+        if "has no test split" not in str(e):
+            raise
+        X_test_all = None
+    if X_test_all is not None:
+        X = load_dataset(data, split="train", size=size, limit=2 * pool if second_pool else pool)
+        if len(X) < pool:
+            raise ValueError(f"--pool {pool} exceeds the {len(X)} training examples of {data}")
+        if len(X_test_all) < test:
+            raise ValueError(f"--test {test} exceeds the {len(X_test_all)} test examples of {data}")
+        reference = X_test_all[test:test + extra]
+        return {"pool": X[:pool], "test": X_test_all[:test], "second": X[pool:2 * pool] if len(X) >= 2 * pool else None,
+                "reference": reference if len(reference) >= 2 else None, "test_source": "test split",
+                "available": len(X_test_all)}
+    X = load_dataset(data, size=size)
+    if pool + test > len(X):
+        raise ValueError(f"--pool {pool} + --test {test} exceeds the {len(X)} examples of {data} (it has no test "
+                         "split, so both come from one shuffle)")
+    perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))
+    rest = perm[pool + test:]
+    reference = X[rest[:extra]]
+    second = X[rest[extra:extra + pool]] if second_pool and len(rest) >= extra + pool else None
+    return {"pool": X[perm[:pool]], "test": X[perm[pool:pool + test]], "second": second,
+            "reference": reference if len(reference) >= 2 else None, "test_source": "held out of a shuffle",
+            "available": len(X)}
+
+
+# ---------------------------------------------------------------- a time guard around each denoiser
+
+class _OverBudget(Exception):
+    pass
+
+
+class _Guard:
+    """Wraps a denoiser: counts calls (progress) and stops it once its time budget is spent."""
+
+    def __init__(self, den, deadline: float, on_call):
+        self.den, self.deadline, self.on_call = den, deadline, on_call
+        self.shape = getattr(den, "shape", None)
+        if hasattr(den, "posterior"):
+            self.posterior = self._posterior
+
+    def _check(self):
+        if time.perf_counter() > self.deadline:
+            raise _OverBudget()
+        self.on_call()
+
+    def __call__(self, x, alpha, sigma):
+        self._check()
+        return self.den(x, alpha, sigma)
+
+    def _posterior(self, x, alpha, sigma, k=5):
+        self._check()
+        return self.den.posterior(x, alpha, sigma, k=k)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or "(no message)"
+    return f"{type(e).__name__}: {text[:300]}"
+
+
+# ---------------------------------------------------------------- the run
+
+def run(args) -> int:
+    start = time.perf_counter()
+    sigmas = parse_sigmas(args.sigmas)
+    names = parse_denoisers(args.denoisers)
+    schedule = get_schedule(args.schedule)
+    device = _device(args.device)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    split = split_data(args.data, pool=args.pool, test=args.test, extra=args.samples,
+                       second_pool=args.consistency > 0, size=args.size, seed=args.seed)
+    pool, test = split["pool"], split["test"]
+    shape = tuple(pool.shape[1:])
+    if args.consistency > 0 and split["second"] is None:
+        warnings.warn(f"split consistency skipped: {args.data} has too few examples for a second pool of {args.pool}")
+    in_sample = pool[:args.test]
+    batch = args.batch_size
+
+    # references: the Wiener filter, feature spaces, real held-out images
+    wiener = WienerFilter(pool)
+    w_held = denoising_error(wiener, test, sigmas, seed=args.seed, batch_size=batch)
+    w_in = denoising_error(wiener, in_sample, sigmas, seed=args.seed + 1, batch_size=batch)
+    pca = PCAFeatures(pool, dim=args.pca_dim)
+    clf, clf_info = None, None
+    if args.classifier == "auto" and shape == (1, 28, 28):
+        try:
+            clf = fashion_classifier(progress=not args.no_progress)
+            clf_info = {"test_accuracy": clf.test_accuracy, "path": str(clf.path) if clf.path else None,
+                        **clf.info}
+        except ValueError as e:
+            warnings.warn(f"classifier Frechet distance skipped: {e}")
+    feats = {"pca": pca}
+    if clf is not None:
+        feats["classifier"] = clf.features
+    test_feats = {k: f(test) for k, f in feats.items()}
+
+    def quality(images: torch.Tensor) -> dict:
+        q = {f"fd_{k}": frechet_distance(f(images), test_feats[k]) for k, f in feats.items()}
+        if clf is not None:
+            q["confidence"] = float(clf.probabilities(images).max(1).values.mean())
+        return q
+
+    ref = split["reference"]
+    real = {"n": 0 if ref is None else len(ref)}
+    held_stats = nearest_distance_stats(test, pool)
+    real.update({"copy_rate": held_stats["copy_rate"], "nearest_median": held_stats["nearest_median"],
+                 "nearest_mean": held_stats["nearest_mean"]})
+    if ref is not None:
+        real.update(quality(ref))
+
+    settings = {k: v for k, v in vars(args).items() if k != "func"}
+    results = {
+        "version": __version__, "command": "eval", "settings": settings, "sigmas": sigmas,
+        "protocol": {"noise": "y = x + sigma z, one z per image, shared by all sigmas and denoisers",
+                     "pool": len(pool), "test": len(test), "test_source": split["test_source"],
+                     "in_sample": len(in_sample), "second_pool": None if split["second"] is None else len(split["second"]),
+                     "shape": list(shape), "copy_rule": f"nearest / second-nearest < {COPY_RATIO:.4f}",
+                     "psnr": "10 log10(2^2 / MSE), data in [-1, 1]"},
+        "wiener": {"heldout": {"mse": w_held.mse.tolist(), "psnr": w_held.psnr.tolist()},
+                   "in_sample": {"mse": w_in.mse.tolist(), "psnr": w_in.psnr.tolist()}},
+        "classifier": clf_info, "pca_dim": pca.dim, "real": real, "denoisers": {},
+        "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(), "device": str(device)},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    if is_image(pool):
+        save_image(samples_grid(test[:args.samples]), out / "real.png")
+    else:
+        save_figure(scatter_samples(test[:args.samples], pool, title="held-out points"), out / "real.png")
+
+    calls_per_sigma = -(-args.test // batch)
+    sample_calls = args.steps * (2 if args.sampler == "heun" else 1)
+    per_denoiser = 2 * len(sigmas) * calls_per_sigma + sample_calls + (
+        2 * (sample_calls) if split["second"] is not None and args.consistency else 0)
+    bar = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=per_denoiser * len(names), desc="eval", unit="call")
+    samples = {}
+    for name in names:
+        if bar is not None:
+            bar.set_postfix_str(name)
+        done_before = bar.n if bar is not None else 0
+        rec = evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule, device, bar, shape)
+        if bar is not None:
+            bar.update(max(0, done_before + per_denoiser - bar.n))
+        s = rec.pop("_samples", None)
+        if s is not None:
+            samples[name] = s
+            _write_sample_pictures(out, name, s, pool)
+        results["denoisers"][name] = rec
+        if rec["status"] != "ok":
+            warnings.warn(f"{name}: {rec['status']}: {rec.get('error', '')}")
+        results["seconds"] = round(time.perf_counter() - start, 2)
+        _write_outputs(out, results, samples, test[:args.samples], pool)
+    if bar is not None:
+        bar.close()
+    results["seconds"] = round(time.perf_counter() - start, 2)
+    _write_outputs(out, results, samples, test[:args.samples], pool)
+    ok = [n for n, r in results["denoisers"].items() if r["status"] in ("ok", "partial")]
+    print(f"evaluated {len(ok)} of {len(names)} denoisers on {args.data} (pool {len(pool)}, test {len(test)}) in "
+          f"{results['seconds']:.1f} s; wrote {out}/table.md")
+    return 0 if ok else 1
+
+
+def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule, device, bar, shape) -> dict:
+    """One denoiser through the whole protocol; never raises (a failure is recorded in the result)."""
+    pool, test = split["pool"], split["test"]
+    rec = {"status": "ok", "timings": {}}
+    t0 = time.perf_counter()
+    deadline = t0 + args.budget
+    stage = "build"
+    on_call = (lambda: bar.update(1)) if bar is not None else (lambda: None)
+    try:
+        den = make_denoiser(name, pool, device=device)
+        rec["timings"]["build_s"] = round(time.perf_counter() - t0, 3)
+        stage = "probe"
+        probe = test[:min(args.batch_size, len(test))]
+        sig = sigmas[len(sigmas) // 2]
+        t1 = time.perf_counter()
+        den(probe + sig * torch.randn(probe.shape, generator=torch.Generator().manual_seed(args.seed)), 1.0, sig)
+        per_query = (time.perf_counter() - t1) / len(probe)
+        queries = 2 * len(sigmas) * len(test) + args.samples * args.steps * (2 if args.sampler == "heun" else 1)
+        if split["second"] is not None and args.consistency:
+            queries += 2 * args.consistency * args.steps
+        estimate = per_query * queries + (time.perf_counter() - t0)
+        rec["timings"]["estimate_s"] = round(estimate, 1)
+        if estimate > args.budget:
+            rec.update(status="skipped", error=f"too slow: estimated {estimate:.0f} s > --budget {args.budget:g} s "
+                                               "(raise --budget, or lower --test / --samples / --steps)")
+            return rec
+        guard = _Guard(den, deadline, on_call)
+        stage = "held-out error"
+        t1 = time.perf_counter()
+        held = denoising_error(guard, test, sigmas, seed=args.seed, batch_size=args.batch_size)
+        rec["heldout"] = {"mse": held.mse.tolist(), "psnr": held.psnr.tolist(),
+                          "ratio": (held.mse / w_held.mse).tolist()}
+        stage = "in-sample error"
+        ins = denoising_error(guard, pool[:args.test], sigmas, seed=args.seed + 1, batch_size=args.batch_size)
+        rec["in_sample"] = {"mse": ins.mse.tolist(), "psnr": ins.psnr.tolist(), "ratio": (ins.mse / w_in.mse).tolist()}
+        rec["timings"]["error_s"] = round(time.perf_counter() - t1, 3)
+        stage = "sampling"
+        t1 = time.perf_counter()
+        res = sample(guard, schedule, n=args.samples, steps=args.steps, sampler=args.sampler, seed=args.seed,
+                     shape=shape, top_k=5, device=device)
+        rec["timings"]["sample_s"] = round(time.perf_counter() - t1, 3)
+        samples = res.samples.float()
+        rec["_samples"] = samples
+        stage = "sample metrics"
+        if not bool(torch.isfinite(samples).all()):
+            raise ValueError("samples contain NaN or inf values")
+        st = nearest_distance_stats(samples, pool, heldout=test)
+        rec["samples"] = {k: st[k] for k in ("copy_rate", "nearest_median", "nearest_mean", "median_ratio", "ks")}
+        rec["samples"]["out_of_range"] = float((samples.abs() > 1.05).double().mean())
+        rec["samples"].update(quality(samples.clamp(-1, 1)))
+        eff = effective_examples(res.trajectory)
+        if eff is not None:
+            rec["samples"]["n_eff"] = {"times": [round(float(t), 5) for t in eff.times],
+                                       "median": [float(v) for v in eff.median], "collapse_t": eff.collapse_t}
+        if split["second"] is not None and args.consistency:
+            stage = "split consistency"
+            t1 = time.perf_counter()
+            den_b = _Guard(make_denoiser(name, split["second"], device=device), deadline, on_call)
+            center = torch.cat([pool, split["second"]]).double().mean(0)
+            sc = split_consistency(guard, den_b, center=center, n=args.consistency, steps=args.steps,
+                                   seed=args.seed + 2, shape=shape, schedule=schedule, sampler=args.sampler,
+                                   device=device)
+            rec["consistency"] = {"mean": sc.mean, "baseline": sc.baseline, "n": args.consistency}
+            rec["timings"]["consistency_s"] = round(time.perf_counter() - t1, 3)
+    except _OverBudget:
+        rec.update(status="partial", error=f"stopped during {stage}: over --budget {args.budget:g} s")
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001 -- one denoiser must not sink the run
+        rec.update(status="failed", error=f"{stage}: {_one_line(e)}")
+    rec["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
+    return rec
+
+
+# ---------------------------------------------------------------- outputs
+
+def _write_sample_pictures(out: Path, name: str, samples: torch.Tensor, pool: torch.Tensor) -> None:
+    if is_image(pool):
+        save_image(samples_grid(samples.clamp(-1, 1)), out / f"samples_{name}.png")
+        _, idx = nearest(samples, pool, k=1)
+        save_image(neighbours_grid(samples.clamp(-1, 1), pool, idx[:, 0]), out / f"neighbours_{name}.png")
+    else:
+        save_figure(scatter_samples(samples, pool, title=f"samples: {name}"), out / f"samples_{name}.png")
+
+
+def _write_outputs(out: Path, results: dict, samples: dict, real: torch.Tensor, pool: torch.Tensor) -> None:
+    with atomic_path(out / "results.json") as tmp:
+        Path(tmp).write_text(json.dumps(results, indent=2, allow_nan=True) + "\n")
+    with atomic_path(out / "table.md") as tmp:
+        Path(tmp).write_text(markdown_table(results))
+    try:
+        save_figure(heldout_figure(results), out / "heldout.png")
+        if samples and is_image(pool):
+            save_figure(comparison_figure(samples, real), out / "comparison.png")
+        if any("n_eff" in r.get("samples", {}) for r in results["denoisers"].values()):
+            save_figure(n_eff_figure(results), out / "n_eff.png")
+    except ValueError as e:  # matplotlib missing: the table and grids are still there
+        warnings.warn(f"plots skipped: {e}")
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    return f"{v:.{digits}g}"
+
+
+def markdown_table(results: dict) -> str:
+    """``table.md``: held-out MSE / Wiener per sigma (in-sample in parentheses), then sample statistics."""
+    s, p = results["settings"], results["protocol"]
+    sig = results["sigmas"]
+    dens = results["denoisers"]
+    lines = [f"# boneless eval: {s['data']}", "",
+             f"Pool {p['pool']} training images; {p['test']} held-out images ({p['test_source']}); "
+             f"y = x + sigma z with one z per image for every sigma and denoiser. "
+             f"{s['samples']} samples per denoiser ({s['sampler']}, {s['schedule']}, {s['steps']} steps, seed {s['seed']}). "
+             f"Total {results.get('seconds', 0):.0f} s.", "",
+             "## Held-out MSE / Wiener MSE (in-sample ratio in parentheses; lower is better, best in bold)", "",
+             "| denoiser | " + " | ".join(f"σ = {v:g}" for v in sig) + " |",
+             "|---|" + "---:|" * len(sig),
+             "| Wiener MSE (absolute) | " + " | ".join(_fmt(v, 3) for v in results["wiener"]["heldout"]["mse"]) + " |"]
+    best = [min((r["heldout"]["ratio"][i] for r in dens.values() if "heldout" in r), default=None)
+            for i in range(len(sig))]
+    for name, r in dens.items():
+        if "heldout" not in r:
+            lines.append(f"| {name} | " + " | ".join("–" for _ in sig) + " |")
+            continue
+        cells = []
+        for i in range(len(sig)):
+            v = _fmt(r["heldout"]["ratio"][i])
+            v = f"**{v}**" if best[i] is not None and r["heldout"]["ratio"][i] == best[i] else v
+            ins = r.get("in_sample", {}).get("ratio")
+            cells.append(v + (f" ({_fmt(ins[i])})" if ins else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    real = results["real"]
+    has_clf = results.get("classifier") is not None
+    head = ["denoiser", "copy rate", "nearest dist. (median)", "÷ held-out", "KS", f"FD PCA-{results['pca_dim']}"]
+    if has_clf:
+        head += ["FD classifier", "confidence"]
+    head += ["n_eff collapse t", "split consistency (baseline)", "seconds", "status"]
+    lines += ["", "## Samples", "",
+              "Copy rate: nearest / second-nearest training distance < 1/3. ÷ held-out: median nearest-training "
+              "distance of the samples over that of held-out images (1 = as novel as real unseen images). KS: "
+              "Kolmogorov-Smirnov distance between the two distance distributions. FD: Frechet distance to the "
+              "held-out images (lower is better); 'real' is the same for "
+              f"{real['n']} unseen real images. Split consistency: cosine similarity of samples from two disjoint "
+              "pools with the same seeds (baseline: unpaired).", "",
+              "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 2) + "---|"]
+    row = ["real (held-out)", _fmt(real["copy_rate"]), _fmt(real["nearest_median"]), "1", "0",
+           _fmt(real.get("fd_pca"))]
+    if has_clf:
+        row += [_fmt(real.get("fd_classifier")), _fmt(real.get("confidence"))]
+    row += ["–", "–", "–", ""]
+    lines.append("| " + " | ".join(row) + " |")
+    for name, r in dens.items():
+        q = r.get("samples", {})
+        c = r.get("consistency")
+        row = [name, _fmt(q.get("copy_rate")), _fmt(q.get("nearest_median")), _fmt(q.get("median_ratio")),
+               _fmt(q.get("ks")), _fmt(q.get("fd_pca"))]
+        if has_clf:
+            row += [_fmt(q.get("fd_classifier")), _fmt(q.get("confidence"))]
+        n_eff = q.get("n_eff")
+        row += [_fmt(n_eff["collapse_t"]) if n_eff else "–",
+                f"{_fmt(c['mean'])} ({_fmt(c['baseline'])})" if c else "–",
+                _fmt(r["timings"].get("total_s")), r["status"] + (f": {r['error']}" if r.get("error") else "")]
+        lines.append("| " + " | ".join(row).replace("\n", " ") + " |")
+    if has_clf:
+        lines += ["", f"Classifier: small CNN, test accuracy {results['classifier']['test_accuracy']:.3f} on "
+                      f"Fashion-MNIST (confidence: mean top class probability)."]
+    return "\n".join(lines) + "\n"
+
+
+def heldout_figure(results: dict):
+    """Held-out MSE / Wiener against sigma (solid), in-sample (dashed), one colour per denoiser."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sig = results["sigmas"]
+    for i, (name, r) in enumerate(results["denoisers"].items()):
+        if "heldout" not in r:
+            continue
+        line, = ax.plot(sig, r["heldout"]["ratio"], "o-", label=name)
+        if "in_sample" in r:
+            ax.plot(sig, r["in_sample"]["ratio"], "--", c=line.get_color(), alpha=0.5, lw=1)
+    ax.axhline(1.0, c="k", lw=1, ls=":", label="Wiener")
+    held = [v for r in results["denoisers"].values() if "heldout" in r for v in r["heldout"]["ratio"]
+            if math.isfinite(v) and v > 0] + [1.0]
+    ax.set_ylim(min(held) / 2, max(held) * 2)  # in-sample ratios of memorisers (~0) would flatten the plot
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("sigma (y = x + sigma z)")
+    ax.set_ylabel("MSE / Wiener MSE")
+    ax.set_title(f"held-out denoising error (dashed: in-sample), {results['settings']['data']}")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    return fig
+
+
+def comparison_figure(samples: dict, real: torch.Tensor, *, per_row: int = 12):
+    """One row of samples per denoiser, and a last row of real held-out images, labelled."""
+    plt = pyplot()
+    rows = [(name, s[:per_row].clamp(-1, 1)) for name, s in samples.items()] + [("real (held-out)", real[:per_row])]
+    fig, axes = plt.subplots(len(rows), 1, figsize=(per_row * 0.8, 0.95 * len(rows)), squeeze=False)
+    for ax, (name, imgs) in zip(axes[:, 0], rows):
+        ax.imshow(image_grid([imgs], min_width=1), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def n_eff_figure(results: dict):
+    """Median posterior effective number of training examples along the sampling run."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, r in results["denoisers"].items():
+        e = r.get("samples", {}).get("n_eff")
+        if e:
+            ax.plot(e["times"], e["median"], label=name)
+    ax.set_yscale("log")
+    ax.set_xlim(1, 0)
+    ax.set_xlabel("t (1 = noise, 0 = data)")
+    ax.set_ylabel("median effective number of examples")
+    ax.set_title("posterior collapse during sampling")
+    ax.legend(fontsize=8)
+    return fig

@@ -1,0 +1,144 @@
+"""Tests for ``boneless eval``: the whole protocol end to end on tiny configurations, failure isolation, and
+one-line errors for bad options."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from boneless.cli import main
+from boneless.denoisers import DENOISERS
+from boneless.metrics import WienerFilter
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+class _Broken:
+    """A denoiser that fails at its first call."""
+
+    def __init__(self, X):
+        self.shape = tuple(X.shape[1:])
+
+    def __call__(self, x, alpha, sigma):
+        raise RuntimeError("boom\nsecond line")
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    monkeypatch.setitem(DENOISERS, "wiener-test", WienerFilter)
+    monkeypatch.setitem(DENOISERS, "broken-test", _Broken)
+    return DENOISERS
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith(("boneless: error:", "boneless eval: error:"))]
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+TINY = ["eval", "--data", "digits", "--pool", "300", "--test", "40", "--samples", "8", "--steps", "10",
+        "--sigmas", "0.05,0.5,2", "--no-progress"]
+
+
+def test_eval_end_to_end_on_digits(tmp_path, registry, capsys):
+    out = tmp_path / "run"
+    rc = main(TINY + ["--denoisers", "empirical,wiener-test,broken-test", "--consistency", "4", "--out", str(out)])
+    assert rc == 0
+    for f in ("table.md", "results.json", "heldout.png", "real.png", "comparison.png", "n_eff.png",
+              "samples_empirical.png", "neighbours_empirical.png", "samples_wiener-test.png"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    assert not list(out.glob(".*"))  # no temporary files left behind
+    r = json.loads((out / "results.json").read_text())
+    assert r["sigmas"] == [0.05, 0.5, 2.0]
+    emp, lin, bad = (r["denoisers"][n] for n in ("empirical", "wiener-test", "broken-test"))
+    # the reference filter against itself: ratio exactly 1, in-sample and held-out
+    assert lin["status"] == "ok"
+    assert lin["heldout"]["ratio"] == pytest.approx([1.0] * 3, rel=1e-6)
+    assert lin["in_sample"]["ratio"] == pytest.approx([1.0] * 3, rel=1e-6)
+    # the exact denoiser memorises: perfect in-sample at low noise, worse than Wiener held-out, copies samples
+    assert emp["in_sample"]["mse"][0] < 1e-10 and emp["heldout"]["ratio"][0] > 1
+    assert emp["samples"]["copy_rate"] == 1.0 and emp["samples"]["median_ratio"] < 1e-3
+    assert emp["samples"]["n_eff"]["collapse_t"] is not None
+    assert 0 < emp["consistency"]["mean"] < 1 and "baseline" in emp["consistency"]
+    assert lin["samples"]["copy_rate"] == 0.0 and "n_eff" not in lin["samples"]
+    assert "fd_pca" in emp["samples"] and "fd_pca" in r["real"]
+    # the broken one is reported, one line, and did not sink the run
+    assert bad["status"] == "failed" and "boom" in bad["error"] and "\n" not in bad["error"]
+    assert "warning: broken-test: failed" in capsys.readouterr().err
+    table = (out / "table.md").read_text()
+    assert "| empirical |" in table and "| wiener-test |" in table and "failed" in table
+    assert "real (held-out)" in table
+
+
+def test_eval_skips_a_denoiser_over_budget(tmp_path, registry, capsys):
+    out = tmp_path / "slow"
+    rc = main(TINY + ["--denoisers", "empirical", "--consistency", "0", "--budget", "1e-9", "--out", str(out)])
+    assert rc == 1  # nothing evaluated
+    r = json.loads((out / "results.json").read_text())
+    assert r["denoisers"]["empirical"]["status"] == "skipped"
+    assert "too slow" in r["denoisers"]["empirical"]["error"]
+    assert "| empirical |" in (out / "table.md").read_text()
+
+
+def test_guard_stops_a_denoiser_past_its_deadline():
+    from boneless.evaluate import _Guard, _OverBudget
+    calls = []
+    g = _Guard(WienerFilter(torch.rand(10, 3)), time.perf_counter() + 3600, lambda: calls.append(1))
+    g(torch.zeros(2, 3), 1.0, 0.5)
+    assert calls == [1] and not hasattr(g, "posterior")
+    late = _Guard(WienerFilter(torch.rand(10, 3)), time.perf_counter() - 1, lambda: None)
+    with pytest.raises(_OverBudget):
+        late(torch.zeros(2, 3), 1.0, 0.5)
+
+
+@pytest.mark.skipif(not FMNIST.is_dir(), reason="Fashion-MNIST (dataset-fashion-mnist) not installed")
+def test_eval_on_fashion_mnist_with_the_classifier(tmp_path, monkeypatch):
+    import boneless.evaluate as E
+    from boneless.metrics import fashion_classifier
+    tiny = fashion_classifier(epochs=1, limit=1000, directory=tmp_path / "cache")
+    monkeypatch.setattr(E, "fashion_classifier", lambda **kw: tiny)
+    out = tmp_path / "fm"
+    rc = main(["eval", "--data", "fashion-mnist", "--pool", "400", "--test", "30", "--samples", "6", "--steps", "3",
+               "--sigmas", "0.1,1", "--consistency", "3", "--denoisers", "empirical", "--pca-dim", "8",
+               "--no-progress", "--out", str(out)])
+    assert rc == 0
+    r = json.loads((out / "results.json").read_text())
+    assert r["classifier"]["test_accuracy"] == tiny.test_accuracy
+    assert r["protocol"]["test_source"] == "test split" and r["protocol"]["second_pool"] == 400
+    s = r["denoisers"]["empirical"]["samples"]
+    assert s["fd_classifier"] >= 0 and 0 < s["confidence"] <= 1 and r["real"]["fd_classifier"] >= 0
+    assert "FD classifier" in (out / "table.md").read_text()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--sigmas", "0,1"], "--sigmas"),
+    (["--sigmas", "abc"], "--sigmas"),
+    (["--denoisers", "nope"], "unknown 'nope'"),
+    (["--denoisers", ","], "at least one"),
+    (["--pool", "5000"], "exceeds"),
+    (["--schedule", "nope"], "schedule"),
+    (["--device", "nonsense"], "device"),
+])
+def test_bad_options_are_one_line_errors(extra, message, tmp_path, capsys):
+    rc = main(TINY + ["--out", str(tmp_path / "x")] + extra)
+    assert rc == 2
+    assert message in _error_line(capsys)
+
+
+@pytest.mark.parametrize("extra", [["--pool", "0"], ["--test", "-3"], ["--budget", "-1"], ["--consistency", "-1"],
+                                   ["--samples", "x"], ["--classifier", "maybe"], ["--sampler", "nope"]])
+def test_bad_values_are_rejected_by_the_parser(extra, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(TINY + ["--out", str(tmp_path / "x")] + extra)
+    assert info.value.code == 2
+    _error_line(capsys)
+
+
+def test_out_must_be_a_folder(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert main(TINY + ["--out", str(f)]) == 2
+    assert "not a folder" in _error_line(capsys)
