@@ -22,6 +22,7 @@ import torch
 from . import __version__
 from .data import DATASETS, is_image, load_dataset
 from .denoisers import DENOISERS
+from .distributed import DistributedError
 from .metrics import COPY_RATIO, nearest
 from .plots import (atomic_path, neighbours_grid, posterior_figure, samples_grid, save_figure, save_image,
                     scatter_samples, trajectory_figure, trajectory_scatter)
@@ -33,6 +34,7 @@ EXTERNAL = {
     "demo": ("boneless.demos", "pictures and animations of the ideas behind diffusion (boneless demo --list)"),
     "eval": ("boneless.evaluate", "compare denoisers: held-out error, copy rate, sample quality"),
     "bench": ("boneless.bench", "time the exact denoiser against baselines and the matrix-product limit"),
+    "pack": ("boneless.pack", "convert an image folder into one .npy file (fast start; memory-mapped data)"),
 }
 
 
@@ -109,6 +111,14 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-size", type=positive_int, default=2048, help="rows per step of the exact loop")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--mmap", action="store_true",
+                   help="read a .npy dataset from disk chunk by chunk (automatic above 4 GiB as float32)")
+    p.add_argument("--checkpoint-every", type=positive_int, metavar="K",
+                   help="save the sampler state to OUT/checkpoint.pt every K steps (atomically)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint.pt (same settings): the result is identical to an uninterrupted run")
+    p.add_argument("--dist-timeout", type=positive_float, default=300.0, metavar="SECONDS",
+                   help="under torchrun: a rank waiting longer than this for another fails with an error (default 300)")
 
 
 def _write_json(obj, path: Path) -> None:
@@ -123,6 +133,23 @@ def _write_npz(path: Path, **arrays) -> None:
 
 
 def run_sample(args) -> int:
+    """``boneless sample``; under torchrun each rank holds 1/K of the data (boneless.distributed), rank 0 writes."""
+    from . import distributed
+
+    rank, world, device = distributed.init_distributed(device=_device(args.device), timeout_s=args.dist_timeout)
+    try:
+        return _run_sample(args, rank, world, device)
+    except ValueError as e:
+        if world > 1 and not str(e).startswith("rank "):
+            raise ValueError(f"rank {rank} of {world}: {e}") from e
+        raise
+    finally:
+        distributed.close()
+
+
+def _run_sample(args, rank: int, world: int, device: torch.device) -> int:
+    from . import distributed
+
     timings = {}
     t0 = time.perf_counter()
     schedule = get_schedule(args.schedule)
@@ -131,21 +158,34 @@ def run_sample(args) -> int:
             raise ValueError(f"--{name} must be a finite number >= 0, got {getattr(args, name)}")
     if min(args.noise_strength) < 0 or not all(map(math.isfinite, args.noise_strength)):
         raise ValueError("--noise-strength values must be finite and >= 0")
-    device = _device(args.device)
-    X = load_dataset(args.data, split=args.split, limit=args.limit, size=args.size)
+    X = load_dataset(args.data, split=args.split, limit=args.limit, size=args.size, mmap=args.mmap or None)
+    mapped = not isinstance(X, torch.Tensor)
+    if mapped and args.denoiser != "empirical":
+        raise ValueError(f"--denoiser {args.denoiser} needs the data in memory; memory-mapped data works with "
+                         "--denoiser empirical")
+    if world > 1:  # every rank must hold the same data (and later, the same samples)
+        distributed.check_same([len(X), *X.shape[1:], *([] if mapped else distributed.fingerprint(X))],
+                               "datasets (size, shape, checksum)", device=device)
     timings["load_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     den = make_denoiser(args.denoiser, X, temperature=args.softmax_temperature, chunk_size=args.chunk_size,
                         device=device)
     timings["build_s"] = time.perf_counter() - t0
+    out = Path(args.out)
+    checkpoint = out / "checkpoint.pt"
     res = sample(den, schedule, n=args.n, steps=args.steps, sampler=args.sampler, seed=args.seed,
                  shape=tuple(X.shape[1:]), spacing=args.spacing, flow_scale=tuple(args.flow_scale),
                  noise_strength=tuple(args.noise_strength), eta=args.eta, churn=args.churn, top_k=args.top_k,
-                 progress=not args.no_progress, device=device)
+                 progress=rank == 0 and not args.no_progress, device=device,
+                 checkpoint=checkpoint if (args.checkpoint_every or args.resume) else None,
+                 checkpoint_every=args.checkpoint_every, resume=args.resume)
+    if world > 1:
+        distributed.check_same(distributed.fingerprint(res.samples), "final samples", device=device)
+    if rank != 0:  # rank 0 alone writes the outputs
+        return 0
     timings["sample_s"] = res.seconds
     t0 = time.perf_counter()
-    out = Path(args.out)
-    dist, idx = nearest(res.samples, X, k=2)
+    dist, idx = nearest(res.samples, X, k=2, chunk_size=args.chunk_size)
     copies = (dist[:, 0] < COPY_RATIO * dist[:, 1]).numpy()
     write_sample_outputs(out, X, res, dist, idx)
     timings["outputs_s"] = time.perf_counter() - t0
@@ -156,7 +196,8 @@ def run_sample(args) -> int:
         "schedule": schedule.name,
         "time_grid": [round(float(t), 6) for t in res.ts],
         "dataset": {"shape": list(X.shape), "n": len(X)},
-        "world_size": 1,
+        "world_size": world,
+        "memory_mapped": mapped,
         "denoiser_calls": res.denoiser_calls,
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "seconds_per_step": round(res.seconds / args.steps, 6),
@@ -171,6 +212,8 @@ def run_sample(args) -> int:
     if res.trajectory.n_eff:
         report["final_n_eff"] = [round(float(v), 4) for v in res.trajectory.n_eff[-1]]
     _write_json(report, out / "report.json")
+    if checkpoint.exists():  # the run is complete and written: its checkpoint is no longer needed
+        checkpoint.unlink()
     print(f"{args.n} samples from {args.data} ({len(X)} examples, {args.denoiser}, {schedule.name}, {args.sampler}, "
           f"{args.steps} steps) in {res.seconds:.2f} s; copy rate {report['copy_rate']:.3f}; wrote {out}/")
     return 0
@@ -264,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"boneless: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except DistributedError as e:  # a collective failed: another rank stopped or stalled
+        print(f"boneless: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("boneless: interrupted (outputs already written are complete; nothing half-written)", file=sys.stderr)
         return 130

@@ -1,0 +1,123 @@
+"""Resumable runs: a run interrupted after a checkpoint and resumed gives bit-identical samples and trajectory."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import boneless.cli
+from boneless import EmpiricalDenoiser, load_dataset, sample
+from boneless.cli import main
+
+
+class Interrupt(Exception):
+    pass
+
+
+class Crashing:
+    """A denoiser that raises after ``after`` main (per-step) calls, like a run killed mid-way."""
+
+    def __init__(self, den, after, error=Interrupt):
+        self.den, self.after, self.error, self.calls, self.shape = den, after, error, 0, den.shape
+
+    def __call__(self, x, alpha, sigma):
+        return self.den(x, alpha, sigma)
+
+    def posterior(self, x, alpha, sigma, k=5):
+        self.calls += 1
+        if self.calls > self.after:
+            raise self.error()
+        return self.den.posterior(x, alpha, sigma, k=k)
+
+
+def crashing(den, after, error=Interrupt):
+    """A :class:`Crashing` whose class name is the wrapped denoiser's (checkpoints record the denoiser's class)."""
+    return type(type(den).__name__, (Crashing,), {})(den, after, error)
+
+
+@pytest.fixture(scope="module")
+def den():
+    return EmpiricalDenoiser(load_dataset("digits", limit=300))
+
+
+def same_result(a, b):
+    ta, tb = a.trajectory.stacked(), b.trajectory.stacked()
+    return (torch.equal(a.samples, b.samples) and ta.keys() == tb.keys()
+            and all(torch.equal(ta[k], tb[k]) for k in ta) and a.denoiser_calls == b.denoiser_calls)
+
+
+CASES = [
+    dict(sampler="euler-maruyama", steps=10, noise_strength=(0.8, 0.1), flow_scale=(0.2, 1.0)),  # the notebook's knobs
+    dict(sampler="ddim", eta=0.6, steps=10),
+    dict(sampler="heun", steps=7, schedule="vp-cosine"),
+    dict(sampler="euler", steps=8, schedule="ve"),  # the VE grid ends above sigma = 0: one final denoising
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["sampler"] for c in CASES])
+def test_resumed_equals_uninterrupted(tmp_path, den, case):
+    case = dict(case)
+    schedule = case.pop("schedule", "rectified-flow")
+    kw = dict(n=4, seed=7, **case)
+    ref = sample(den, schedule, **kw)
+    ck = tmp_path / "ck.pt"
+    # checkpointing alone changes nothing
+    assert same_result(ref, sample(den, schedule, checkpoint=ck, checkpoint_every=4, **kw))
+    for every, crash_after in [(4, 6), (1, 3)]:
+        ck.unlink(missing_ok=True)
+        with pytest.raises(Interrupt):
+            sample(crashing(den, crash_after), schedule, checkpoint=ck, checkpoint_every=every, **kw)
+        saved = torch.load(ck, weights_only=True)
+        assert saved["step"] == crash_after // every * every  # the last checkpoint before the crash
+        resumed = sample(crashing(den, 10 ** 6), schedule, checkpoint=ck, checkpoint_every=every, resume=True, **kw)
+        assert same_result(ref, resumed)
+        # resuming twice from the same checkpoint is just as exact
+        assert same_result(ref, sample(den, schedule, checkpoint=ck, resume=True, **kw))
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # atomic writes leave no temporary files
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path, den):
+    ck = tmp_path / "ck.pt"
+    with pytest.raises(Interrupt):
+        sample(crashing(den, 5), n=3, steps=10, seed=1, checkpoint=ck, checkpoint_every=2)
+    with pytest.raises(ValueError, match="different run: steps 10 there, 12 now"):
+        sample(den, n=3, steps=12, seed=1, checkpoint=ck, resume=True)
+    with pytest.raises(ValueError, match="different run: seed 1 there, 2 now"):
+        sample(den, n=3, steps=10, seed=2, checkpoint=ck, resume=True)
+    ck.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read"):
+        sample(den, n=3, steps=10, seed=1, checkpoint=ck, resume=True)
+
+
+def test_resume_without_checkpoint_starts_over_with_a_warning(tmp_path, den):
+    with pytest.warns(UserWarning, match="no checkpoint"):
+        r = sample(den, n=3, steps=6, seed=1, checkpoint=tmp_path / "none.pt", resume=True)
+    assert torch.equal(r.samples, sample(den, n=3, steps=6, seed=1).samples)
+    for bad in (dict(checkpoint_every=0, checkpoint=tmp_path / "c.pt"), dict(checkpoint_every=3), dict(resume=True)):
+        with pytest.raises(ValueError):
+            sample(den, n=3, steps=6, **bad)
+
+
+def test_cli_interrupted_then_resumed(tmp_path, monkeypatch, capsys):
+    args = ["sample", "--data", "digits", "--limit", "300", "-n", "4", "--steps", "12", "--sampler", "ddpm",
+            "--seed", "3", "--no-progress", "--checkpoint-every", "5"]
+    assert main(args + ["--out", str(tmp_path / "whole")]) == 0
+    assert not (tmp_path / "whole" / "checkpoint.pt").exists()  # removed once the outputs are written
+
+    make = boneless.cli.make_denoiser
+    monkeypatch.setattr(boneless.cli, "make_denoiser", lambda *a, **k: crashing(make(*a, **k), 7, KeyboardInterrupt))
+    out = tmp_path / "cut"
+    assert main(args + ["--out", str(out)]) == 130  # Ctrl-C after step 7
+    assert (out / "checkpoint.pt").exists() and not (out / "report.json").exists()
+    monkeypatch.setattr(boneless.cli, "make_denoiser", make)
+    assert main(args + ["--out", str(out), "--resume"]) == 0
+    a, b = np.load(tmp_path / "whole" / "samples.npz"), np.load(out / "samples.npz")
+    assert np.array_equal(a["samples"], b["samples"]) and np.array_equal(a["nearest"], b["nearest"])
+    assert not (out / "checkpoint.pt").exists() and (out / "report.json").exists()
+    capsys.readouterr()
+    # a different setting with --resume: one-line error, exit 2
+    (out / "checkpoint.pt").write_bytes((tmp_path / "whole" / "samples.npz").read_bytes())
+    assert main(args + ["--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("boneless: error: checkpoint") and err.count("\n") == 1
