@@ -400,3 +400,189 @@ class _Queries:
         self.x64_scaled = self.x64 * (2 * self.alpha * self.c)[:, None]
         self.aac64 = (self.alpha ** 2 * self.c)[:, None]
         self.buf64 = None  # the dense tier's float64 row buffer, allocated on first use
+
+
+# ---------------------------------------------------------------- approximate back-end for large N (FAISS)
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise ValueError("bank='faiss' needs FAISS: pip install 'boneless-flow[faiss]' (faiss-cpu)") from None
+    return faiss
+
+
+class Approximation(NamedTuple):
+    """What :meth:`FaissBank.estimate` knows about its own error, per query [B].
+
+    ``tail_mass``: the importance-sampled estimate of the posterior mass outside the ``k`` neighbours;
+    ``tail_bound``: an upper bound on that mass, ``(N - k) e^(l_k - m) / s_k`` (``l_k`` the smallest neighbour
+    logit), exact when the neighbours are the true top-k (``index="flat"``; for ``"ivf"`` when its probes found
+    them); ``x0_bound``: the bound on ``|x0_hat - E[x0 | x]| / |x0_hat|`` that follows from ``tail_bound``
+    when the tail is neglected, ``2 tail_bound max_i |x_i - x0_hat| / |x0_hat|``."""
+
+    tail_mass: torch.Tensor
+    tail_bound: torch.Tensor
+    x0_bound: torch.Tensor
+
+
+class FaissBank:
+    """An approximate bank for large N: the ``k`` nearest rows of each query from a FAISS index, with their
+    logits recomputed exactly (float64), plus an unbiased importance-sampled estimate of the rest of the
+    softmax sum from ``tail`` rows drawn uniformly (the nearest-neighbour score estimator of Niedoba et al.,
+    arXiv 2402.08018). Costs O(k + tail) rows per query after the index search instead of all N.
+
+    The logits are ``-|x - alpha x_i|^2 / (2 sigma^2 T)``, so the top-k rows are the nearest neighbours of
+    ``x / alpha``; queries with ``alpha = 0`` (the prior) are passed to the exact bank. Prior weights are not
+    supported (they break that equivalence).
+
+    Args:
+        bank: the exact :class:`Bank` whose rows are indexed (kept for exact recomputation and :meth:`check`).
+        k: neighbours per query.
+        tail: rows sampled uniformly per query for the tail estimate (0: the tail is neglected).
+        index: ``"ivf"`` (inverted lists, approximate, fast) or ``"flat"`` (exact search, no speed-up in the search).
+        nlist, nprobe: inverted lists and lists probed per query (``ivf``; default ``4 sqrt(N)`` and 32).
+        seed: seed of the tail sampler and of the index training sample.
+    """
+
+    def __init__(self, bank: Bank, *, k: int = 256, tail: int = 256, index: Literal["ivf", "flat"] = "ivf",
+                 nlist: int | None = None, nprobe: int = 32, seed: int = 0):
+        faiss = _faiss()
+        if bank.log_w is not None:
+            raise ValueError("bank='faiss' does not support prior weights (the top-k would not be nearest neighbours)")
+        for name, v, lo in (("k", k, 1), ("tail", tail, 0), ("nprobe", nprobe, 1)):
+            if not (isinstance(v, int) and v >= lo):
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if index not in ("ivf", "flat"):
+            raise ValueError(f"index must be 'ivf' or 'flat', got {index!r}")
+        self.exact, self.k, self.tail, self.index_kind = bank, min(k, len(bank)), tail, index
+        self.generator = torch.Generator().manual_seed(seed)
+        n, d = len(bank), bank.dim
+        if index == "flat":
+            self.index = faiss.IndexFlatL2(d)
+        else:
+            nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
+            self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
+            train = torch.randperm(n, generator=self.generator)[:min(n, 64 * nlist)].sort().values
+            self.index.train(bank.X[train].cpu().numpy())
+            self.index.nprobe = min(nprobe, nlist)
+        self.sum_all = torch.zeros(d, dtype=torch.float64, device=bank.device)  # sum_i x_i (the tail's control variate)
+        for j0 in range(0, n, bank.chunk_size):
+            rows = bank.rows(j0, min(j0 + bank.chunk_size, n))
+            self.index.add(rows.cpu().contiguous().numpy())
+            self.sum_all += rows.double().sum(0)
+
+    def __getattr__(self, name):  # everything else (rows, X, chunk_size, device, ...) is the exact bank's
+        return getattr(self.exact, name)
+
+    def __len__(self) -> int:
+        return len(self.exact)
+
+    def _parts(self, x, alpha, sigma, temperature):
+        """Neighbours ``idx`` [B, k] (missing ones masked), their float32 rows and exact float64 logits
+        ``c (2 alpha x.x_i - alpha^2 |x_i|^2)``; the same for the tail sample (rows among the neighbours masked)."""
+        dev = self.exact.device
+        x64 = x.to(dev, torch.float64)
+        alpha, sigma = alpha.to(dev, torch.float64), sigma.to(dev, torch.float64)
+        c = 0.5 / (sigma ** 2 * temperature)
+
+        def gather(ix):
+            rows = self.exact.X[ix.reshape(-1)].reshape(*ix.shape, -1)
+            dots = torch.einsum("bd,bmd->bm", x64, rows.double())
+            return rows, c[:, None] * (2 * alpha[:, None] * dots - alpha[:, None] ** 2 * self.exact.sq_norms64[ix])
+
+        _, idx = self.index.search((x64 / alpha[:, None]).float().cpu().numpy(), self.k)
+        idx = torch.from_numpy(idx).to(dev)
+        missing = idx < 0  # fewer than k found (ivf): row 0 in their place, with weight 0
+        rows_top, l_top = gather(idx.clamp(min=0))
+        l_top = l_top.masked_fill(missing, -math.inf)
+        n = len(self.exact)
+        if self.tail and n > self.k:
+            samp = torch.randint(0, n, (len(x), self.tail), generator=self.generator).to(dev)
+            in_top = (samp[:, :, None] == idx[:, None, :]).any(-1)
+            rows_tail, l_tail = gather(samp)
+            l_tail = l_tail.masked_fill(in_top, -math.inf)
+        else:
+            rows_tail, l_tail = rows_top[:, :0], l_top[:, :0]
+        return idx.clamp(min=0), rows_top, l_top, rows_tail, l_tail
+
+    def reduce(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, *, temperature: float = 1.0,
+               k: int = 0, start: int = 0, stop: int | None = None) -> Stats:
+        """:meth:`Bank.reduce`'s statistics, estimated from the neighbours and the tail sample (all rows only)."""
+        if start != 0 or (stop is not None and stop != len(self)):
+            raise ValueError("the FAISS bank reduces over all its rows")
+        prior = alpha == 0
+        if bool(prior.all()):
+            return self.exact.reduce(x, alpha, sigma, temperature=temperature, k=k)
+        if bool(prior.any()):  # the prior (alpha = 0) exactly, the rest approximately
+            keep = (~prior).nonzero().squeeze(1)
+            a = self.reduce(x[keep], alpha[keep], sigma[keep], temperature=temperature, k=k)
+            p = self.exact.reduce(x[prior], alpha[prior], sigma[prior], temperature=temperature, k=k)
+            out = [torch.empty((len(x),) + t.shape[1:], dtype=t.dtype, device=t.device) for t in a]
+            for o, ta, tp in zip(out, a, p):
+                o[keep], o[prior] = ta, tp
+            return Stats(*out)
+        idx, rows_top, l_top, rows_tail, l_tail = self._parts(x, alpha, sigma, temperature)
+        m = torch.cat([l_top, l_tail], 1).max(1).values
+        w_top = torch.exp(l_top - m[:, None])
+        acc = torch.einsum("bm,bmd->bd", w_top, rows_top.double())
+        z_top = (l_top - m[:, None]).nan_to_num(neginf=0.0)
+        s, u, q = w_top.sum(1), (w_top * z_top).sum(1), (w_top ** 2).sum(1)
+        if l_tail.shape[1]:
+            tail = self._tail(m, idx, l_top, rows_tail, l_tail)
+            acc, s, u, q = acc + tail[0], s + tail[1], u + tail[2], q + tail[3]
+        acc = acc.float()
+        kk = min(k, self.k)
+        top_l, pos = l_top.topk(kk, dim=1)
+        top_i = idx.gather(1, pos)
+        if kk < k:
+            top_l = torch.cat([top_l, top_l.new_full((len(x), k - kk), -math.inf)], 1)
+            top_i = torch.cat([top_i, top_i.new_full((len(x), k - kk), -1)], 1)
+        return Stats(m, s, acc, u, q, top_l, top_i)
+
+    def _tail(self, m, idx, l_top, rows_tail, l_tail):
+        """The rows outside the neighbours T, from the uniform sample S (rows of T in S masked): with
+        ``w_j = e^(l_j - m)`` and ``w_bar`` the mean of ``w`` over the valid samples, the control-variate estimate
+        ``sum_{j not in T} w_j x_j ~ w_bar sum_{j not in T} x_j + (N / |S|) sum_{j in S} (w_j - w_bar) x_j``
+        (the plain importance-sampling sum is its ``w_bar = 0`` case; the exact ``sum_{j not in T} x_j`` removes
+        most of its variance when the posterior is broad), ``sum_{j not in T} w_j ~ w_bar (N - |T|)``.
+        Returns the tail's (acc, s, u, q) contributions."""
+        n, scale = len(self.exact), len(self.exact) / self.tail
+        valid = torch.isfinite(l_tail)
+        w = torch.exp(l_tail - m[:, None]).masked_fill(~valid, 0.0)
+        n_valid = valid.sum(1).clamp(min=1)
+        w_bar = w.sum(1) / n_valid
+        found = torch.isfinite(l_top)
+        rows_top = self.exact.X[idx.reshape(-1)].reshape(*idx.shape, -1).double()
+        rest_sum = self.sum_all[None] - torch.einsum("bm,bmd->bd", found.double(), rows_top)
+        dev = (w - w_bar[:, None]).masked_fill(~valid, 0.0)
+        acc = w_bar[:, None] * rest_sum + scale * torch.einsum("bm,bmd->bd", dev, rows_tail.double())
+        s = w_bar * (n - found.sum(1))
+        z = (l_tail - m[:, None]).masked_fill(~valid, 0.0)
+        return acc, s, scale * (w * z).sum(1), scale * (w * w).sum(1)
+
+    def estimate(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, *,
+                 temperature: float = 1.0) -> Approximation:
+        """The tail mass (estimated and bounded) and the resulting bound on the error of ``x0_hat`` [B]."""
+        if bool((alpha == 0).any()):
+            raise ValueError("the tail bound needs alpha > 0 (alpha = 0 is computed exactly)")
+        idx, rows_top, l_top, rows_tail, l_tail = self._parts(x, alpha, sigma, temperature)
+        n = len(self.exact)
+        m = l_top.max(1).values
+        s_top = torch.exp(l_top - m[:, None]).sum(1)
+        s_tail = self._tail(m, idx, l_top, rows_tail, l_tail)[1] if l_tail.shape[1] else torch.zeros_like(s_top)
+        tail_mass = s_tail / (s_top + s_tail)
+        l_k = l_top.masked_fill(torch.isinf(l_top), math.inf).min(1).values
+        bound = ((n - self.k) * torch.exp(l_k - m) / s_top).clamp(max=1.0)
+        w = torch.exp(l_top - m[:, None]) / s_top[:, None]
+        x0 = torch.einsum("bm,bmd->bd", w, rows_top.double())
+        spread = (self.exact.r + x0.norm(dim=1))
+        return Approximation(tail_mass, bound, (2 * bound * spread / x0.norm(dim=1).clamp(min=1e-30)))
+
+    def check(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, *,
+              temperature: float = 1.0) -> torch.Tensor:
+        """Relative L2 error [B] of this bank's ``x0_hat`` against the exact bank's (a full exact pass)."""
+        a = self.reduce(x, alpha, sigma, temperature=temperature)
+        e = self.exact.reduce(x, alpha, sigma, temperature=temperature)
+        xa, xe = a.acc.double() / a.s[:, None], e.acc.double() / e.s[:, None]
+        return (xa - xe).norm(dim=1) / xe.norm(dim=1).clamp(min=1e-30)

@@ -11,12 +11,12 @@ with any of them.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 
 from . import distributed
-from .bank import Bank, Stats
+from .bank import Bank, FaissBank, Stats, StoredRows
 from .data import check_data
 
 Coef = float | torch.Tensor
@@ -89,6 +89,13 @@ class EmpiricalDenoiser:
             (:mod:`boneless.distributed`); ``None`` (default): when a process group is initialised and has more
             than one rank. Every rank must then make the same calls with the same queries.
         process_group: the torch.distributed group to shard over (default: the default group).
+        storage: the type ``X`` is held in: ``float32``, ``float16``, ``bfloat16`` or ``uint8`` (8-bit images);
+            dequantised exactly chunk by chunk, and the denoiser is then exact for the dequantised data
+            (:attr:`data`). See :mod:`boneless.bank`.
+        screen: format of the screening product (``float32``; ``tf32``/``bfloat16`` for GPUs, still exact).
+        bank: ``"exact"`` (default), or ``"faiss"`` / ``"faiss-flat"``: the approximate nearest-neighbour
+            back-end :class:`boneless.bank.FaissBank` (inverted-file or exact search; ``neighbours`` rows per
+            query plus ``tail_samples`` uniformly drawn rows, drawn from ``seed``).
 
     ``X`` may also be a :class:`boneless.pack.MappedRows` (a memory-mapped .npy): rows are then read chunk by
     chunk from disk and never held in memory together.
@@ -96,7 +103,10 @@ class EmpiricalDenoiser:
 
     def __init__(self, X: torch.Tensor, *, weights: torch.Tensor | None = None, temperature: float = 1.0,
                  chunk_size: int = 2048, device: torch.device | str | None = None, shard: bool | None = None,
-                 process_group=None):
+                 process_group=None, storage: Literal["float32", "float16", "bfloat16", "uint8"] = "float32",
+                 screen: Literal["float32", "tf32", "bfloat16"] = "float32",
+                 bank: Literal["exact", "faiss", "faiss-flat"] = "exact", neighbours: int = 256,
+                 tail_samples: int = 256, seed: int = 0):
         X = X if hasattr(X, "flat") else check_data(X)  # a MappedRows was checked when opened
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature must be a positive number, got {temperature!r}")
@@ -126,7 +136,14 @@ class EmpiricalDenoiser:
             log_w = None if log_w is None else log_w[start:stop]
             p_w = None if p_w is None else p_w[start:stop]
             self.offset = start
-        self.bank = Bank(X, log_weights=log_w, chunk_size=chunk_size, device=device)
+        if bank not in ("exact", "faiss", "faiss-flat"):
+            raise ValueError(f"bank must be 'exact', 'faiss' or 'faiss-flat', got {bank!r}")
+        self.bank = Bank(X, log_weights=log_w, chunk_size=chunk_size, device=device, storage=storage, screen=screen)
+        if bank != "exact":
+            if self.sharded:
+                raise ValueError(f"bank={bank!r} cannot be sharded")
+            self.bank = FaissBank(self.bank, k=neighbours, tail=tail_samples, seed=seed,
+                                  index="flat" if bank == "faiss-flat" else "ivf")
         self.mean = self._stats_mean(p_w)
 
     @property
@@ -151,6 +168,8 @@ class EmpiricalDenoiser:
         :class:`~boneless.pack.MappedRows` when memory-mapped)."""
         if hasattr(self.bank.X, "source"):
             return self.bank.X.source
+        if isinstance(self.bank.X, StoredRows):  # held in a smaller type: the dequantised rows (a new tensor)
+            return self.bank.X.dequantised().reshape(-1, *self.shape)
         return self.bank.X.reshape(-1, *self.shape)
 
     def _stats(self, x: torch.Tensor, alpha: Coef, sigma: Coef, k: int) -> Stats:
