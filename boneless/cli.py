@@ -109,6 +109,10 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--churn", type=float, default=1.0, help="euler-maruyama noise level g^2 = 2 churn sigma d_sigma")
     p.add_argument("--top-k", type=positive_int, default=5, help="posterior examples recorded per step (default 5)")
     p.add_argument("--chunk-size", type=positive_int, default=2048, help="rows per step of the exact loop")
+    p.add_argument("--storage", choices=("float32", "float16", "bfloat16", "uint8"), default="float32",
+                   help="type the dataset is held in, dequantised exactly in the loop (uint8: 8-bit images)")
+    p.add_argument("--bank", choices=("exact", "faiss", "faiss-flat"), default="exact",
+                   help="exact (default) or the approximate FAISS back-end for large N (pip install faiss-cpu)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--mmap", action="store_true",
@@ -169,6 +173,7 @@ def _run_sample(args, rank: int, world: int, device: torch.device) -> int:
     timings["load_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     den = make_denoiser(args.denoiser, X, temperature=args.softmax_temperature, chunk_size=args.chunk_size,
+                        storage=getattr(args, "storage", None), bank=getattr(args, "bank", None),
                         device=device)
     timings["build_s"] = time.perf_counter() - t0
     out = Path(args.out)
