@@ -1,5 +1,5 @@
-"""Pictures and animations of the ideas behind diffusion (SPEC §2), each computed by the library itself and
-printing the numbers it shows: boneless demo NAME --out DIR, boneless demo all, boneless demo --list.
+"""Pictures and animations of the ideas behind diffusion, each computed by the library itself and printing
+the numbers it shows: boneless demo NAME --out DIR, boneless demo all --out DIR, boneless demo --list.
 
 Every demo is a function ``demo_x(out, *, seed=0, quick=False) -> dict`` that writes its pictures into ``out``
 (through :func:`boneless.plots.atomic_path`), prints its numbers and returns them; ``quick`` makes a smaller,
@@ -57,8 +57,9 @@ def _animate(fig, draw: Callable[[int], None], frames: int, path: Path, *, fps: 
     return [target for target, _ in writers]
 
 
-def _save_png(fig, path: Path) -> Path:
-    """Save a figure as a 256-colour PNG (plots have few colours; this keeps gallery files small), atomically."""
+def _save_png(fig, path: Path, *, max_bytes: int = 250_000) -> Path:
+    """Save a figure as PNG atomically; a file over ``max_bytes`` (smooth heatmaps) is stored with a 256-colour
+    palette instead, which keeps gallery files small."""
     import io
 
     from PIL import Image
@@ -66,10 +67,13 @@ def _save_png(fig, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     pyplot().close(fig)
-    buf.seek(0)
-    im = Image.open(buf).convert("RGB").quantize(256)
+    data = buf.getvalue()
+    if len(data) > max_bytes:
+        out = io.BytesIO()
+        Image.open(io.BytesIO(data)).convert("RGB").quantize(256).save(out, format="PNG", optimize=True)
+        data = out.getvalue()
     with atomic_path(path) as tmp:
-        im.save(tmp, format="PNG", optimize=True)
+        Path(tmp).write_bytes(data)
     return path
 
 
@@ -270,10 +274,10 @@ def demo_density(out: Path, *, seed: int = 0, quick: bool = False) -> dict:
 def demo_flow(out: Path, *, seed: int = 0, quick: bool = False) -> dict:
     """SPEC §2.3-2.4: particles flowing under the exact ground-truth flow from noise onto training points."""
     out = Path(out)
-    X = load_dataset("moons", n=48 if quick else 96, seed=seed)
+    X = load_dataset("moons", n=32 if quick else 40, seed=seed)
     den = EmpiricalDenoiser(X)
     steps = QUICK_FRAMES if quick else GIF_FRAMES
-    n = 24 if quick else 64
+    n = 24 if quick else 48
     # log-SNR spacing: the grid reaches sigma/alpha = 0.002 before the last step, where the posterior has collapsed
     res = sample(den, "rectified-flow", n=n, steps=steps, sampler="euler", seed=seed + 1, spacing="logsnr",
                  record_every=1, top_k=0)
@@ -288,7 +292,7 @@ def demo_flow(out: Path, *, seed: int = 0, quick: bool = False) -> dict:
     ax.scatter(X[:, 0], X[:, 1], s=40, c="0.75", label=f"{len(X)} training points", zorder=1)
     trails = [ax.plot([], [], lw=0.8, alpha=0.6)[0] for _ in range(n)]
     dots = ax.scatter(path[0, :, 0], path[0, :, 1], s=14, c="tab:red", zorder=3, label=f"{n} particles")
-    span = float(path[:, :, :].abs().max()) * 1.05
+    span = 2.2  # the data lie in [-1, 1]; a few particles start outside and fly in
     ax.set_xlim(-span, span)
     ax.set_ylim(-span, span)
     ax.set_aspect("equal")
@@ -420,7 +424,8 @@ def demo_regression(out: Path, *, seed: int = 0, quick: bool = False) -> dict:
     result = {"m": m, "b": b, "m_true": m_true, "b_true": b_true, "s": s, "eta": eta, "steps": steps,
               "residual_before": resid[0], "residual_after": resid[-1], "residuals": resid,
               "files": [str(out / "regression.png")]}
-    _say("regression", [f"{n} points Y = {m_true} X + {b_true} + e, e ~ N(0, {noise}^2)",
+    sign = "+" if b_true >= 0 else "-"
+    _say("regression", [f"{n} points Y = {m_true} X {sign} {abs(b_true)} + e, e ~ N(0, {noise}^2)",
                         f"least squares: m = {m:.4f}, b = {b:.4f}, residual std s = {s:.4f}",
                         f"mean |residual| before {resid[0]:.4f}, after {steps} ascent steps {resid[-1]:.4f} "
                         f"(ratio {resid[-1] / resid[0]:.4f} = (1 - {eta})^{steps} = {(1 - eta) ** steps:.4f})",
@@ -723,7 +728,13 @@ def run(args) -> int:
         raise ValueError(f"name a demo ({', '.join(DEMOS)}) or 'all'; boneless demo --list describes them")
     if args.name != "all" and args.name not in DEMOS:
         raise ValueError(f"unknown demo {args.name!r}: choose one of {', '.join(DEMOS)}, or all")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
     names = list(DEMOS) if args.name == "all" else [args.name]
     for name in names:
-        DEMOS[name][0](Path(args.out), seed=args.seed, quick=args.quick)
+        try:
+            DEMOS[name][0](out, seed=args.seed, quick=args.quick)
+        except OSError as e:
+            raise ValueError(f"demo {name}: cannot write to {out}: {e.strerror or e}") from None
     return 0

@@ -199,6 +199,13 @@ def test_cli_bad_input(argv, message, capsys):
     assert err.startswith("boneless: error:") and message in err and err.count("\n") == 1
 
 
+def test_cli_out_is_a_file(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert main(["demo", "regression", "--out", str(f), "--quick"]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
 def test_cli_bad_seed(capsys):
     with pytest.raises(SystemExit) as e:
         main(["demo", "flow", "--seed", "-1"])
