@@ -190,8 +190,8 @@ class Bank:
         X = X.reshape(X.shape[0], -1)
         self.device = torch.device(device) if device is not None else X.device
         self.X = X.to(self.device, torch.float32).contiguous()
-        x64 = self.X.double()
-        self.sq_norms64 = (x64 * x64).sum(1)  # |x_i|^2 in float64 (float64 tiers)
+        self.sq_norms64 = torch.cat([(r.double() ** 2).sum(1) for r in self.X.split(8192)]) if len(self.X) else \
+            torch.zeros(0, dtype=torch.float64, device=self.device)  # |x_i|^2 in float64 (float64 tiers)
         self.sq_norms = self.sq_norms64.to(torch.float32)  # and rounded once (float32 screen)
         self.r = float(self.sq_norms64.max().sqrt()) if len(self.X) else 0.0
         self.log_w = None if log_weights is None else log_weights.to(self.device, torch.float64)
