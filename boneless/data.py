@@ -422,6 +422,8 @@ def load_dataset(name_or_path: str | os.PathLike, *, split: Literal["train", "te
         name = key
         if n is not None and key not in TOYS:
             raise ValueError(f"{name}: n sets the size of the 2-D toys ({', '.join(TOYS)}); use limit= instead")
+        if mmap:
+            raise ValueError(f"{name}: memory mapping needs a .npy file (boneless pack FOLDER --out data.npy)")
         if split == "test" and key != "fashion-mnist":
             raise ValueError(f"{name}: has no test split (only fashion-mnist and IDX folders do)")
         if key == "digits":
@@ -453,7 +455,7 @@ def load_dataset(name_or_path: str | os.PathLike, *, split: Literal["train", "te
             from .pack import MappedRows
 
             X = MappedRows(path, name=name)
-            X = X.narrow(0, min(limit, len(X))) if limit is not None else X
+            X = X.narrow(0, 0, min(limit, len(X))) if limit is not None else X
             if size is not None and X.ndim == 4 and tuple(X.shape[-2:]) != (size, size):
                 raise ValueError(f"{name}: a memory-mapped dataset is used at its stored size "
                                  f"{X.shape[-2]}x{X.shape[-1]}, not {size}: pack it again with --size {size}")
