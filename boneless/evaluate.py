@@ -40,6 +40,7 @@ from .samplers import SAMPLERS, sample
 from .schedules import get_schedule
 
 DEFAULT_SIGMAS = "0.05,0.1,0.2,0.5,1,2"
+REFERENCE_SETS = 5  # disjoint sets of unseen real images give the real-image quality and its spread
 
 
 def _count(text: str) -> int:
@@ -110,7 +111,7 @@ def parse_denoisers(text: str) -> list[str]:
 
 def split_data(data: str, *, pool: int, test: int, extra: int, second_pool: bool, size: int | None,
                seed: int) -> dict:
-    """The pool [pool, ...], held-out set [test, ...], ``extra`` more unseen real images (the real-image
+    """The pool [pool, ...], held-out set [test, ...], up to ``extra`` more unseen real images (the real-image
     reference of the sample statistics) and, if ``second_pool``, a disjoint second pool (None if too few)."""
     try:
         X_test_all = load_dataset(data, split="test", size=size)
@@ -134,8 +135,10 @@ def split_data(data: str, *, pool: int, test: int, extra: int, second_pool: bool
                          "split, so both come from one shuffle)")
     perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))
     rest = perm[pool + test:]
+    second = None
+    if second_pool and len(rest) >= pool + min(extra, 2):  # the second pool first, if a reference set still fits
+        second, rest = X[rest[:pool]], rest[pool:]
     reference = X[rest[:extra]]
-    second = X[rest[extra:extra + pool]] if second_pool and len(rest) >= extra + pool else None
     return {"pool": X[perm[:pool]], "test": X[perm[pool:pool + test]], "second": second,
             "reference": reference if len(reference) >= 2 else None, "test_source": "held out of a shuffle",
             "available": len(X)}
@@ -186,7 +189,7 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
-    split = split_data(args.data, pool=args.pool, test=args.test, extra=args.samples,
+    split = split_data(args.data, pool=args.pool, test=args.test, extra=REFERENCE_SETS * args.samples,
                        second_pool=args.consistency > 0, size=args.size, seed=args.seed)
     pool, test = split["pool"], split["test"]
     shape = tuple(pool.shape[1:])
@@ -224,8 +227,15 @@ def run(args) -> int:
     held_stats = nearest_distance_stats(test, pool)
     real.update({"copy_rate": held_stats["copy_rate"], "nearest_median": held_stats["nearest_median"],
                  "nearest_mean": held_stats["nearest_mean"]})
-    if ref is not None:
-        real.update(quality(ref))
+    if ref is not None:  # up to REFERENCE_SETS disjoint sets of as many real images as samples: mean and spread
+        sets = [ref[i:i + args.samples] for i in range(0, len(ref), args.samples)]
+        sets = [r for r in sets if len(r) == len(sets[0])]
+        qs = [quality(r) for r in sets]
+        real.update({"n": len(sets[0]), "sets": len(sets)})
+        for key in qs[0]:
+            v = torch.tensor([q[key] for q in qs], dtype=torch.float64)
+            real[key] = float(v.mean())
+            real[key + "_std"] = float(v.std()) if len(v) > 1 else None
 
     settings = {k: v for k, v in vars(args).items() if k != "func"}
     results = {
@@ -294,15 +304,21 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
         den = make_denoiser(name, pool, device=device)
         rec["timings"]["build_s"] = round(time.perf_counter() - t0, 3)
         stage = "probe"
-        probe = test[:min(args.batch_size, len(test))]
         sig = sigmas[len(sigmas) // 2]
-        t1 = time.perf_counter()
-        den(probe + sig * torch.randn(probe.shape, generator=torch.Generator().manual_seed(args.seed)), 1.0, sig)
-        per_query = (time.perf_counter() - t1) / len(probe)
-        queries = 2 * len(sigmas) * len(test) + args.samples * args.steps * (2 if args.sampler == "heun" else 1)
+        noise = torch.randn(test.shape, generator=torch.Generator().manual_seed(args.seed))
+
+        def probe(b):  # seconds of one denoiser call on b held-out images
+            t1 = time.perf_counter()
+            den(test[:b] + sig * noise[:b], 1.0, sig)
+            return time.perf_counter() - t1
+
+        b_err, b_sample = min(args.batch_size, len(test)), min(args.samples, len(test))
+        calls = args.steps * (2 if args.sampler == "heun" else 1)
+        estimate = 2 * len(sigmas) * len(test) * probe(b_err) / b_err + calls * probe(b_sample) * max(
+            1.0, args.samples / b_sample)
         if split["second"] is not None and args.consistency:
-            queries += 2 * args.consistency * args.steps
-        estimate = per_query * queries + (time.perf_counter() - t0)
+            estimate += 2 * calls * probe(min(args.consistency, len(test)))
+        estimate += time.perf_counter() - t0
         rec["timings"]["estimate_s"] = round(estimate, 1)
         if estimate > args.budget:
             rec.update(status="skipped", error=f"too slow: estimated {estimate:.0f} s > --budget {args.budget:g} s "
@@ -428,13 +444,16 @@ def markdown_table(results: dict) -> str:
               "distance of the samples over that of held-out images (1 = as novel as real unseen images). KS: "
               "Kolmogorov-Smirnov distance between the two distance distributions. FD: Frechet distance to the "
               "held-out images (lower is better); 'real' is the same for "
-              f"{real['n']} unseen real images. Split consistency: cosine similarity of samples from two disjoint "
+              f"sets of {real['n']} unseen real images (mean ± sd over {real.get('sets', 0)} disjoint sets). Split consistency: cosine similarity of samples from two disjoint "
               "pools with the same seeds (baseline: unpaired).", "",
               "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 2) + "---|"]
-    row = ["real (held-out)", _fmt(real["copy_rate"]), _fmt(real["nearest_median"]), "1", "0",
-           _fmt(real.get("fd_pca"))]
+    def pm(key):
+        sd = real.get(key + "_std")
+        return _fmt(real.get(key)) + (f" ± {_fmt(sd, 2)}" if sd is not None else "")
+
+    row = ["real (held-out)", _fmt(real["copy_rate"]), _fmt(real["nearest_median"]), "1", "0", pm("fd_pca")]
     if has_clf:
-        row += [_fmt(real.get("fd_classifier")), _fmt(real.get("confidence"))]
+        row += [pm("fd_classifier"), pm("confidence")]
     row += ["–", "–", "–", ""]
     lines.append("| " + " | ".join(row) + " |")
     for name, r in dens.items():
