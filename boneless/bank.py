@@ -170,15 +170,22 @@ class Bank:
             :class:`StoredRows` and dequantised exactly chunk by chunk (uint8: ``q / 127.5 - 1``).
         screen: format of the screening matrix product: ``float32``; ``tf32`` or ``bfloat16`` (GPUs; their
             rounding is added to the error bound, so the result stays exact; on CPU ``tf32`` runs in float32).
+        fast_delta: tier-1 threshold on the logit error bound ``delta`` (default ``FAST_DELTA``, the exact
+            contract). A larger value trades exactness for speed: logits with ``delta`` up to it are used as
+            screened (weights within a factor ``e^(2 delta)``); the patch denoisers use this.
     """
 
     def __init__(self, X: torch.Tensor, *, log_weights: torch.Tensor | None = None, chunk_size: int = 2048,
-                 device: torch.device | str | None = None, storage: Storage = "float32", screen: Screen = "float32"):
+                 device: torch.device | str | None = None, storage: Storage = "float32", screen: Screen = "float32",
+                 fast_delta: float = FAST_DELTA):
         if storage not in STORAGES:
             raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
         if screen not in SCREENS:
             raise ValueError(f"screen must be one of {', '.join(SCREENS)}, got {screen!r}")
         self.storage, self.screen = storage, screen
+        if not (isinstance(fast_delta, (int, float)) and fast_delta > 0):
+            raise ValueError(f"fast_delta must be a positive number, got {fast_delta!r}")
+        self.fast_delta = float(fast_delta)
         if isinstance(X, torch.Tensor) and storage != "float32":
             device = torch.device(device) if device is not None else X.device
             X = StoredRows(X.reshape(X.shape[0], -1), storage, device=device)
@@ -387,9 +394,10 @@ class _Queries:
         c = 0.5 / (sigma.to(bank.device, torch.float64) ** 2 * temperature)
         self.c = torch.minimum(c, C_MAX / (1.0 + spread))  # sigma = 0: the nearest row(s), without overflow
         kappa = 2 * math.sqrt(bank.dim) + 8  # probabilistic dot-product bound (Higham & Mary 2019)
-        self.delta = kappa * U32 * (self.c * spread + bank.log_w_max / temperature) + \
+        # the log weights are rounded once and added once: 3 u |log w / T| (no dot-product growth)
+        self.delta = kappa * U32 * self.c * spread + 3 * U32 * bank.log_w_max / temperature + \
             SCREEN_DOT[bank.screen] * self.c * cross
-        self.slow = self.delta > FAST_DELTA
+        self.slow = self.delta > getattr(bank, "fast_delta", FAST_DELTA)
         # n screened-out rows, each changed by at most e^-margin min(1, e^delta - 1) of the top weight, move
         # x0_hat by at most 4 n e^-margin min(1, e^delta - 1) r: margin makes that TOL r
         err = torch.expm1(self.delta.clamp(max=1.0))
