@@ -1,0 +1,104 @@
+"""boneless bench: its baselines compute the same denoiser, its data and measurements behave, and the command
+writes its report atomically (tiny sizes: behaviour only, no timing claims)."""
+
+import json
+import time
+
+import pytest
+import torch
+
+import boneless.bench as bench
+from boneless.cli import main
+from boneless.denoisers import exact_reference
+
+
+def test_synthetic_images_are_images_in_range_and_reproducible():
+    a = bench.synthetic_images(50, (3, 8, 8), seed=3)
+    assert a.shape == (50, 3, 8, 8) and float(a.abs().max()) < 1
+    assert torch.equal(a, bench.synthetic_images(50, (3, 8, 8), seed=3))
+    assert not torch.equal(a, bench.synthetic_images(50, (3, 8, 8), seed=4))
+    flat = a.flatten(1)
+    neighbours = torch.corrcoef(torch.stack([flat[:, 0], flat[:, 1]]))[0, 1]
+    assert neighbours > 0.5  # adjacent pixels correlated, like images
+    assert a.mean(0).norm() > 0.1 * a.flatten(1).norm(dim=1).mean()  # a non-zero mean image
+
+
+@pytest.mark.parametrize("ratio", [0.05, 1.0, 20.0])
+def test_baselines_compute_the_exact_denoiser(ratio):
+    X = bench.synthetic_images(200, (1, 6, 6), seed=1).flatten(1)
+    g = torch.Generator().manual_seed(2)
+    a, s = bench._coeffs(ratio)
+    assert abs(s / a - ratio) < 1e-12 and abs(a + s - 1) < 1e-12
+    x = a * X[:5] + s * torch.randn(5, X.shape[1], generator=g)
+    ref = exact_reference(X, x, a, s)
+    for fn in (bench.per_sample_pattern, bench.broadcast_pattern):
+        y = fn(X, x, a, s)
+        assert float(((y.double() - ref).norm(dim=1) / ref.norm(dim=1)).max()) < 1e-3, fn.__name__
+
+
+def test_interleaved_and_peak_memory():
+    calls = []
+    times = bench.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3,
+                              torch.device("cpu"))
+    assert calls == ["a", "b"] * 3 and all(len(v) == 3 and min(v) >= 0 for v in times.values())
+
+    def hold():
+        t = torch.ones(64 << 18)  # 64 MB, touched
+        time.sleep(0.05)
+        return t.sum()
+    peak = bench.peak_memory(hold, torch.device("cpu"))
+    assert peak == -1 or peak > 32 << 20
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setattr(bench, "QUICK", dict(grid=[(300, (1, 4, 4))], batches=(1, 4), n_sweep=(150, 300),
+                                             d_sweep=((1, 4, 4), (2, 4, 4)), b_sweep=(1, 4), target=(300, (1, 4, 4), 4),
+                                             faiss_n=(400,), faiss_shape=(1, 4, 4)))
+
+
+def test_bench_command_writes_its_report(tmp_path, tiny, capsys):
+    pytest.importorskip("matplotlib")
+    args = ["bench", "--quick", "--out", str(tmp_path), "--repeats", "2", "--steps", "3", "--budget", "1",
+            "--device", "cpu", "--threads", "1"]
+    try:
+        import faiss  # noqa: F401
+        args.append("--faiss")
+    except ImportError:
+        pass
+    assert main(args) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    for name in ("bench.md", "time_vs_N.png", "time_vs_D.png", "time_vs_B.png", "sampling.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
+    assert {(c["N"], c["B"]) for c in report["grid"]} == {(300, 1), (300, 4)}
+    for c in report["grid"]:
+        methods = c["methods"]
+        assert {"limit", "per-sample", "broadcast"} <= set(methods)
+        assert {f"exact@{r:g}" for r in bench.RATIOS} <= set(methods)
+        assert methods["limit"]["fraction_of_limit"] == 1.0
+        for m in methods.values():
+            assert m["min_s"] <= m["median_s"] and abs(m["per_sample_s"] * c["B"] - m["min_s"]) < 1e-12
+    run = report["sampling"][0]
+    assert len(run["calls"]) == 3 and run["total_s"] > 0
+    assert "fraction of the limit" in capsys.readouterr().out
+    if "--faiss" in args:
+        assert report["faiss"] and (tmp_path / "faiss.png").exists()
+
+
+def test_baselines_that_cannot_fit_are_skipped_and_said_so(tiny):
+    X = bench.synthetic_images(300, (1, 4, 4))
+    res = bench.bench_case(X, 4, device=torch.device("cpu"), repeats=1, budget=1, mem_limit=1000, seed=0)
+    assert set(res["skipped"]) == {"per-sample", "broadcast"} and "GB" in res["skipped"]["broadcast"]
+    assert "per-sample" not in res["methods"] and "exact@1" in res["methods"]
+
+
+def test_bad_input_is_a_one_line_error(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    assert main(["bench", "--quick", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("boneless: error:") and err.count("\n") == 1
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--repeats", "0"])
+    assert e.value.code == 2
