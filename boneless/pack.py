@@ -181,7 +181,7 @@ class MappedRows:
         if not len(uniq):
             return torch.empty(0, self.dim)
         lo, hi = int(uniq[0]), int(uniq[-1]) + 1
-        if (hi - lo) * self.row_bytes <= 64 << 20:  # one read of the span
+        if hi - lo <= 4 * len(uniq):  # dense enough: one read of the span
             block = self.chunk(lo, hi).reshape(hi - lo, self.dim)[uniq - lo]
         else:
             block = torch.cat([self.chunk(int(r), int(r) + 1).reshape(1, self.dim) for r in uniq])

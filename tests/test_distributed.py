@@ -7,6 +7,7 @@ torchrun would give them (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -193,14 +194,16 @@ def test_a_failing_rank_is_reported_not_waited_for(tmp_path, mode):
     assert waited < 90
 
 
-@pytest.mark.skipif(not Path(sys.executable).with_name("torchrun").exists() and
-                    subprocess.run(["which", "torchrun"], capture_output=True).returncode,
-                    reason="torchrun not on PATH")
+BONELESS = shutil.which("boneless", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+
+
+@pytest.mark.skipif(BONELESS is None, reason="the boneless command is not installed")
 def test_torchrun_sample_equals_one_process(tmp_path):
     """The end-to-end check: torchrun --nproc_per_node 2 --no-python boneless sample == boneless sample."""
     port = str(free_port())
-    two = subprocess.run(["torchrun", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port,
-                          "--no-python", "boneless", "sample", "--data", "digits", "--limit", "600", "-n", "6",
+    # python -m torch.distributed.run is the torchrun command
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                          "127.0.0.1", "--master_port", port, "--no-python", BONELESS, "sample", "--data", "digits", "--limit", "600", "-n", "6",
                           "--steps", "15", "--sampler", "ddpm", "--seed", "4", "--no-progress",
                           "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=240)
     assert two.returncode == 0, two.stderr[-3000:]
