@@ -178,6 +178,9 @@ def _run_sample(args, rank: int, world: int, device: torch.device) -> int:
     timings["build_s"] = time.perf_counter() - t0
     out = Path(args.out)
     checkpoint = out / "checkpoint.pt"
+    if world > 1 and args.resume:  # every rank must resume from the same state (several nodes: a shared --out)
+        size = checkpoint.stat().st_size if checkpoint.exists() else -1
+        distributed.check_same([size], f"checkpoint sizes at {checkpoint} (-1: missing)", device=device)
     res = sample(den, schedule, n=args.n, steps=args.steps, sampler=args.sampler, seed=args.seed,
                  shape=tuple(X.shape[1:]), spacing=args.spacing, flow_scale=tuple(args.flow_scale),
                  noise_strength=tuple(args.noise_strength), eta=args.eta, churn=args.churn, top_k=args.top_k,
