@@ -63,6 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated names or 'all' (now: {', '.join(DENOISERS)})")
     p.add_argument("--sigmas", default=DEFAULT_SIGMAS, metavar="S1,S2,...",
                    help=f"noise levels of y = x + sigma z (default {DEFAULT_SIGMAS})")
+    p.add_argument("--in-sample", type=positive_int, help="pool images for the in-sample error (default: --test)")
     p.add_argument("--samples", type=positive_int, default=64, help="samples generated per denoiser (64)")
     p.add_argument("--steps", type=positive_int, default=50, help="sampling steps (50)")
     p.add_argument("--sampler", default="euler", choices=list(SAMPLERS), help="sampler (euler)")
@@ -195,7 +196,9 @@ def run(args) -> int:
     shape = tuple(pool.shape[1:])
     if args.consistency > 0 and split["second"] is None:
         warnings.warn(f"split consistency skipped: {args.data} has too few examples for a second pool of {args.pool}")
-    in_sample = pool[:args.test]
+    if args.in_sample and args.in_sample > len(pool):
+        raise ValueError(f"--in-sample {args.in_sample} exceeds --pool {len(pool)}")
+    in_sample = pool[:args.in_sample or args.test]
     batch = args.batch_size
 
     # references: the Wiener filter, feature spaces, real held-out images
@@ -257,10 +260,9 @@ def run(args) -> int:
     else:
         save_figure(scatter_samples(test[:args.samples], pool, title="held-out points"), out / "real.png")
 
-    calls_per_sigma = -(-args.test // batch)
-    sample_calls = args.steps * (2 if args.sampler == "heun" else 1)
-    per_denoiser = 2 * len(sigmas) * calls_per_sigma + sample_calls + (
-        2 * (sample_calls) if split["second"] is not None and args.consistency else 0)
+    sample_calls = args.steps * (2 if args.sampler == "heun" else 1)  # progress unit: one denoiser call
+    per_denoiser = len(sigmas) * (-(-len(test) // batch) - (-len(in_sample) // batch)) + sample_calls + (
+        2 * sample_calls if split["second"] is not None and args.consistency else 0)
     bar = None
     if not args.no_progress:
         from tqdm.auto import tqdm
@@ -293,16 +295,23 @@ def run(args) -> int:
 
 
 def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule, device, bar, shape) -> dict:
-    """One denoiser through the whole protocol; never raises (a failure is recorded in the result)."""
+    """One denoiser through the protocol; never raises (a failure is recorded in the result).
+
+    After building it, a probe call at each batch size estimates the cost of every stage (held-out error,
+    sampling, in-sample error, split consistency); the stages that fit in ``--budget`` run in that order, the
+    others are reported as skipped; a stage that overruns the budget is stopped (results so far are kept)."""
     pool, test = split["pool"], split["test"]
+    in_sample = pool[:args.in_sample or args.test]
     rec = {"status": "ok", "timings": {}}
     t0 = time.perf_counter()
     deadline = t0 + args.budget
     stage = "build"
     on_call = (lambda: bar.update(1)) if bar is not None else (lambda: None)
+    consistency = bool(split["second"] is not None and args.consistency)
     try:
         den = make_denoiser(name, pool, device=device)
-        rec["timings"]["build_s"] = round(time.perf_counter() - t0, 3)
+        build_s = time.perf_counter() - t0
+        rec["timings"]["build_s"] = round(build_s, 3)
         stage = "probe"
         sig = sigmas[len(sigmas) // 2]
         noise = torch.randn(test.shape, generator=torch.Generator().manual_seed(args.seed))
@@ -312,56 +321,60 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
             den(test[:b] + sig * noise[:b], 1.0, sig)
             return time.perf_counter() - t1
 
-        b_err, b_sample = min(args.batch_size, len(test)), min(args.samples, len(test))
+        per_image = probe(min(args.batch_size, len(test))) / min(args.batch_size, len(test))
         calls = args.steps * (2 if args.sampler == "heun" else 1)
-        estimate = 2 * len(sigmas) * len(test) * probe(b_err) / b_err + calls * probe(b_sample) * max(
-            1.0, args.samples / b_sample)
-        if split["second"] is not None and args.consistency:
-            estimate += 2 * calls * probe(min(args.consistency, len(test)))
-        estimate += time.perf_counter() - t0
-        rec["timings"]["estimate_s"] = round(estimate, 1)
-        if estimate > args.budget:
-            rec.update(status="skipped", error=f"too slow: estimated {estimate:.0f} s > --budget {args.budget:g} s "
-                                               "(raise --budget, or lower --test / --samples / --steps)")
-            return rec
+        b_sample = min(args.samples, len(test))
+        estimates = {"held-out error": len(sigmas) * len(test) * per_image,
+                     "sampling": calls * probe(b_sample) * max(1.0, args.samples / b_sample),
+                     "in-sample error": len(sigmas) * len(in_sample) * per_image}
+        if consistency:
+            estimates["split consistency"] = build_s + 2 * calls * probe(min(args.consistency, len(test)))
+        rec["timings"]["estimates_s"] = {k: round(v, 1) for k, v in estimates.items()}
+        planned, skipped, total = [], [], time.perf_counter() - t0
+        for k, v in estimates.items():
+            if total + v <= args.budget:
+                planned.append(k)
+                total += v
+            else:
+                skipped.append(f"{k} (~{v:.0f} s)")
+        if skipped:
+            rec.update(status="partial" if planned else "skipped",
+                       error=f"too slow for --budget {args.budget:g} s: skipped {', '.join(skipped)}")
         guard = _Guard(den, deadline, on_call)
-        stage = "held-out error"
-        t1 = time.perf_counter()
-        held = denoising_error(guard, test, sigmas, seed=args.seed, batch_size=args.batch_size)
-        rec["heldout"] = {"mse": held.mse.tolist(), "psnr": held.psnr.tolist(),
-                          "ratio": (held.mse / w_held.mse).tolist()}
-        stage = "in-sample error"
-        ins = denoising_error(guard, pool[:args.test], sigmas, seed=args.seed + 1, batch_size=args.batch_size)
-        rec["in_sample"] = {"mse": ins.mse.tolist(), "psnr": ins.psnr.tolist(), "ratio": (ins.mse / w_in.mse).tolist()}
-        rec["timings"]["error_s"] = round(time.perf_counter() - t1, 3)
-        stage = "sampling"
-        t1 = time.perf_counter()
-        res = sample(guard, schedule, n=args.samples, steps=args.steps, sampler=args.sampler, seed=args.seed,
-                     shape=shape, top_k=5, device=device)
-        rec["timings"]["sample_s"] = round(time.perf_counter() - t1, 3)
-        samples = res.samples.float()
-        rec["_samples"] = samples
-        stage = "sample metrics"
-        if not bool(torch.isfinite(samples).all()):
-            raise ValueError("samples contain NaN or inf values")
-        st = nearest_distance_stats(samples, pool, heldout=test)
-        rec["samples"] = {k: st[k] for k in ("copy_rate", "nearest_median", "nearest_mean", "median_ratio", "ks")}
-        rec["samples"]["out_of_range"] = float((samples.abs() > 1.05).double().mean())
-        rec["samples"].update(quality(samples.clamp(-1, 1)))
-        eff = effective_examples(res.trajectory)
-        if eff is not None:
-            rec["samples"]["n_eff"] = {"times": [round(float(t), 5) for t in eff.times],
-                                       "median": [float(v) for v in eff.median], "collapse_t": eff.collapse_t}
-        if split["second"] is not None and args.consistency:
-            stage = "split consistency"
+        for stage in planned:
             t1 = time.perf_counter()
-            den_b = _Guard(make_denoiser(name, split["second"], device=device), deadline, on_call)
-            center = torch.cat([pool, split["second"]]).double().mean(0)
-            sc = split_consistency(guard, den_b, center=center, n=args.consistency, steps=args.steps,
-                                   seed=args.seed + 2, shape=shape, schedule=schedule, sampler=args.sampler,
-                                   device=device)
-            rec["consistency"] = {"mean": sc.mean, "baseline": sc.baseline, "n": args.consistency}
-            rec["timings"]["consistency_s"] = round(time.perf_counter() - t1, 3)
+            if stage == "held-out error":
+                held = denoising_error(guard, test, sigmas, seed=args.seed, batch_size=args.batch_size)
+                rec["heldout"] = {"mse": held.mse.tolist(), "psnr": held.psnr.tolist(),
+                                  "ratio": (held.mse / w_held.mse).tolist()}
+            elif stage == "in-sample error":
+                ins = denoising_error(guard, in_sample, sigmas, seed=args.seed + 1, batch_size=args.batch_size)
+                rec["in_sample"] = {"mse": ins.mse.tolist(), "psnr": ins.psnr.tolist(),
+                                    "ratio": (ins.mse / w_in.mse).tolist()}
+            elif stage == "sampling":
+                res = sample(guard, schedule, n=args.samples, steps=args.steps, sampler=args.sampler,
+                             seed=args.seed, shape=shape, top_k=5, device=device)
+                samples = res.samples.float()
+                rec["_samples"] = samples
+                if not bool(torch.isfinite(samples).all()):
+                    raise ValueError("samples contain NaN or inf values")
+                st = nearest_distance_stats(samples, pool, heldout=test)
+                q = {k: st[k] for k in ("copy_rate", "nearest_median", "nearest_mean", "median_ratio", "ks")}
+                q["out_of_range"] = float((samples.abs() > 1.05).double().mean())
+                q.update(quality(samples.clamp(-1, 1)))
+                eff = effective_examples(res.trajectory)
+                if eff is not None:
+                    q["n_eff"] = {"times": [round(float(t), 5) for t in eff.times],
+                                  "median": [float(v) for v in eff.median], "collapse_t": eff.collapse_t}
+                rec["samples"] = q
+            else:
+                den_b = _Guard(make_denoiser(name, split["second"], device=device), deadline, on_call)
+                center = torch.cat([pool, split["second"]]).double().mean(0)
+                sc = split_consistency(guard, den_b, center=center, n=args.consistency, steps=args.steps,
+                                       seed=args.seed + 2, shape=shape, schedule=schedule, sampler=args.sampler,
+                                       device=device)
+                rec["consistency"] = {"mean": sc.mean, "baseline": sc.baseline, "n": args.consistency}
+            rec["timings"][stage.replace(" ", "_").replace("-", "_") + "_s"] = round(time.perf_counter() - t1, 3)
     except _OverBudget:
         rec.update(status="partial", error=f"stopped during {stage}: over --budget {args.budget:g} s")
     except KeyboardInterrupt:
@@ -385,7 +398,7 @@ def _write_sample_pictures(out: Path, name: str, samples: torch.Tensor, pool: to
 
 def _write_outputs(out: Path, results: dict, samples: dict, real: torch.Tensor, pool: torch.Tensor) -> None:
     with atomic_path(out / "results.json") as tmp:
-        Path(tmp).write_text(json.dumps(results, indent=2, allow_nan=True) + "\n")
+        Path(tmp).write_text(json.dumps(_finite(results), indent=2, allow_nan=False) + "\n")
     with atomic_path(out / "table.md") as tmp:
         Path(tmp).write_text(markdown_table(results))
     try:
@@ -396,6 +409,17 @@ def _write_outputs(out: Path, results: dict, samples: dict, real: torch.Tensor, 
             save_figure(n_eff_figure(results), out / "n_eff.png")
     except ValueError as e:  # matplotlib missing: the table and grids are still there
         warnings.warn(f"plots skipped: {e}")
+
+
+def _finite(obj):
+    """NaN / inf -> None, so results.json is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _fmt(v, digits: int = 3) -> str:

@@ -51,7 +51,10 @@ def test_eval_end_to_end_on_digits(tmp_path, registry, capsys):
               "samples_empirical.png", "neighbours_empirical.png", "samples_wiener-test.png"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     assert not list(out.glob(".*"))  # no temporary files left behind
-    r = json.loads((out / "results.json").read_text())
+    def strict(token):
+        raise AssertionError(f"results.json is not strict JSON: {token}")
+
+    r = json.loads((out / "results.json").read_text(), parse_constant=strict)
     assert r["sigmas"] == [0.05, 0.5, 2.0]
     emp, lin, bad = (r["denoisers"][n] for n in ("empirical", "wiener-test", "broken-test"))
     # the reference filter against itself: ratio exactly 1, in-sample and held-out
@@ -119,6 +122,7 @@ def test_eval_on_fashion_mnist_with_the_classifier(tmp_path, monkeypatch):
     (["--denoisers", "nope"], "unknown 'nope'"),
     (["--denoisers", ","], "at least one"),
     (["--pool", "5000"], "exceeds"),
+    (["--in-sample", "301"], "exceeds --pool"),
     (["--schedule", "nope"], "schedule"),
     (["--device", "nonsense"], "device"),
 ])
