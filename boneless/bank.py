@@ -49,6 +49,8 @@ TOL = 1e-6  # screened-out rows move x0_hat by at most TOL * r (r = max_i |x_i|)
 FAST_DELTA = 1e-5  # below this logit error bound the float32 logits are used as they are
 DENSE_FRACTION = 0.02  # more candidates than this fraction of a chunk: float64 products for that query from then on
 EXP_FLOOR = -80.0  # exp of float32 below ~-87 hits a slow path; clamp shifted logits (weights >= 1.8e-35)
+PILOT_FRACTION = 0.2  # more than this share of the first chunk near its maximum: a broad posterior (float64)
+SPAN_BYTES = 1 << 28  # screened float32 logits kept between the two passes over a span of rows (256 MB)
 DENSE_BLOCK = 1 << 21  # elements of the reused float64 buffer of the dense tier (16 MB)
 C_MAX = 1e30  # sigma -> 0 cap on c (keeps float32 logits finite; the limit is the nearest row)
 Storage = Literal["float32", "float16", "bfloat16", "uint8"]
@@ -237,30 +239,94 @@ class Bank:
         """Softmax statistics of rows ``start:stop`` for queries ``x`` [B, D] at per-query ``alpha``,
         ``sigma`` [B] (float64). Row indices in ``top_i`` are global (offset by ``start``).
 
-        Per query and chunk, one of three tiers (module docstring): float32 logits as they are (``delta`` below
-        ``FAST_DELTA``); screened logits with float64 recomputation of the candidates; or, once a query has had
-        more than ``DENSE_FRACTION`` of a chunk as candidates, float64 logits for it from then on."""
+        Two passes over each span of rows (all rows unless ``B x rows`` float32 logits would exceed
+        ``SPAN_BYTES``): the first screens every chunk and keeps the screened logits; then, with the span's
+        maximum known, each query gets its tier (module docstring): float32 logits as they are (``delta`` below
+        ``FAST_DELTA``), float64 recomputation of its candidates, or, with more than ``DENSE_FRACTION`` of the
+        span as candidates, float64 logits for every row (and no screen in later spans). The second pass reads
+        the chunks again for the weighted sums."""
         stop = len(self) if stop is None else stop
         q = _Queries(self, x, alpha, sigma, temperature, n_rows=max(stop - start, 1))
-        st = empty_stats(len(q.x), self.dim, k, self.device)
-        m_screen = torch.full_like(q.delta, -math.inf)  # running maximum of the screened logits
-        dense = torch.zeros(len(q.x), dtype=torch.bool, device=self.device)
-        buf = None  # dequantised chunk of StoredRows, reused
-        for j0 in range(start, stop, self.chunk_size):
-            j1 = min(j0 + self.chunk_size, stop)
-            if isinstance(self.X, StoredRows):
-                if buf is None:
-                    buf = torch.empty(min(self.chunk_size, stop - start), self.dim, device=self.device)
-                rows = self.X.read(j0, j1, out=buf[:j1 - j0])
-            else:
-                rows = self.rows(j0, j1)
-            z, m = self._shifted_logits(q, rows, j0, j1, m_screen, st.m, dense)
-            z.clamp_(min=EXP_FLOOR)
-            p = torch.exp(z)
-            chunk = Stats(m, p.sum(1, dtype=torch.float64), p @ rows, (p * z).sum(1, dtype=torch.float64),
-                          (p * p).sum(1, dtype=torch.float64), *self._top(z, m, k, j0))
-            st = merge(st, chunk)
+        B = len(q.x)
+        st = empty_stats(B, self.dim, k, self.device)
+        dense = torch.zeros(B, dtype=torch.bool, device=self.device)
+        every = torch.arange(B, device=self.device)
+        span = max(self.chunk_size, SPAN_BYTES // (4 * max(B, 1)) // self.chunk_size * self.chunk_size)
+        buf = [None]  # dequantised chunk of StoredRows, reused
+
+        def read(j0, j1):
+            if not isinstance(self.X, StoredRows):
+                return self.rows(j0, j1)
+            if buf[0] is None:
+                buf[0] = torch.empty(min(self.chunk_size, stop - start), self.dim, device=self.device)
+            return self.X.read(j0, j1, out=buf[0][:j1 - j0])
+
+        for s0 in range(start, stop, span):
+            s1 = min(s0 + span, stop)
+            pilot = None
+            if s0 == start and s1 - s0 > self.chunk_size and bool(q.slow.any()):
+                # the first chunk as a pilot: queries with a large share of it near its maximum are broad
+                # posteriors; they skip the screen (their float64 products are needed anyway)
+                j1 = s0 + self.chunk_size
+                pilot = self._screen(q, None, read(s0, j1), s0, j1)
+                near = pilot >= (pilot.max(1).values.double() - q.window).float()[:, None]
+                dense |= q.slow & (near.sum(1) > PILOT_FRACTION * self.chunk_size)
+            sel = every if not bool(dense.any()) else (~dense).nonzero().squeeze(1)
+            z_sel, m_sel = None, None
+            if len(sel):  # pass 1: screen the span
+                l32 = torch.empty(len(sel), s1 - s0, device=self.device)
+                for j0 in range(s0, s1, self.chunk_size):
+                    j1 = min(j0 + self.chunk_size, s1)
+                    if pilot is not None and j0 == s0:
+                        l32[:, :j1 - j0] = pilot if len(sel) == B else pilot[sel]
+                        continue
+                    l32[:, j0 - s0:j1 - s0] = self._screen(q, None if len(sel) == B else sel, read(j0, j1), j0, j1)
+                sel, z_sel, m_sel = self._tiers(q, sel, l32, s0, dense)
+            d = dense.nonzero().squeeze(1)
+            for j0 in range(s0, s1, self.chunk_size):  # pass 2: weights and weighted sums
+                j1 = min(j0 + self.chunk_size, s1)
+                rows = read(j0, j1)
+                if len(d) == 0 and len(sel) == B:
+                    z, m = z_sel[:, j0 - s0:j1 - s0], m_sel
+                else:
+                    z, m = torch.empty(B, j1 - j0, device=self.device), st.m.clone()
+                    if len(sel):
+                        z[sel], m[sel] = z_sel[:, j0 - s0:j1 - s0], m_sel
+                    if len(d):
+                        l64 = self._dense_logits(q, d, rows, j0, j1)
+                        m[d] = torch.maximum(st.m[d], l64.max(1).values)
+                        z[d] = (l64 - m[d, None]).float()
+                z.clamp_(min=EXP_FLOOR)
+                p = torch.exp(z)
+                chunk = Stats(m, p.sum(1, dtype=torch.float64), p @ rows, (p * z).sum(1, dtype=torch.float64),
+                              (p * p).sum(1, dtype=torch.float64), *self._top(z, m, k, j0))
+                st = merge(st, chunk)
         return st
+
+    def _tiers(self, q: "_Queries", sel: torch.Tensor, l32: torch.Tensor, s0: int, dense: torch.Tensor):
+        """Given the screened logits ``l32`` [b, n] of the queries ``sel`` on the span starting at ``s0``: marks
+        the queries with many candidates ``dense`` (in place) and returns the others, their shifted logits
+        ``z`` (float32 [b', n], candidates recomputed in float64) and the shift ``m`` (float64 [b'])."""
+        m32 = l32.max(1).values.double()
+        slow = q.slow[sel]
+        if not bool(slow.any()):
+            return sel, l32.sub_(m32.float()[:, None]), m32
+        cand = (l32 >= (m32 - q.window[sel]).float()[:, None]) & slow[:, None]
+        many = cand.sum(1) > DENSE_FRACTION * l32.shape[1]
+        if bool(many.any()):  # broad posterior: float64 products for these queries from here on
+            dense[sel[many]] = True
+            keep = ~many
+            sel, l32, cand, m32, slow = sel[keep], l32[keep], cand[keep], m32[keep], slow[keep]
+            if not len(sel):
+                return sel, l32, m32
+        bb, jj = cand.nonzero(as_tuple=True)  # the span's maximum row is a candidate: m is the exact maximum
+        l64 = self._exact_logits(q, sel[bb], jj + s0)
+        m = torch.where(slow, torch.full_like(m32, -math.inf), m32).scatter_reduce(0, bb, l64, reduce="amax")
+        z = l32.sub_(m.float()[:, None])
+        # screened-out rows of slow queries: provably more than `margin` below the top (module docstring)
+        z = torch.where(slow[:, None], torch.minimum(z, -q.margin[sel, None].float()), z)
+        z[bb, jj] = (l64 - m[bb]).float()
+        return sel, z, m
 
     def _screen(self, q: "_Queries", sel: torch.Tensor | None, rows: torch.Tensor, j0: int, j1: int) -> torch.Tensor:
         """Screened logits ``c (2 alpha x.x_i - alpha^2 |x_i|^2) + log w_i / T`` [b, n] in float32 for the queries
@@ -292,48 +358,6 @@ class Bank:
         if self.log_w is not None:
             l64 += self.log_w[j0:j1] / q.temperature
         return l64
-
-    def _shifted_logits(self, q: "_Queries", rows, j0, j1, m_screen, m_old, dense):
-        """Logits of one chunk minus the new running maximum ``m``: ``z`` float32 [B, n] and ``m`` float64 [B].
-        Updates ``m_screen`` and ``dense`` [B] in place."""
-        n = j1 - j0
-        if not bool(q.slow.any()):  # every query's float32 logits are within FAST_DELTA: used as they are
-            l32 = self._screen(q, None, rows, j0, j1)
-            m = torch.maximum(m_old, l32.max(1).values.double())
-            return l32 - m.float()[:, None], m
-        z = torch.empty(len(q.x), n, device=self.device)
-        m = m_old.clone()
-        sel = (~dense).nonzero().squeeze(1)
-        if len(sel):
-            l32 = self._screen(q, sel, rows, j0, j1)
-            ms = torch.maximum(m_screen[sel], l32.max(1).values.double())
-            m_screen[sel] = ms
-            cand = (l32 >= (ms - q.window[sel]).float()[:, None]) & q.slow[sel, None]
-            many = cand.sum(1) > DENSE_FRACTION * n
-            if bool(many.any()):  # broad posterior: float64 products for this query from here on
-                dense[sel[many]] = True
-                keep = ~many
-                sel, l32, cand = sel[keep], l32[keep], cand[keep]
-        if bool(dense.any()):
-            d = dense.nonzero().squeeze(1)
-            l64 = self._dense_logits(q, d, rows, j0, j1)
-            m[d] = torch.maximum(m_old[d], l64.max(1).values)
-            z[d] = (l64 - m[d, None]).float()
-        if len(sel):
-            slow = q.slow[sel]
-            m_sel = torch.where(slow, m_old[sel], torch.maximum(m_old[sel], l32.max(1).values.double()))
-            bb, jj = cand.nonzero(as_tuple=True)
-            if len(bb):
-                l64 = self._exact_logits(q, sel[bb], jj + j0)
-                m_sel = m_sel.scatter_reduce(0, bb, l64, reduce="amax")
-            zs = l32 - m_sel.float()[:, None]
-            # screened-out rows of slow queries: provably more than `margin` below the top (module docstring)
-            zs = torch.where(slow[:, None], torch.minimum(zs, -q.margin[sel, None].float()), zs)
-            if len(bb):
-                zs[bb, jj] = (l64 - m_sel[bb]).float()
-            m[sel] = m_sel
-            z[sel] = zs
-        return z, m
 
     def _exact_logits(self, q: "_Queries", b: torch.Tensor, rows_idx: torch.Tensor, block: int = 1 << 22):
         """Float64 logits ``c (|x|^2 - |x - alpha x_i|^2) + log w_i / T`` for the pairs (query ``b``, row), in blocks."""

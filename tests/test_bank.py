@@ -78,6 +78,7 @@ def test_each_tier_is_taken_and_exact(X, monkeypatch, tier):
     if tier == "candidates":
         monkeypatch.setattr(bank_mod, "FAST_DELTA", 0.0)
         monkeypatch.setattr(bank_mod, "DENSE_FRACTION", 2.0)
+        monkeypatch.setattr(bank_mod, "PILOT_FRACTION", 2.0)
     else:
         monkeypatch.setattr(bank_mod, "FAST_DELTA", 0.0)
         monkeypatch.setattr(bank_mod, "DENSE_FRACTION", 0.0)
@@ -195,3 +196,21 @@ def test_faiss_missing_is_a_clear_error(X, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_faiss)
     with pytest.raises(ValueError, match="pip install"):
         EmpiricalDenoiser(X, bank="faiss")
+
+
+def test_spans_pilot_and_dense_carry_over(X, monkeypatch):
+    """Rows in several spans (screened logits kept per span), the pilot chunk and the dense tier carried into
+    later spans give the float64 answer."""
+    B = 12
+    monkeypatch.setattr(bank_mod, "SPAN_BYTES", 4 * B * 200)  # spans of 200 rows, chunks of 100
+    dense = Spy(monkeypatch, "_dense_logits")
+    bank = Bank(X, chunk_size=100)
+    for ratio in RATIOS:
+        x, a, s = queries(X, ratio)
+        _, y = reduce_x0(bank, x, a, s)
+        assert rel_err(y, exact_reference(X, x, a, s)) < 1e-4, ratio
+    monkeypatch.setattr(bank_mod, "PILOT_FRACTION", 0.0)  # every slow query dense from the pilot on
+    monkeypatch.setattr(bank_mod, "FAST_DELTA", 0.0)
+    x, a, s = queries(X, 0.1)
+    _, y = reduce_x0(bank, x, a, s)
+    assert rel_err(y, exact_reference(X, x, a, s)) < 1e-4 and dense.calls > 0
