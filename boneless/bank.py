@@ -27,9 +27,15 @@ times ``c 2 alpha |x| r``, with ``u_f = 2^-11`` (TF32) or ``2^-8`` (bf16). Three
    these move ``x0_hat`` by at most ``4 n e^-margin min(1, e^delta - 1) r``, and ``margin`` is chosen to make
    that ``TOL r``. Sharp posteriors, where float32 fails, have few candidates: the exact result costs little
    more than the two matrix products.
-3. A query with more than ``DENSE_FRACTION`` of a chunk as candidates (a broad posterior whose float32 logits
-   are not accurate enough) gets float64 logits from one float64 matrix product for the rest of the pass
-   (squared norms in float64; error ~ ``delta * 2^-29``), without a screen.
+3. A query with more than ``DENSE_FRACTION`` of the rows as candidates (a broad posterior whose float32 logits
+   are not accurate enough) gets float64 logits from float64 matrix products (squared norms in float64; error
+   ~ ``delta * 2^-29``). A pilot screen of the first chunk sends clearly broad posteriors (more than
+   ``PILOT_FRACTION`` of the chunk near its maximum) there without the screen of the other chunks.
+
+The loop makes two passes over each span of rows (all rows, unless the float32 logits of the span would exceed
+``SPAN_BYTES``): the first screens the chunks and keeps the screened logits, so that each query's tier and
+candidates are decided against the span's true maximum; the second reads the chunks again for the weights and
+weighted sums (as the two plain matrix products do).
 
 Storage. Rows may be held as ``float16``, ``bfloat16`` or ``uint8`` (8-bit images, ``q / 127.5 - 1``):
 :class:`StoredRows` dequantises each chunk exactly into float32 as it is read; the exact reference is then the
