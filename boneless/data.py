@@ -122,7 +122,7 @@ def _convert(a: np.ndarray | torch.Tensor, *, is_uint8: bool, scale: str | None)
     if isinstance(a, np.ndarray):
         a = torch.from_numpy(np.array(a, dtype=np.uint8 if is_uint8 else np.float32))
     X = a.to(torch.float32)
-    X = X / 127.5 - 1 if is_uint8 else (X * 2 - 1 if scale == "unit" else X.clamp(-1, 1))
+    X = X.div_(127.5).sub_(1) if is_uint8 else (X * 2 - 1 if scale == "unit" else X.clamp(-1, 1))  # uint8: X is new
     if X.ndim == 3:
         X = X[:, None]
     elif X.ndim == 4 and X.shape[1] not in (1, 3):
