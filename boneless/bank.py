@@ -56,7 +56,7 @@ FAST_DELTA = 1e-5  # below this logit error bound the float32 logits are used as
 DENSE_FRACTION = 0.02  # more candidates than this fraction of a chunk: float64 products for that query from then on
 EXP_FLOOR = -80.0  # exp of float32 below ~-87 hits a slow path; clamp shifted logits (weights >= 1.8e-35)
 PILOT_FRACTION = 0.2  # more than this share of the first chunk near its maximum: a broad posterior (float64)
-SPAN_BYTES = 1 << 28  # screened float32 logits kept between the two passes over a span of rows (256 MB)
+SPAN_BYTES = 1 << 27  # screened float32 logits kept between the two passes over a span of rows (128 MB)
 DENSE_BLOCK = 1 << 21  # elements of the reused float64 buffer of the dense tier (16 MB)
 C_MAX = 1e30  # sigma -> 0 cap on c (keeps float32 logits finite; the limit is the nearest row)
 Storage = Literal["float32", "float16", "bfloat16", "uint8"]
@@ -104,6 +104,18 @@ def merge(a: Stats, b: Stats) -> Stats:
         top_l, pos = torch.cat([a.top_l, b.top_l], 1).topk(k, dim=1)
         top_i = torch.cat([a.top_i, b.top_i], 1).gather(1, pos)
     return Stats(m, a.s + b.s, a.acc + b.acc, a.u + b.u, a.q + b.q, top_l, top_i)
+
+
+def _gather_stats(batch: int, parts: list) -> Stats:
+    """One :class:`Stats` for ``batch`` queries from statistics of disjoint query subsets ``(indices, Stats)``."""
+    fields = []
+    for f in range(len(Stats._fields)):
+        t = parts[0][1][f]
+        out = torch.empty((batch,) + tuple(t.shape[1:]), dtype=t.dtype, device=t.device)
+        for idx, st in parts:
+            out[idx] = st[f]
+        fields.append(out)
+    return Stats(*fields)
 
 
 def empty_stats(batch: int, dim: int, k: int, device) -> Stats:
@@ -255,6 +267,8 @@ class Bank:
         q = _Queries(self, x, alpha, sigma, temperature, n_rows=max(stop - start, 1))
         B = len(q.x)
         st = empty_stats(B, self.dim, k, self.device)
+        if B == 0:
+            return st
         dense = torch.zeros(B, dtype=torch.bool, device=self.device)
         every = torch.arange(B, device=self.device)
         span = max(self.chunk_size, SPAN_BYTES // (4 * max(B, 1)) // self.chunk_size * self.chunk_size)
@@ -289,24 +303,30 @@ class Bank:
                     l32[:, j0 - s0:j1 - s0] = self._screen(q, None if len(sel) == B else sel, read(j0, j1), j0, j1)
                 sel, z_sel, m_sel = self._tiers(q, sel, l32, s0, dense)
             d = dense.nonzero().squeeze(1)
-            for j0 in range(s0, s1, self.chunk_size):  # pass 2: weights and weighted sums
+            if len(sel):  # weights of the screened queries, for the whole span at once
+                z_sel.clamp_(min=EXP_FLOOR)
+                p_sel = torch.exp(z_sel)
+                acc_sel = torch.zeros(len(sel), self.dim, device=self.device)
+            st_d = empty_stats(len(d), self.dim, k, self.device)
+            for j0 in range(s0, s1, self.chunk_size):  # pass 2: weighted sums
                 j1 = min(j0 + self.chunk_size, s1)
                 rows = read(j0, j1)
-                if len(d) == 0 and len(sel) == B:
-                    z, m = z_sel[:, j0 - s0:j1 - s0], m_sel
-                else:
-                    z, m = torch.empty(B, j1 - j0, device=self.device), st.m.clone()
-                    if len(sel):
-                        z[sel], m[sel] = z_sel[:, j0 - s0:j1 - s0], m_sel
-                    if len(d):
-                        l64 = self._dense_logits(q, d, rows, j0, j1)
-                        m[d] = torch.maximum(st.m[d], l64.max(1).values)
-                        z[d] = (l64 - m[d, None]).float()
-                z.clamp_(min=EXP_FLOOR)
-                p = torch.exp(z)
-                chunk = Stats(m, p.sum(1, dtype=torch.float64), p @ rows, (p * z).sum(1, dtype=torch.float64),
-                              (p * p).sum(1, dtype=torch.float64), *self._top(z, m, k, j0))
-                st = merge(st, chunk)
+                if len(sel):
+                    acc_sel.addmm_(p_sel[:, j0 - s0:j1 - s0], rows)
+                if len(d):  # float64 logits, chunk by chunk, merged
+                    l64 = self._dense_logits(q, d, rows, j0, j1)
+                    m = l64.max(1).values
+                    z = (l64 - m[:, None]).float().clamp_(min=EXP_FLOOR)
+                    p = torch.exp(z)
+                    st_d = merge(st_d, Stats(m, p.sum(1, dtype=torch.float64), p @ rows,
+                                             (p * z).sum(1, dtype=torch.float64), (p * p).sum(1, dtype=torch.float64),
+                                             *self._top(z, m, k, j0)))
+            parts = [(d, st_d)] if len(d) else []
+            if len(sel):
+                parts.append((sel, Stats(m_sel, p_sel.sum(1, dtype=torch.float64), acc_sel,
+                                         (p_sel * z_sel).sum(1, dtype=torch.float64),
+                                         (p_sel * p_sel).sum(1, dtype=torch.float64), *self._top(z_sel, m_sel, k, s0))))
+            st = merge(st, parts[0][1] if len(parts[0][0]) == B else _gather_stats(B, parts))
         return st
 
     def _tiers(self, q: "_Queries", sel: torch.Tensor, l32: torch.Tensor, s0: int, dense: torch.Tensor):
