@@ -100,9 +100,18 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _trim() -> None:
+    """Return freed heap memory to the system (glibc), so that the next call's growth shows in the RSS."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_memory(fn, device: torch.device) -> int:
     """Bytes of memory ``fn()`` needs above what is held before it (CUDA: allocator peak; CPU: resident set
-    size sampled every millisecond by a thread, in an untimed call)."""
+    size sampled every millisecond by a thread, in an untimed call, after freed heap memory was returned)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -112,6 +121,7 @@ def peak_memory(fn, device: torch.device) -> int:
         return torch.cuda.max_memory_allocated(device) - base
     if not os.path.exists("/proc/self/statm"):
         return -1
+    _trim()
     base, peak, done = _rss(), [0], threading.Event()
 
     def watch():
