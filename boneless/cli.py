@@ -115,8 +115,8 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                    help="exact (default) or the approximate FAISS back-end for large N (pip install faiss-cpu)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--mmap", action="store_true",
-                   help="read a .npy dataset from disk chunk by chunk (automatic above 4 GiB as float32)")
+    p.add_argument("--mmap", action=argparse.BooleanOptionalAction, default=None,
+                   help="read a .npy dataset from disk chunk by chunk (default: when it exceeds 4 GiB as float32)")
     p.add_argument("--checkpoint-every", type=positive_int, metavar="K",
                    help="save the sampler state to OUT/checkpoint.pt every K steps (atomically)")
     p.add_argument("--resume", action="store_true",
@@ -162,7 +162,7 @@ def _run_sample(args, rank: int, world: int, device: torch.device) -> int:
             raise ValueError(f"--{name} must be a finite number >= 0, got {getattr(args, name)}")
     if min(args.noise_strength) < 0 or not all(map(math.isfinite, args.noise_strength)):
         raise ValueError("--noise-strength values must be finite and >= 0")
-    X = load_dataset(args.data, split=args.split, limit=args.limit, size=args.size, mmap=args.mmap or None)
+    X = load_dataset(args.data, split=args.split, limit=args.limit, size=args.size, mmap=args.mmap)
     mapped = not isinstance(X, torch.Tensor)
     if mapped and args.denoiser != "empirical":
         raise ValueError(f"--denoiser {args.denoiser} needs the data in memory; memory-mapped data works with "
