@@ -57,6 +57,7 @@ DENSE_FRACTION = 0.02  # more candidates than this fraction of a chunk: float64 
 EXP_FLOOR = -80.0  # exp of float32 below ~-87 hits a slow path; clamp shifted logits (weights >= 1.8e-35)
 PILOT_FRACTION = 0.2  # more than this share of the first chunk near its maximum: a broad posterior (float64)
 SPAN_BYTES = 1 << 27  # screened float32 logits kept between the two passes over a span of rows (128 MB)
+STORED_CHUNK_BYTES = 1 << 21  # dequantised rows per chunk of StoredRows (2 MB of float32)
 DENSE_BLOCK = 1 << 21  # elements of the reused float64 buffer of the dense tier (16 MB)
 C_MAX = 1e30  # sigma -> 0 cap on c (keeps float32 logits finite; the limit is the nearest row)
 Storage = Literal["float32", "float16", "bfloat16", "uint8"]
@@ -212,6 +213,8 @@ class Bank:
         elif not isinstance(X, torch.Tensor) and storage != "float32":
             raise ValueError("storage applies to a tensor of rows; a row source keeps its own type")
         if not isinstance(X, torch.Tensor):  # a row source (boneless.pack.MappedRows): rows stay on disk
+            if isinstance(X, StoredRows):  # dequantised chunks small enough to stay in cache for their products
+                chunk_size = min(int(chunk_size), max(32, STORED_CHUNK_BYTES // (4 * max(X.shape[1], 1))))
             self._init_source(X, log_weights=log_weights, chunk_size=chunk_size, device=device)
             return
         X = X.reshape(X.shape[0], -1)
