@@ -502,7 +502,7 @@ class FaissBank:
         k: neighbours per query.
         tail: rows sampled uniformly per query for the tail estimate (0: the tail is neglected).
         index: ``"ivf"`` (inverted lists, approximate, fast) or ``"flat"`` (exact search, no speed-up in the search).
-        nlist, nprobe: inverted lists and lists probed per query (``ivf``; default ``4 sqrt(N)`` and 32).
+        nlist, nprobe: inverted lists and lists probed per query (``ivf``; default ``2 sqrt(N)`` and 32).
         seed: seed of the tail sampler and of the index training sample.
     """
 
@@ -522,9 +522,9 @@ class FaissBank:
         if index == "flat":
             self.index = faiss.IndexFlatL2(d)
         else:
-            nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
+            nlist = nlist or max(1, min(int(2 * math.sqrt(n)), n // 39))
             self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
-            train = torch.randperm(n, generator=self.generator)[:min(n, 64 * nlist)].sort().values
+            train = torch.randperm(n, generator=self.generator)[:min(n, 50 * nlist)].sort().values
             self.index.train(bank.X[train].cpu().numpy())
             self.index.nprobe = min(nprobe, nlist)
         self.sum_all = torch.zeros(d, dtype=torch.float64, device=bank.device)  # sum_i x_i (the tail's control variate)
