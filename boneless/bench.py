@@ -203,7 +203,7 @@ def bench_case(X: torch.Tensor, B: int, *, device: torch.device, repeats: int, b
         else:
             fns["broadcast"] = lambda: broadcast_pattern(Xf, a1 * x0 + s1 * eps, a1, s1)
     t0 = time.perf_counter()
-    warm = interleaved(fns, 1, device)  # warm-up, and the cost of one round
+    peaks = {name: peak_memory(fn, device) for name, fn in fns.items()}  # untimed warm-up round, and its cost
     rounds = max(2, min(repeats, int(budget / max(time.perf_counter() - t0, 1e-9))))
     times = interleaved(fns, rounds, device)
     res = {"N": N, "D": D, "B": B, "shape": list(X.shape[1:]), "device": str(device), "repeats": rounds,
@@ -211,9 +211,7 @@ def bench_case(X: torch.Tensor, B: int, *, device: torch.device, repeats: int, b
     for name, ts in times.items():
         scale = B / n_ps if name == "per-sample" else 1.0  # per-sample: time of B samples, one at a time
         res["methods"][name] = {"min_s": min(ts) * scale, "median_s": statistics.median(ts) * scale,
-                                "per_sample_s": min(ts) * scale / B,
-                                "peak_bytes": peak_memory(fns[name], device)}
-    del warm
+                                "per_sample_s": min(ts) * scale / B, "peak_bytes": peaks[name]}
     lim = res["methods"]["limit"]["min_s"]
     for name, m in res["methods"].items():
         m["fraction_of_limit"] = lim / m["min_s"]
