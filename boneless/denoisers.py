@@ -219,3 +219,18 @@ def exact_reference(X: torch.Tensor, x: torch.Tensor, alpha: Coef, sigma: Coef, 
 
 
 DENOISERS: dict[str, type] = {"empirical": EmpiricalDenoiser}
+
+# closed-form denoisers that generalise (issue 4); imported at the bottom: they build on the classes above
+from .closed_form import GaussianDenoiser, GMMDenoiser, SmoothedDenoiser  # noqa: E402
+from .patches import (EquivariantLocalDenoiser, LocalDenoiser, LocalGaussianDenoiser,  # noqa: E402
+                      PatchCompositeDenoiser)
+
+DENOISERS.update({
+    "gaussian": GaussianDenoiser,
+    "smoothed": SmoothedDenoiser,
+    "gmm": GMMDenoiser,
+    "local": LocalDenoiser,
+    "local-equivariant": EquivariantLocalDenoiser,
+    "patch-composite": PatchCompositeDenoiser,
+    "local-gaussian": LocalGaussianDenoiser,
+})

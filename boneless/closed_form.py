@@ -1,0 +1,294 @@
+"""Whole-image closed-form denoisers that generalise: Gaussian (Wiener), smoothed CFDM, Gaussian mixture.
+
+Each follows the one protocol ``den(x, alpha, sigma) -> x0_hat`` for ``x_t = alpha x0 + sigma eps`` (SPEC §3),
+is constructible as ``cls(X)`` with good defaults, and exposes ``.shape`` (one example's shape).
+
+- :class:`GaussianDenoiser` (``gaussian``): the posterior mean under ``N(mu, Sigma)`` fitted to the data, i.e. the
+  linear MMSE (Wiener) denoiser, computed in the eigenbasis of ``Sigma`` (optionally of low rank).
+- :class:`SmoothedDenoiser` (``smoothed``): the smoothed closed-form diffusion model of Scarvelis, Borde &
+  Solomon (arXiv 2310.12395): the exact denoiser averaged over Gaussian perturbations of its input.
+- :class:`GMMDenoiser` (``gmm``): the exact posterior mean under a Gaussian mixture fitted by k-means with
+  covariances shrunk toward the global one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .data import check_data
+from .denoisers import Coef, EmpiricalDenoiser, per_sample
+
+
+VAR_FLOOR = 1e-12  # relative floor on predictive variances (only reached at sigma = 0)
+
+
+def check_query(x: torch.Tensor, shape: tuple[int, ...], alpha: Coef, sigma: Coef):
+    """Validate a query batch ``x`` [B, *shape] and return ``alpha``, ``sigma`` as float64 [B] (CPU).
+
+    Raises a one-line ``ValueError`` for a wrong shape, NaN/inf values, negative coefficients, or
+    ``alpha = sigma = 0`` (the same rules as :class:`~boneless.denoisers.EmpiricalDenoiser`)."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != len(shape) + 1 or tuple(x.shape[1:]) != tuple(shape):
+        raise ValueError(f"x must have shape [B, {', '.join(map(str, shape))}], got {list(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or inf values")
+    a, s = per_sample(alpha, len(x), "alpha"), per_sample(sigma, len(x), "sigma")
+    if bool(((a == 0) & (s == 0)).any()):
+        raise ValueError("alpha and sigma cannot both be 0")
+    return a, s
+
+
+def _device(X: torch.Tensor, device) -> torch.device:
+    return torch.device(device) if device is not None else X.device
+
+
+def _check_positive_int(value, name: str, *, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _check_nonneg(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def wiener_gain(lam: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Per-direction gain ``g = alpha lam / (alpha^2 lam + sigma^2)`` [B, r] for variances ``lam`` [r] and
+    per-query ``alpha``, ``sigma`` [B] (float64). Where ``alpha^2 lam + sigma^2 = 0`` (a direction of zero
+    variance observed without noise) the posterior mean keeps the prior mean: ``g = 0``."""
+    den = a[:, None] ** 2 * lam[None] + s[:, None] ** 2
+    return torch.where(den > 0, a[:, None] * lam[None] / den.clamp(min=1e-300), torch.zeros_like(den))
+
+
+class GaussianDenoiser:
+    """The posterior mean under a Gaussian fitted to the data, ``x0 ~ N(mu, Sigma)`` (the Wiener filter):
+
+    ``x0_hat = mu + alpha Sigma (alpha^2 Sigma + sigma^2 I)^-1 (x - alpha mu)
+             = mu + U diag(alpha lam / (alpha^2 lam + sigma^2)) U^T (x - alpha mu)``
+
+    with ``Sigma = U diag(lam) U^T`` decomposed once (float64). With ``rank=r`` only the top ``r``
+    eigenvectors are kept and the remaining variance is spread evenly over the discarded directions
+    (probabilistic PCA: ``lam_res`` = mean of the discarded eigenvalues), so ``rank=D`` is the full model.
+
+    Args:
+        X: training examples [N, *shape].
+        rank: number of principal directions kept (default: all).
+        device: where the mean and eigenbasis live and the computation runs (default: where ``X`` is).
+    """
+
+    def __init__(self, X: torch.Tensor, *, rank: int | None = None, device: torch.device | str | None = None):
+        X = check_data(X)
+        _check_positive_int(rank, "rank", allow_none=True)
+        self.shape = tuple(X.shape[1:])
+        self.device = _device(X, device)
+        X64 = X.reshape(len(X), -1).to(self.device, torch.float64)
+        D = X64.shape[1]
+        self.mu = X64.mean(0)
+        Xc = X64 - self.mu
+        lam, U = torch.linalg.eigh(Xc.T @ Xc / len(X64))
+        lam, U = lam.flip(0).clamp(min=0), U.flip(1)  # decreasing variance
+        r = D if rank is None else min(rank, D)
+        self.lam, self.U = lam[:r].contiguous(), U[:, :r].contiguous()
+        self.lam_res = float(lam[r:].mean()) if r < D else 0.0
+        self.rank = r
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """The data mean, [*shape] float32."""
+        return self.mu.float().reshape(self.shape)
+
+    @property
+    def covariance(self) -> torch.Tensor:
+        """The model covariance ``U diag(lam) U^T + lam_res (I - U U^T)`` [D, D] float64."""
+        D = self.mu.numel()
+        P = self.U @ self.U.T
+        return (self.U * self.lam) @ self.U.T + self.lam_res * (torch.eye(D, dtype=P.dtype, device=P.device) - P)
+
+    def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
+        a, s = check_query(x, self.shape, alpha, sigma)
+        a, s = a.to(self.device), s.to(self.device)
+        y = x.reshape(len(x), -1).to(self.device, torch.float64) - a[:, None] * self.mu
+        z = y @ self.U  # [B, r] coordinates in the eigenbasis
+        out = self.mu + (z * wiener_gain(self.lam, a, s)) @ self.U.T
+        if self.rank < self.mu.numel():  # the discarded directions, isotropic variance lam_res
+            g = wiener_gain(torch.tensor([self.lam_res], dtype=torch.float64, device=self.device), a, s)
+            out += g * (y - z @ self.U.T)
+        return out.to(x.device, x.dtype).reshape(x.shape)
+
+    def expected_mse(self, alpha: float, sigma: float) -> float:
+        """The model's own mean squared error per dimension, ``(1/D) sum_j lam_j sigma^2 / (alpha^2 lam_j + sigma^2)``
+        (exact when the data are Gaussian with this mean and covariance)."""
+        a, s = torch.tensor([float(alpha)], dtype=torch.float64), torch.tensor([float(sigma)], dtype=torch.float64)
+        lam = self.lam.cpu()
+        post = lam - a * lam * wiener_gain(lam, a, s)[0]  # posterior variance lam sigma^2 / (alpha^2 lam + sigma^2)
+        total = float(post.sum())
+        D = self.mu.numel()
+        if self.rank < D:
+            lr = torch.tensor([self.lam_res], dtype=torch.float64)
+            total += (D - self.rank) * float(lr - a * lr * wiener_gain(lr, a, s)[0])
+        return total / D
+
+
+class SmoothedDenoiser:
+    """Smoothed closed-form diffusion model (sigma-CFDM; Scarvelis, Borde & Solomon, arXiv 2310.12395).
+
+    The paper smooths the closed-form score by averaging it over Gaussian perturbations of the logits'
+    argument: ``s_tau(x, t) = E_eps[(alpha m(x + tau eps) - x) / sigma^2]``, with ``m`` the exact posterior mean
+    (the softmax-weighted average of the training examples), ``eps ~ N(0, I)`` and smoothing scale ``tau``
+    (their sigma). By Tweedie's formula the corresponding denoiser is
+
+    ``x0_hat(x) = E_eps[ m(x + tau eps) ]``,
+
+    estimated with ``draws`` perturbations drawn once from ``seed`` (so the denoiser is a deterministic,
+    smooth function of ``x``). ``smoothing=0`` is exactly :class:`~boneless.denoisers.EmpiricalDenoiser`.
+    The smoothing biases samples toward barycentres of nearby training examples instead of copies.
+
+    Args:
+        X: training examples [N, *shape].
+        smoothing: the scale ``tau`` of the perturbation, in the units of ``x_t``.
+        draws: number of perturbations ``M`` in the Monte-Carlo average.
+        seed: seed of the perturbations' own generator.
+        temperature, chunk_size, device: as for :class:`~boneless.denoisers.EmpiricalDenoiser`.
+    """
+
+    def __init__(self, X: torch.Tensor, *, smoothing: float = 0.3, draws: int = 8, seed: int = 0,
+                 temperature: float = 1.0, chunk_size: int = 2048, device: torch.device | str | None = None):
+        self.exact = EmpiricalDenoiser(X, temperature=temperature, chunk_size=chunk_size, device=device)
+        self.shape = self.exact.shape
+        self.smoothing = _check_nonneg(smoothing, "smoothing")
+        _check_positive_int(draws, "draws")
+        g = torch.Generator().manual_seed(int(seed))
+        self.eps = torch.randn(draws, *self.shape, generator=g)  # [M, *shape]
+
+    def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
+        a, s = check_query(x, self.shape, alpha, sigma)
+        if self.smoothing == 0:
+            return self.exact(x, a, s)
+        M, B = len(self.eps), len(x)
+        xs = x[None] + self.smoothing * self.eps.to(x.device, x.dtype)[:, None]  # [M, B, *shape]
+        out = self.exact(xs.reshape(M * B, *self.shape), a.repeat(M), s.repeat(M))
+        return out.reshape(M, B, *self.shape).mean(0)
+
+
+def kmeans(X: torch.Tensor, k: int, *, iterations: int = 30, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means with k-means++ seeding. ``X`` [N, D]; returns centres [k, D] and labels [N] (int64).
+
+    Randomness from ``seed`` only (own generator). Empty clusters are re-seeded at the worst-fitted point."""
+    N = len(X)
+    k = min(k, N)
+    g = torch.Generator().manual_seed(int(seed))
+    Xf = X.float()
+    sq = (Xf * Xf).sum(1)
+    centres = Xf[torch.randint(N, (1,), generator=g)]
+    d2 = (sq - 2 * Xf @ centres[0] + (centres[0] ** 2).sum()).clamp(min=0)
+    for _ in range(1, k):  # k-means++: next centre with probability proportional to d^2
+        p = d2.double() / d2.double().sum() if float(d2.sum()) > 0 else torch.full((N,), 1.0 / N, dtype=torch.float64)
+        c = Xf[torch.multinomial(p, 1, generator=g)]
+        centres = torch.cat([centres, c])
+        d2 = torch.minimum(d2, (sq - 2 * Xf @ c[0] + (c[0] ** 2).sum()).clamp(min=0))
+    labels = torch.zeros(N, dtype=torch.long)
+    for _ in range(iterations):
+        dist = sq[:, None] - 2 * Xf @ centres.T + (centres * centres).sum(1)[None]
+        new = dist.argmin(1)
+        counts = torch.bincount(new, minlength=k)
+        sums = torch.zeros_like(centres).index_add_(0, new, Xf)
+        empty = counts == 0
+        if bool(empty.any()):  # re-seed empty clusters at the points farthest from their centres
+            far = dist.gather(1, new[:, None])[:, 0].topk(int(empty.sum())).indices
+            sums[empty], counts[empty] = Xf[far], 1
+            new[far] = torch.nonzero(empty)[:, 0]
+        centres = sums / counts[:, None]
+        if bool((new == labels).all()):
+            break
+        labels = new
+    return centres, labels
+
+
+class GMMDenoiser:
+    """The exact posterior mean under a Gaussian mixture ``x0 ~ sum_k pi_k N(mu_k, Sigma_k)``:
+
+    ``x0_hat = sum_k r_k(x) [mu_k + alpha Sigma_k (alpha^2 Sigma_k + sigma^2 I)^-1 (x - alpha mu_k)]``,
+    ``r_k(x) = softmax_k(log pi_k + log N(x; alpha mu_k, alpha^2 Sigma_k + sigma^2 I))``,
+
+    each component evaluated in its own eigenbasis (float64). The mixture is fitted by k-means (k-means++
+    seeding from ``seed``): ``pi_k = n_k / N``, ``mu_k`` the cluster means, and covariances shrunk toward the
+    global covariance ``Sigma`` with a pseudo-count ``shrinkage``:
+    ``Sigma_k = (n_k S_k + shrinkage Sigma) / (n_k + shrinkage)``. One component is exactly ``gaussian``.
+
+    Args:
+        X: training examples [N, *shape].
+        components: number of mixture components ``K``.
+        shrinkage: pseudo-count of the global covariance in each component's covariance (>= 0).
+        iterations: k-means iterations (at most).
+        seed: seed of the k-means++ initialisation.
+        device: where the parameters live and the computation runs.
+    """
+
+    def __init__(self, X: torch.Tensor, *, components: int = 32, shrinkage: float = 64.0, iterations: int = 30,
+                 seed: int = 0, device: torch.device | str | None = None):
+        X = check_data(X)
+        _check_positive_int(components, "components")
+        _check_positive_int(iterations, "iterations")
+        shrinkage = _check_nonneg(shrinkage, "shrinkage")
+        self.shape = tuple(X.shape[1:])
+        self.device = _device(X, device)
+        X64 = X.reshape(len(X), -1).to(torch.float64)
+        N, D = X64.shape
+        if components == 1:
+            labels = torch.zeros(N, dtype=torch.long)
+        else:
+            _, labels = kmeans(X64, components, iterations=iterations, seed=seed)
+        mu_all = X64.mean(0)
+        Xc = X64 - mu_all
+        cov_all = Xc.T @ Xc / N
+        mus, lams, Us, log_pi = [], [], [], []
+        for k in range(int(labels.max()) + 1):
+            Xk = X64[labels == k]
+            if len(Xk) == 0:
+                continue
+            mu = Xk.mean(0)
+            Xkc = Xk - mu
+            cov = (Xkc.T @ Xkc + shrinkage * cov_all) / (len(Xk) + shrinkage)
+            lam, U = torch.linalg.eigh(cov)
+            mus.append(mu), lams.append(lam.clamp(min=0)), Us.append(U), log_pi.append(math.log(len(Xk) / N))
+        self.mu = torch.stack(mus).to(self.device)  # [K, D]
+        self.lam = torch.stack(lams).to(self.device)  # [K, D]
+        self.U = torch.stack(Us).to(self.device)  # [K, D, D]
+        self.log_pi = torch.tensor(log_pi, dtype=torch.float64, device=self.device)  # [K]
+        self.components = len(mus)
+        self.lam_max = float(self.lam.max())
+
+    def responsibilities(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
+        """Posterior component probabilities ``r_k(x)`` [B, K] (float64)."""
+        return self._posterior(x, alpha, sigma)[1]
+
+    def _posterior(self, x, alpha, sigma):
+        a, s = check_query(x, self.shape, alpha, sigma)
+        a, s = a.to(self.device), s.to(self.device)
+        x64 = x.reshape(len(x), -1).to(self.device, torch.float64)
+        B = len(x64)
+        logits = torch.empty(B, self.components, dtype=torch.float64, device=self.device)
+        means = torch.empty(self.components, B, x64.shape[1], dtype=torch.float64, device=self.device)
+        for k in range(self.components):
+            y = x64 - a[:, None] * self.mu[k]
+            z = y @ self.U[k]  # [B, D]
+            v = a[:, None] ** 2 * self.lam[k][None] + s[:, None] ** 2  # predictive variances [B, D]
+            # floor (matters only at sigma = 0, where a direction of zero variance would give 0 / 0)
+            v = torch.maximum(v, VAR_FLOOR * (a ** 2 * self.lam_max + s ** 2)[:, None])
+            # log N(x; alpha mu_k, alpha^2 Sigma_k + sigma^2 I) up to the constant -D/2 log(2 pi)
+            logits[:, k] = self.log_pi[k] - 0.5 * ((z * z / v).sum(1) + v.log().sum(1))
+            means[k] = self.mu[k] + (z * wiener_gain(self.lam[k], a, s)) @ self.U[k].T
+        r = torch.softmax(logits, 1)
+        return means, r
+
+    def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
+        means, r = self._posterior(x, alpha, sigma)
+        out = torch.einsum("bk,kbd->bd", r, means)
+        return out.to(x.device, x.dtype).reshape(x.shape)

@@ -1,0 +1,461 @@
+"""Patch denoisers: closed-form posteriors over image patches instead of whole images.
+
+The exact denoiser of a finite training set only reproduces training images. Restricting each output pixel's
+posterior to a local patch lets the denoiser mix patches from different images (a "patch mosaic"), which is how
+convolutional diffusion models generalise (Kamb & Ganguli, arXiv 2412.20292; Niedoba et al., arXiv 2411.19339).
+All patch posteriors are softmax-weighted averages over stored patches computed by the project's hot loop,
+:class:`boneless.bank.Bank` (one bank per location, or per boundary class), never a B x N x D tensor.
+
+For a query ``x_t = alpha x0 + sigma eps`` and a patch footprint ``P`` (a set of pixels), the patch posterior
+over the stored patches ``{x_i[P]}`` is ``w_i = softmax_i(-|x_t[P] - alpha x_i[P]|^2 / (2 sigma^2))``.
+
+- :class:`LocalDenoiser` (``local``; Kamb & Ganguli eqs. 7-8, the LS machine): each pixel ``p`` is the
+  posterior mean of its own value under the posterior over the *same-location* patches ``P_p`` centred at ``p``
+  (zero padding outside the image, i.e. the footprint clipped to the image).
+- :class:`EquivariantLocalDenoiser` (``local-equivariant``; eqs. 9-10, the ELS machine): the posterior runs over
+  the patches of *all* training images at *all* locations; the output is the centre pixel of the posterior mean
+  patch. ``boundary="broken"`` (default; the boundary-broken ELS of their appendix, eq. 41) compares a patch
+  only with patches that meet the image boundary the same way (same clipped footprint, so the interior is fully
+  translation-equivariant and each border offset is its own class); ``boundary="zero"`` zero-pads every image
+  and compares all padded patches with each other.
+- :class:`PatchCompositeDenoiser` (``patch-composite``; Niedoba et al., PSPC-Square): every ``k x k`` square
+  that fits in the image gets the posterior mean over same-location training squares, and each pixel is the
+  average of the posterior means of all squares that cover it.
+- :class:`LocalGaussianDenoiser` (``local-gaussian``; this project's): see its docstring.
+
+Patch size follows the noise level ``lam = sigma / alpha`` through a :class:`PatchSchedule`;
+:func:`calibrate` picks it per noise level by validation denoising error, with no training.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, NamedTuple, Sequence
+
+import torch
+
+from .bank import Bank
+from .closed_form import GaussianDenoiser, check_query, wiener_gain, _check_nonneg, _check_positive_int
+from .data import check_data
+from .denoisers import Coef
+
+Boundary = Literal["broken", "zero"]
+
+
+class PatchSchedule(NamedTuple):
+    """Patch size as a function of the noise level ``lam = sigma / alpha`` (the data-space noise level).
+
+    ``sizes[i]`` is used for the noise levels closest to ``sigmas[i]`` on a log scale (geometric midpoints are
+    the switch points); below the first and above the last level the end sizes hold. ``alpha = 0`` uses the
+    last size. ``reference`` is the image side the sizes were chosen for: on images of side ``H`` each size is
+    rescaled by ``H / reference`` (rounded, odd for centred patches) so a schedule carries over to other sizes;
+    ``reference=0`` means absolute sizes, never rescaled.
+    """
+
+    sigmas: tuple[float, ...]
+    sizes: tuple[int, ...]
+    reference: int = 28
+
+    def size(self, lam: float, side: int | None = None, *, odd: bool = False) -> int:
+        """The patch side for noise level ``lam`` on images of side ``side`` (default: ``reference``)."""
+        if not math.isfinite(lam):
+            k = self.sizes[-1]
+        else:
+            logs = [math.log(s) for s in self.sigmas]
+            x = math.log(max(lam, 1e-300))
+            k = self.sizes[min(range(len(logs)), key=lambda i: abs(logs[i] - x))]
+        if side is not None and self.reference and side != self.reference:
+            k = max(1, round(k * side / self.reference))
+        if odd and k % 2 == 0:
+            k += 1
+        return int(k)
+
+    @classmethod
+    def constant(cls, size: int) -> "PatchSchedule":
+        """The same patch side at every noise level (no rescaling with the image size)."""
+        return cls((1.0,), (int(size),), reference=0)
+
+
+def _as_schedule(schedule, default: PatchSchedule) -> PatchSchedule:
+    if schedule is None:
+        return default
+    if isinstance(schedule, PatchSchedule):
+        if len(schedule.sigmas) != len(schedule.sizes) or not schedule.sizes:
+            raise ValueError("a PatchSchedule needs as many sizes as noise levels (at least one)")
+        if any(not (math.isfinite(s) and s > 0) for s in schedule.sigmas):
+            raise ValueError("PatchSchedule noise levels must be positive and finite")
+        for k in schedule.sizes:
+            _check_positive_int(k, "patch size")
+        return schedule
+    if isinstance(schedule, int) and not isinstance(schedule, bool):
+        _check_positive_int(schedule, "patch size")
+        return PatchSchedule.constant(schedule)
+    raise ValueError(f"schedule must be a PatchSchedule or a positive integer patch size, got {schedule!r}")
+
+
+# Defaults measured on Fashion-MNIST (28 x 28) with `calibrate` on a validation split (docs/DENOISERS.md).
+LOCAL_SCHEDULE = PatchSchedule((0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), (3, 3, 3, 5, 7, 9, 13))
+COMPOSITE_SCHEDULE = PatchSchedule((0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), (3, 3, 3, 5, 11, 15, 28))
+EQUIVARIANT_SCHEDULE = PatchSchedule((0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), (3, 3, 3, 5, 7, 9, 13))
+
+# tier-1 threshold of the patch banks on the float32 logit error bound (nats; see boneless.bank): patch
+# posteriors use float32 logits up to this bound (weights within e^(2 delta) of exact; measured deviations from
+# a float64 reference are ~1e-6, tests/test_patches.py) and the exact tiers beyond it (very low noise)
+PATCH_FAST_DELTA = 1e-2
+QUERY_BLOCK = 1 << 21  # queries x rows per block of a bank reduction (bounds the B x chunk scratch memory)
+
+
+def _reduce_mean(bank: Bank, q: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Posterior mean rows [Q, D] for queries ``q`` [Q, D] at per-query ``alpha``, ``sigma`` [Q] (float64),
+    in blocks of queries so the scratch memory stays O(QUERY_BLOCK)."""
+    out = torch.empty(len(q), bank.dim, dtype=torch.float32, device=bank.device)
+    step = max(1, QUERY_BLOCK // max(1, min(bank.chunk_size, len(bank))))
+    for i in range(0, len(q), step):
+        st = bank.reduce(q[i:i + step], a[i:i + step], s[i:i + step])
+        out[i:i + step] = st.acc / st.s.to(st.acc.dtype)[:, None]
+    return out
+
+
+class _PatchDenoiser:
+    """Shared set-up: data [N, C, H, W], a patch schedule, per-size grouping of a batch, alpha = 0 shortcut."""
+
+    default_schedule = COMPOSITE_SCHEDULE
+    odd = False  # centred patches need odd sides
+
+    def __init__(self, X: torch.Tensor, *, schedule: PatchSchedule | int | None = None, chunk_size: int = 8192,
+                 fast_delta: float = PATCH_FAST_DELTA, device: torch.device | str | None = None):
+        X = check_data(X)
+        if not (isinstance(fast_delta, (int, float)) and fast_delta > 0):
+            raise ValueError(f"fast_delta must be a positive number, got {fast_delta!r}")
+        self.fast_delta = float(fast_delta)
+        if X.ndim != 4:
+            raise ValueError(f"{type(self).__name__} needs image data [N, C, H, W], got shape {list(X.shape)}")
+        self.schedule = _as_schedule(schedule, self.default_schedule)
+        self.chunk_size = _check_positive_int(chunk_size, "chunk_size")
+        self.device = torch.device(device) if device is not None else X.device
+        self.X = X.to(self.device)
+        self.shape = tuple(X.shape[1:])
+        self.mean = self.X.double().mean(0).float()
+
+    def patch_size(self, lam: float) -> int:
+        """The patch side used at noise level ``lam = sigma / alpha`` on this data's images."""
+        return self.schedule.size(lam, self.shape[1], odd=self.odd)
+
+    def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
+        a, s = check_query(x, self.shape, alpha, sigma)
+        xd = x.to(self.device, torch.float32)
+        out = torch.empty_like(xd)
+        prior = a == 0  # pure noise: the posterior is the prior, its mean the data mean
+        out[prior] = self.mean
+        lam = torch.where(prior, math.inf, s / a.clamp(min=1e-300))
+        sizes = torch.tensor([self.patch_size(float(v)) if not p else 0 for v, p in zip(lam, prior)])
+        for k in sorted(set(sizes[~prior].tolist())):
+            idx = torch.nonzero(sizes == k)[:, 0]
+            out[idx.to(self.device)] = self._denoise(xd[idx.to(self.device)], a[idx], s[idx], int(k))
+        return out.to(x.device, x.dtype)
+
+    def _bank(self, rows: torch.Tensor) -> Bank:
+        return Bank(rows, chunk_size=self.chunk_size, device=self.device, fast_delta=self.fast_delta)
+
+    def _denoise(self, x: torch.Tensor, a: torch.Tensor, s: torch.Tensor, k: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _window(i: int, r: int, n: int) -> tuple[int, int]:
+    """Rows ``[i - r, i + r]`` clipped to ``[0, n)``, as a half-open range."""
+    return max(0, i - r), min(n, i + r + 1)
+
+
+class LocalDenoiser(_PatchDenoiser):
+    """The local score (LS) machine of Kamb & Ganguli (arXiv 2412.20292, eqs. 7-8).
+
+    Pixel ``p`` of ``x0_hat`` is ``sum_i w_i(p) x_i[p]`` with ``w_i(p) = softmax_i(-|x[P_p] - alpha x_i[P_p]|^2
+    / (2 sigma^2))``, ``P_p`` the ``k x k`` patch centred at ``p`` clipped to the image (all channels), and
+    ``x_i`` the training images: a separate posterior per pixel over same-location patches. A patch of side
+    ``>= 2 max(H, W) - 1`` covers the whole image from every pixel, and this is the exact denoiser.
+
+    Args:
+        X: training images [N, C, H, W].
+        schedule: a :class:`PatchSchedule` or a fixed odd patch side (default: :data:`LOCAL_SCHEDULE`).
+        chunk_size: rows per step of the bank loop.
+        device: where the data live and the computation runs.
+    """
+
+    default_schedule = LOCAL_SCHEDULE
+    odd = True
+
+    def _denoise(self, x, a, s, k):
+        B, C, H, W = x.shape
+        r = k // 2
+        out = torch.empty_like(x)
+        a, s = a.to(self.device), s.to(self.device)
+        for i in range(H):
+            i0, i1 = _window(i, r, H)
+            for j in range(W):
+                j0, j1 = _window(j, r, W)
+                bank = self._bank(self.X[:, :, i0:i1, j0:j1].reshape(len(self.X), -1))
+                m = _reduce_mean(bank, x[:, :, i0:i1, j0:j1].reshape(B, -1), a, s)
+                out[:, :, i, j] = m.reshape(B, C, i1 - i0, j1 - j0)[:, :, i - i0, j - j0]
+        return out
+
+
+class PatchCompositeDenoiser(_PatchDenoiser):
+    """Patch-set posterior composite with square patches (PSPC-Square; Niedoba et al., arXiv 2411.19339).
+
+    For every ``k x k`` square ``S`` that fits inside the image, ``m_S = sum_i w_i(S) x_i[S]`` with
+    ``w_i(S) = softmax_i(-|x[S] - alpha x_i[S]|^2 / (2 sigma^2))`` over the same-location squares of the
+    training images; pixel ``p`` of ``x0_hat`` is the average of ``m_S[p]`` over all squares ``S`` covering
+    ``p``. With ``k >= max(H, W)`` (one square, the whole image) this is the exact denoiser.
+
+    Args:
+        X: training images [N, C, H, W].
+        schedule: a :class:`PatchSchedule` or a fixed patch side (default: :data:`COMPOSITE_SCHEDULE`).
+        chunk_size: rows per step of the bank loop.
+        device: where the data live and the computation runs.
+    """
+
+    default_schedule = COMPOSITE_SCHEDULE
+
+    def _denoise(self, x, a, s, k):
+        B, C, H, W = x.shape
+        kh, kw = min(k, H), min(k, W)
+        total = torch.zeros_like(x)
+        count = torch.zeros(H, W, dtype=x.dtype, device=x.device)
+        a, s = a.to(self.device), s.to(self.device)
+        for i in range(H - kh + 1):
+            for j in range(W - kw + 1):
+                bank = self._bank(self.X[:, :, i:i + kh, j:j + kw].reshape(len(self.X), -1))
+                m = _reduce_mean(bank, x[:, :, i:i + kh, j:j + kw].reshape(B, -1), a, s)
+                total[:, :, i:i + kh, j:j + kw] += m.reshape(B, C, kh, kw)
+                count[i:i + kh, j:j + kw] += 1
+        return total / count
+
+
+class EquivariantLocalDenoiser(_PatchDenoiser):
+    """The equivariant local score (ELS) machine of Kamb & Ganguli (arXiv 2412.20292, eqs. 9-10, 41).
+
+    Pixel ``p`` of ``x0_hat`` is the centre pixel of the posterior mean over a set of training patches, with
+    weights ``softmax(-|x[P_p] - alpha y|^2 / (2 sigma^2))`` over the patches ``y`` of *every* training image at
+    *every* location of the same kind:
+
+    - ``boundary="broken"`` (bbELS, default): locations of the same kind are those whose ``k x k`` patch meets
+      the image boundary in the same way (same offset from each edge within the patch radius); patches are
+      clipped to the image. Interior pixels therefore share one translation-equivariant posterior over all
+      interior patches; pixels near an edge compare only with patches at the same offset from that edge.
+    - ``boundary="zero"``: every image is zero-padded by the patch radius and all locations are of one kind.
+
+    Memory stays O(batch x chunk); compute is O(B N (H W)^2 k^2) for the interior class, so this machine is
+    meant for small pools or small images (see docs/DENOISERS.md for timings).
+
+    Args:
+        X: training images [N, C, H, W].
+        schedule: a :class:`PatchSchedule` or a fixed odd patch side (default: :data:`EQUIVARIANT_SCHEDULE`).
+        boundary: ``"broken"`` or ``"zero"`` (see above).
+        chunk_size: rows per step of the bank loop.
+        device: where the data live and the computation runs.
+    """
+
+    default_schedule = EQUIVARIANT_SCHEDULE
+    odd = True
+
+    def __init__(self, X: torch.Tensor, *, schedule: PatchSchedule | int | None = None,
+                 boundary: Boundary = "broken", chunk_size: int = 8192, fast_delta: float = PATCH_FAST_DELTA,
+                 device: torch.device | str | None = None):
+        super().__init__(X, schedule=schedule, chunk_size=chunk_size, fast_delta=fast_delta, device=device)
+        if boundary not in ("broken", "zero"):
+            raise ValueError(f"boundary must be 'broken' or 'zero', got {boundary!r}")
+        self.boundary = boundary
+
+    @staticmethod
+    def _classes(n: int, r: int) -> list[list[int]]:
+        """Positions ``0..n-1`` grouped by their offsets from the two edges, clipped at the patch radius."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i in range(n):
+            groups.setdefault((min(i, r), min(n - 1 - i, r)), []).append(i)
+        return list(groups.values())
+
+    def _denoise(self, x, a, s, k):
+        B, C, H, W = x.shape
+        r = k // 2
+        a, s = a.to(self.device), s.to(self.device)
+        if self.boundary == "zero":
+            pad = torch.nn.functional.pad
+            Xp, xp = pad(self.X, (r, r, r, r)), pad(x, (r, r, r, r))
+            rows = Xp.unfold(2, k, 1).unfold(3, k, 1)  # [N, C, H, W, k, k]
+            rows = rows.permute(0, 2, 3, 1, 4, 5).reshape(-1, C * k * k)
+            q = xp.unfold(2, k, 1).unfold(3, k, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, C * k * k)
+            m = _reduce_mean(self._bank(rows), q, a.repeat_interleave(H * W), s.repeat_interleave(H * W))
+            return m.reshape(B, H, W, C, k, k)[:, :, :, :, r, r].permute(0, 3, 1, 2).contiguous()
+        out = torch.empty_like(x)
+        for rows_i in self._classes(H, r):
+            for cols_j in self._classes(W, r):
+                i, j = rows_i[0], cols_j[0]
+                # the clipped footprint relative to its pixel: rows i - di0 .. i + di1, columns likewise
+                di0, di1 = i - _window(i, r, H)[0], _window(i, r, H)[1] - 1 - i
+                dj0, dj1 = j - _window(j, r, W)[0], _window(j, r, W)[1] - 1 - j
+                ph, pw = di0 + di1 + 1, dj0 + dj1 + 1
+                ii = torch.tensor(rows_i, device=self.device)
+                jj = torch.tensor(cols_j, device=self.device)
+
+                def patches(T):  # [n, C, H, W] -> [n * |ii| * |jj|, C * ph * pw] patches of this class
+                    cols = [T[:, :, int(p) - di0:int(p) + di1 + 1] for p in ii]  # [n, C, ph, W] each
+                    P = torch.stack(cols, 1)  # [n, |ii|, C, ph, W]
+                    P = torch.stack([P[..., int(q) - dj0:int(q) + dj1 + 1] for q in jj], 2)  # [n, |ii|, |jj|, C, ph, pw]
+                    return P.reshape(-1, C * ph * pw)
+
+                bank = self._bank(patches(self.X))
+                n_loc = len(ii) * len(jj)
+                m = _reduce_mean(bank, patches(x), a.repeat_interleave(n_loc), s.repeat_interleave(n_loc))
+                centre = m.reshape(B, len(ii), len(jj), C, ph, pw)[:, :, :, :, di0, dj0]  # [B, |ii|, |jj|, C]
+                out[:, :, ii[:, None], jj[None, :]] = centre.permute(0, 3, 1, 2)
+        return out
+
+
+class LocalGaussianDenoiser(_PatchDenoiser):
+    """Local Gaussian (NL-Bayes-style) patch denoiser with an external patch bank: this project's design.
+
+    PSPC replaces each noisy square by a posterior mean over training squares: a mixture of Diracs, which cannot
+    represent a square between two training squares. Here each ``k x k`` square ``S`` gets its own Gaussian
+    prior, fitted to the ``K`` training squares (same location) most likely under the noisy square, and the
+    square's estimate is that Gaussian's posterior mean (Wiener filter), in the noise-normalised frame
+    ``y = x / alpha``, ``lam = sigma / alpha``:
+
+    ``x0_hat[S] = mu_S + C_S (C_S + lam^2 I)^-1 (y[S] - mu_S)``,  ``mu_S, C_S`` = mean and covariance (+ ``ridge I``)
+    of the ``K`` neighbours,
+
+    and each pixel averages the estimates of all squares covering it (as PSPC). With ``passes=2`` (default) the
+    neighbours are searched again around the first-pass estimate ``x1``, a cleaner query than the noisy square
+    (NL-Bayes' second step): the ``K`` training squares nearest to ``x1[S]``. The neighbour search is the top-k
+    of the project's bank (:meth:`boneless.bank.Bank.reduce` with ``k=K``), which also yields the PSPC posterior
+    mean of the same square at no extra cost (``self.last_composite``). Background squares whose neighbours are
+    all identical (e.g. Fashion-MNIST's -1 background) get zero covariance and are restored exactly.
+
+    Args:
+        X: training images [N, C, H, W].
+        schedule: patch side per noise level (:class:`PatchSchedule` or an int; default :data:`LOCAL_GAUSSIAN_SCHEDULE`).
+        neighbours: ``K`` per noise level (a :class:`PatchSchedule` whose "sizes" are counts, or an int).
+        passes: 1 (neighbours of the noisy square) or 2 (then neighbours of the first-pass estimate).
+        ridge: added to the diagonal of each neighbour covariance.
+        chunk_size, fast_delta, device: as for the other patch denoisers.
+    """
+
+    default_schedule = None  # set below (LOCAL_GAUSSIAN_SCHEDULE)
+
+    def __init__(self, X: torch.Tensor, *, schedule: PatchSchedule | int | None = None,
+                 neighbours: PatchSchedule | int | None = None, passes: int = 2, ridge: float = 1e-4,
+                 chunk_size: int = 8192, fast_delta: float = PATCH_FAST_DELTA,
+                 device: torch.device | str | None = None):
+        super().__init__(X, schedule=schedule, chunk_size=chunk_size, fast_delta=fast_delta, device=device)
+        self.neighbours = _as_schedule(neighbours, LOCAL_GAUSSIAN_NEIGHBOURS)
+        if passes not in (1, 2):
+            raise ValueError(f"passes must be 1 or 2, got {passes!r}")
+        self.passes = passes
+        self.ridge = _check_nonneg(ridge, "ridge")
+        self.last_composite = None
+
+    def _denoise(self, x, a, s, k):
+        lam = float((s / a).max())
+        K = min(self.neighbours.size(lam), len(self.X))
+        a, s = a.to(self.device), s.to(self.device)
+        y = x / a.to(x.dtype)[:, None, None, None]
+        lam_b = (s / a)  # [B] float64
+        est, comp = self._pass(x, y, a, s, lam_b, k, K, None)
+        self.last_composite = comp
+        if self.passes == 2:
+            est, _ = self._pass(x, y, a, s, lam_b, k, K, est)
+        return est
+
+    def _pass(self, x, y, a, s, lam_b, k, K, pilot):
+        B, C, H, W = x.shape
+        kh, kw = min(k, H), min(k, W)
+        d = C * kh * kw
+        total = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+        comp = torch.zeros_like(x)
+        count = torch.zeros(H, W, dtype=torch.float64, device=x.device)
+        eye = torch.eye(d, dtype=torch.float64, device=x.device)
+        ones = torch.ones_like(a)
+        for i in range(H - kh + 1):
+            for j in range(W - kw + 1):
+                rows = self.X[:, :, i:i + kh, j:j + kw].reshape(len(self.X), -1)
+                bank = self._bank(rows)
+                if pilot is None:  # posterior top-K of the noisy square (and its posterior mean)
+                    st = bank.reduce(x[:, :, i:i + kh, j:j + kw].reshape(B, -1), a, s, k=K)
+                    comp[:, :, i:i + kh, j:j + kw] += (st.acc / st.s.to(st.acc.dtype)[:, None]).reshape(B, C, kh, kw)
+                else:  # the K training squares nearest to the pilot's square
+                    st = bank.reduce(pilot[:, :, i:i + kh, j:j + kw].reshape(B, -1).float(), ones, ones, k=K)
+                nb = rows[st.top_i.clamp(min=0)].double()  # [B, K, d]
+                mu = nb.mean(1)
+                dev = nb - mu[:, None]
+                cov = dev.transpose(1, 2) @ dev / K + self.ridge * eye
+                yS = y[:, :, i:i + kh, j:j + kw].reshape(B, -1).double()
+                rhs = (yS - mu)[..., None]
+                sol = torch.linalg.solve(cov + (lam_b ** 2)[:, None, None] * eye, rhs)
+                total[:, :, i:i + kh, j:j + kw] += (mu + (cov @ sol)[..., 0]).reshape(B, C, kh, kw)
+                count[i:i + kh, j:j + kw] += 1
+        return (total / count).to(x.dtype), comp / count.to(x.dtype)
+
+
+LOCAL_GAUSSIAN_SCHEDULE = PatchSchedule((0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), (3, 3, 5, 7, 9, 11, 15))
+LOCAL_GAUSSIAN_NEIGHBOURS = PatchSchedule((0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), (20, 20, 40, 100, 100, 100, 100),
+                                          reference=0)
+LocalGaussianDenoiser.default_schedule = LOCAL_GAUSSIAN_SCHEDULE
+
+
+def _default_sizes(den_cls, H: int, W: int) -> tuple[int, ...]:
+    side = max(H, W)
+    if getattr(den_cls, "odd", False):
+        return tuple(k for k in (1, 3, 5, 7, 9, 11, 13, 15, 19, 23, 27) if k < 2 * side - 1) + (2 * side - 1,)
+    return tuple(k for k in (2, 3, 4, 5, 7, 9, 11, 13, 15, 19, 23) if k < side) + (side,)
+
+
+def validation_errors(den_cls, X_train: torch.Tensor, X_val: torch.Tensor, sigmas: Sequence[float], *,
+                      sizes: Sequence[int] | None = None, alpha: float = 1.0, seed: int = 0,
+                      progress: bool = False, **options) -> tuple[tuple[int, ...], torch.Tensor]:
+    """Validation MSE of ``den_cls(X_train, schedule=k, **options)`` for every patch side ``k`` and noise level.
+
+    The validation images get one noise draw ``z`` (from ``seed``) shared by every size and level:
+    ``x_t = alpha x + sigma z``. Returns the sizes and a float64 table [len(sigmas), len(sizes)] of
+    ``mean((x0_hat - x)^2)``."""
+    X_train, X_val = check_data(X_train, name="X_train"), check_data(X_val, name="X_val")
+    if X_train.ndim != 4 or X_val.shape[1:] != X_train.shape[1:]:
+        raise ValueError(f"X_train and X_val must be images of one shape, got {list(X_train.shape)} and "
+                         f"{list(X_val.shape)}")
+    sigmas = [float(s) for s in sigmas]
+    if not sigmas or any(not (math.isfinite(s) and s > 0) for s in sigmas):
+        raise ValueError("sigmas must be a non-empty list of positive numbers")
+    if not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be a positive number, got {alpha!r}")
+    sizes = tuple(sizes) if sizes is not None else _default_sizes(den_cls, *X_train.shape[2:])
+    for k in sizes:
+        _check_positive_int(k, "patch size")
+    z = torch.randn(X_val.shape, generator=torch.Generator().manual_seed(int(seed)))
+    table = torch.empty(len(sigmas), len(sizes), dtype=torch.float64)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(sigmas) * len(sizes), desc=f"calibrate {den_cls.__name__}", leave=False)
+    for j, k in enumerate(sizes):
+        den = den_cls(X_train, schedule=PatchSchedule.constant(k), **options)
+        for i, s in enumerate(sigmas):
+            x0_hat = den(alpha * X_val + s * z, alpha, s)
+            table[i, j] = float(((x0_hat.double() - X_val.double()) ** 2).mean())
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return sizes, table
+
+
+def calibrate(den_cls, X_train: torch.Tensor, X_val: torch.Tensor, sigmas: Sequence[float], *,
+              sizes: Sequence[int] | None = None, alpha: float = 1.0, seed: int = 0, progress: bool = False,
+              **options) -> PatchSchedule:
+    """Training-free calibration of a patch denoiser's schedule: for each noise level ``sigma / alpha`` in
+    ``sigmas`` the patch side with the lowest denoising MSE on the validation images ``X_val`` (never the test
+    images), the denoiser built on ``X_train``. Candidate sides ``sizes`` default to a spread from 1 (or 2) up
+    to the whole image. Returns a :class:`PatchSchedule` (reference: the images' side)."""
+    sizes, table = validation_errors(den_cls, X_train, X_val, sigmas, sizes=sizes, alpha=alpha, seed=seed,
+                                     progress=progress, **options)
+    best = [sizes[int(j)] for j in table.argmin(1)]
+    order = sorted(range(len(sigmas)), key=lambda i: float(sigmas[i]))
+    lam = [float(sigmas[i]) / alpha for i in order]
+    return PatchSchedule(tuple(lam), tuple(best[i] for i in order), reference=int(X_train.shape[2]))

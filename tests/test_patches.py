@@ -1,0 +1,243 @@
+"""Mathematics of the patch denoisers: local (LS), local-equivariant (ELS/bbELS), patch-composite (PSPC-Square),
+local-gaussian; schedules and calibration; the registry."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from boneless import DENOISERS
+from boneless.closed_form import GaussianDenoiser
+from boneless.denoisers import exact_reference
+from boneless.patches import (EquivariantLocalDenoiser, LocalDenoiser, LocalGaussianDenoiser, PatchCompositeDenoiser,
+                              PatchSchedule, calibrate, validation_errors)
+
+N, C, H, W = 40, 2, 6, 5
+
+
+def images(n, *, seed):
+    """Smooth random images in [-1, 1] (blurred noise, so patches carry structure), [n, C, H, W]."""
+    z = torch.randn(n, C, H + 2, W + 2, generator=torch.Generator().manual_seed(seed))
+    z = F.avg_pool2d(z, 3, stride=1)
+    return (z / z.abs().max()).clamp(-1, 1)
+
+
+@pytest.fixture(scope="module")
+def X():
+    return images(N, seed=0)
+
+
+@pytest.fixture(scope="module")
+def queries():
+    x0 = images(4, seed=1)
+    z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2))
+    a = torch.tensor([1.0, 0.8, 1.0, 0.5], dtype=torch.float64)
+    s = torch.tensor([0.3, 0.5, 1.0, 0.2], dtype=torch.float64)
+    return (a.float()[:, None, None, None] * x0 + s.float()[:, None, None, None] * z), a, s
+
+
+def softmax_mean(q, P, values, a, s):
+    """Independent float64 posterior mean: q [B, d], stored patches P [n, d], values [n, ...]."""
+    logits = -((q[:, None, :] - a[:, None, None] * P[None]) ** 2).sum(-1) / (2 * s[:, None] ** 2)
+    return torch.einsum("bn,n...->b...", torch.softmax(logits, 1), values)
+
+
+def brute_local(X, x, a, s, k):
+    r = k // 2
+    X, x = X.double(), x.double()
+    out = torch.zeros_like(x)
+    for i in range(H):
+        for j in range(W):
+            i0, i1, j0, j1 = max(0, i - r), min(H, i + r + 1), max(0, j - r), min(W, j + r + 1)
+            q, P = x[:, :, i0:i1, j0:j1].flatten(1), X[:, :, i0:i1, j0:j1].flatten(1)
+            out[:, :, i, j] = softmax_mean(q, P, X[:, :, i, j], a, s)
+    return out
+
+
+def brute_composite(X, x, a, s, k):
+    X, x = X.double(), x.double()
+    total, count = torch.zeros_like(x), torch.zeros(H, W, dtype=torch.float64)
+    for i in range(H - k + 1):
+        for j in range(W - k + 1):
+            q, P = x[:, :, i:i + k, j:j + k].flatten(1), X[:, :, i:i + k, j:j + k].flatten(1)
+            total[:, :, i:i + k, j:j + k] += softmax_mean(q, P, X[:, :, i:i + k, j:j + k], a, s)
+            count[i:i + k, j:j + k] += 1
+    return total / count
+
+
+def brute_els(X, x, a, s, k, boundary):
+    """ELS from its definition: for pixel p, all training patches at locations of the same kind."""
+    r = k // 2
+    X, x = X.double(), x.double()
+    out = torch.zeros_like(x)
+    if boundary == "zero":
+        Xp, xp = F.pad(X, (r, r, r, r)), F.pad(x, (r, r, r, r))
+        P = torch.stack([Xp[:, :, i:i + k, j:j + k].flatten(1) for i in range(H) for j in range(W)], 1).flatten(0, 1)
+        centres = torch.stack([X[:, :, i, j] for i in range(H) for j in range(W)], 1).flatten(0, 1)
+        for i in range(H):
+            for j in range(W):
+                out[:, :, i, j] = softmax_mean(xp[:, :, i:i + k, j:j + k].flatten(1), P, centres, a, s)
+        return out
+
+    def kind(i, j):
+        return min(i, r), min(H - 1 - i, r), min(j, r), min(W - 1 - j, r)
+
+    for i in range(H):
+        for j in range(W):
+            up, down, left, right = kind(i, j)
+            Ps, cs = [], []
+            for u in range(H):
+                for v in range(W):
+                    if kind(u, v) == kind(i, j):
+                        Ps.append(X[:, :, u - up:u + down + 1, v - left:v + right + 1].flatten(1))
+                        cs.append(X[:, :, u, v])
+            q = x[:, :, i - up:i + down + 1, j - left:j + right + 1].flatten(1)
+            out[:, :, i, j] = softmax_mean(q, torch.cat(Ps), torch.cat(cs), a, s)
+    return out
+
+
+def test_whole_image_patches_give_the_exact_denoiser(X, queries):
+    x, a, s = queries
+    ref = exact_reference(X, x, a, s)
+    big = 2 * max(H, W) - 1  # a centred patch this large covers the whole image from every pixel
+    for den in (LocalDenoiser(X, schedule=big), PatchCompositeDenoiser(X, schedule=max(H, W)),
+                EquivariantLocalDenoiser(X, schedule=big), LocalDenoiser(X, schedule=99)):
+        torch.testing.assert_close(den(x, a, s).double(), ref, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_local_is_the_per_pixel_same_location_posterior(X, queries, k):
+    x, a, s = queries
+    torch.testing.assert_close(LocalDenoiser(X, schedule=k)(x, a, s).double(), brute_local(X, x, a, s, k),
+                               rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_patch_composite_averages_square_posteriors(X, queries, k):
+    x, a, s = queries
+    torch.testing.assert_close(PatchCompositeDenoiser(X, schedule=k)(x, a, s).double(),
+                               brute_composite(X, x, a, s, k), rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("boundary", ["broken", "zero"])
+def test_equivariant_local_follows_its_definition(X, queries, boundary):
+    x, a, s = queries
+    den = EquivariantLocalDenoiser(X[:12], schedule=3, boundary=boundary)
+    torch.testing.assert_close(den(x, a, s).double(), brute_els(X[:12], x, a, s, 3, boundary), rtol=0, atol=2e-5)
+
+
+def test_exact_tiers_agree_with_the_fast_tier(X, queries):
+    """The patch banks' float32 tier (fast_delta) against the exact tiers, at a low noise level."""
+    x, a, s = queries
+    s = s * 0.1
+    fast = PatchCompositeDenoiser(X, schedule=3)(x, a, s)
+    exact = PatchCompositeDenoiser(X, schedule=3, fast_delta=1e-5)(x, a, s)
+    torch.testing.assert_close(fast.double(), brute_composite(X, x, a, s, 3), rtol=0, atol=1e-4)
+    torch.testing.assert_close(exact.double(), brute_composite(X, x, a, s, 3), rtol=0, atol=2e-5)
+
+
+def test_equivariance_of_els_and_its_absence_in_ls(X):
+    """ELS's output at a pixel depends only on the patch there (translation equivariance in the interior);
+    LS has one posterior per location and does not."""
+    blob = images(1, seed=5)[:, :, :3, :3]
+    q = torch.zeros(1, C, H, W)
+    q[:, :, 0:3, 0:3] = blob
+    q[:, :, 3:6, 2:5] = blob  # disjoint copies, centres (1, 1) and (4, 3), both interior
+    for boundary in ("broken", "zero"):
+        out = EquivariantLocalDenoiser(X, schedule=3, boundary=boundary)(q, 1.0, 0.4)
+        torch.testing.assert_close(out[:, :, 1, 1], out[:, :, 4, 3])
+    out = LocalDenoiser(X, schedule=3)(q, 1.0, 0.4)
+    assert not torch.allclose(out[:, :, 1, 1], out[:, :, 4, 3], atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["local", "local-equivariant", "patch-composite", "local-gaussian"])
+def test_flip_equivariance_with_a_flip_closed_training_set(X, queries, name):
+    """With the training set closed under horizontal flips, every patch machine commutes with the flip."""
+    x, a, s = queries
+    Xf = torch.cat([X[:20], X[:20].flip(-1)])
+    den = DENOISERS[name](Xf, schedule=3)
+    torch.testing.assert_close(den(x.flip(-1), a, s), den(x, a, s).flip(-1), rtol=0, atol=1e-5)
+
+
+def test_local_gaussian_with_all_neighbours_and_whole_image_is_gaussian(X, queries):
+    """One square (the image), K = N neighbours (all of them), no ridge: the Gaussian (Wiener) denoiser."""
+    x, a, s = queries
+    den = LocalGaussianDenoiser(X, schedule=max(H, W), neighbours=N, passes=1, ridge=0.0)
+    torch.testing.assert_close(den(x, a, s), GaussianDenoiser(X)(x, a, s), rtol=0, atol=1e-4)
+    # its by-product is the composite (here: the exact denoiser)
+    torch.testing.assert_close(den.last_composite.double(), exact_reference(X, x, a, s), rtol=0, atol=2e-5)
+
+
+def test_local_gaussian_restores_constant_background_exactly():
+    """Squares whose neighbours are all identical have zero covariance: the estimate is that square."""
+    X = -torch.ones(30, 1, 6, 6)
+    X[:, :, 2:4, 2:4] = torch.rand(30, 1, 2, 2, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    x = -1 + 0.1 * torch.randn(2, 1, 6, 6, generator=torch.Generator().manual_seed(4))
+    out = LocalGaussianDenoiser(X, schedule=2, neighbours=5, ridge=0.0)(x, 1.0, 0.1)
+    torch.testing.assert_close(out[:, :, 0, :], -torch.ones(2, 1, 6))
+
+
+@pytest.mark.parametrize("name", ["local", "local-equivariant", "patch-composite", "local-gaussian"])
+def test_shapes_alpha_zero_and_batched_sigma(X, queries, name):
+    x, a, s = queries
+    den = DENOISERS[name](X[:10])
+    out = den(x, a, s)
+    assert out.shape == x.shape and out.dtype == x.dtype and bool(torch.isfinite(out).all())
+    for b in range(len(x)):  # a batch with mixed noise levels (and patch sizes) = one query at a time
+        torch.testing.assert_close(den(x[b:b + 1], float(a[b]), float(s[b]))[0], out[b], rtol=0, atol=1e-5)
+    torch.testing.assert_close(den(x, 0.0, 1.0), X[:10].double().mean(0).float().expand_as(x))
+    assert bool(torch.isfinite(den(x, 1.0, 0.0)).all())  # sigma = 0 (a sampler's last step)
+
+
+def test_schedule_picks_nearest_level_on_a_log_scale_and_rescales():
+    sch = PatchSchedule((0.1, 1.0, 10.0), (3, 7, 15), reference=28)
+    assert sch.size(0.01) == 3 and sch.size(0.2) == 3 and sch.size(0.5) == 7 and sch.size(1e3) == 15
+    assert sch.size(math.inf) == 15  # alpha = 0
+    assert sch.size(1.0, 56) == 14 and sch.size(1.0, 56, odd=True) == 15
+    assert PatchSchedule.constant(5).size(123.0, 8) == 5
+
+
+def test_calibrate_picks_the_size_with_the_lowest_validation_error(X):
+    Xv = images(6, seed=7)
+    sizes, table = validation_errors(PatchCompositeDenoiser, X, Xv, [0.05, 2.0], sizes=(1, 2, 5), seed=1)
+    sch = calibrate(PatchCompositeDenoiser, X, Xv, [2.0, 0.05], sizes=(1, 2, 5), seed=1)
+    assert sch.sigmas == (0.05, 2.0) and sch.reference == H
+    assert sch.sizes == tuple(sizes[int(j)] for j in table.argmin(1))
+    # the table entry is the validation MSE of that fixed size (recomputed independently)
+    z = torch.randn(Xv.shape, generator=torch.Generator().manual_seed(1))
+    mse = float(((PatchCompositeDenoiser(X, schedule=2)(Xv + 2.0 * z, 1.0, 2.0) - Xv).double() ** 2).mean())
+    assert abs(mse - float(table[1, 1])) < 1e-9
+    assert sch.sizes[1] >= sch.sizes[0]  # high noise needs larger patches here
+
+
+def test_bad_input_and_options(X):
+    den = PatchCompositeDenoiser(X, schedule=3)
+    with pytest.raises(ValueError):
+        den(torch.zeros(2, C, H, W + 1), 1.0, 0.5)
+    with pytest.raises(ValueError, match="both be 0"):
+        den(torch.zeros(2, C, H, W), 0.0, 0.0)
+    for bad in ({"schedule": 0}, {"schedule": "big"}, {"chunk_size": 0}, {"fast_delta": 0.0},
+                {"schedule": PatchSchedule((1.0, 2.0), (3,))}):
+        with pytest.raises(ValueError):
+            PatchCompositeDenoiser(X, **bad)
+    with pytest.raises(ValueError):
+        EquivariantLocalDenoiser(X, boundary="circular")
+    with pytest.raises(ValueError):
+        LocalGaussianDenoiser(X, passes=3)
+    with pytest.raises(ValueError, match="image data"):
+        LocalDenoiser(torch.zeros(5, 3))
+    with pytest.raises(ValueError):
+        calibrate(LocalDenoiser, X, X[:, :1], [0.1])
+    with pytest.raises(ValueError):
+        calibrate(LocalDenoiser, X, X, [])
+
+
+def test_every_registered_denoiser_is_constructible_with_defaults():
+    X = images(12, seed=8)
+    x = images(2, seed=9)
+    for name, cls in DENOISERS.items():
+        den = cls(X)
+        assert tuple(den.shape) == tuple(X.shape[1:]), name
+        out = den(x, torch.tensor([1.0, 0.5], dtype=torch.float64), torch.tensor([0.2, 1.0], dtype=torch.float64))
+        assert out.shape == x.shape and bool(torch.isfinite(out).all()), name
