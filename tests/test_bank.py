@@ -75,17 +75,16 @@ class Spy:
 def test_each_tier_is_taken_and_exact(X, monkeypatch, tier):
     """Force one tier with the module's thresholds (the fast tier: where its bound allows it, broad posteriors);
     near-ties included, weights and a temperature too."""
+    fast_delta = bank_mod.FAST_DELTA if tier == "fast" else 1e-300  # every query slow: screened
     if tier == "candidates":
-        monkeypatch.setattr(bank_mod, "FAST_DELTA", 0.0)
         monkeypatch.setattr(bank_mod, "DENSE_FRACTION", 2.0)
         monkeypatch.setattr(bank_mod, "PILOT_FRACTION", 2.0)
-    else:
-        monkeypatch.setattr(bank_mod, "FAST_DELTA", 0.0)
+    elif tier == "dense":
         monkeypatch.setattr(bank_mod, "DENSE_FRACTION", 0.0)
     exact, dense = Spy(monkeypatch, "_exact_logits"), Spy(monkeypatch, "_dense_logits")
     w = torch.rand(len(X), generator=torch.Generator().manual_seed(3)) + 0.1
     for T in (1.0, 0.7):
-        bank = Bank(X, chunk_size=200, log_weights=torch.log(w / w.sum()))
+        bank = Bank(X, chunk_size=200, log_weights=torch.log(w / w.sum()), fast_delta=fast_delta)
         for ratio in (1e2, 1e3) if tier == "fast" else RATIOS:
             x, a, s = queries(X, ratio)
             _, y = reduce_x0(bank, x, a, s, temperature=T)
@@ -210,7 +209,7 @@ def test_spans_pilot_and_dense_carry_over(X, monkeypatch):
         _, y = reduce_x0(bank, x, a, s)
         assert rel_err(y, exact_reference(X, x, a, s)) < 1e-4, ratio
     monkeypatch.setattr(bank_mod, "PILOT_FRACTION", 0.0)  # every slow query dense from the pilot on
-    monkeypatch.setattr(bank_mod, "FAST_DELTA", 0.0)
+    bank = Bank(X, chunk_size=100, fast_delta=1e-300)
     x, a, s = queries(X, 0.1)
     _, y = reduce_x0(bank, x, a, s)
     assert rel_err(y, exact_reference(X, x, a, s)) < 1e-4 and dense.calls > 0
