@@ -377,7 +377,7 @@ class Bank:
         costs more in page faults than the product itself)."""
         l64 = (-(q.aac64[sel] * self.sq_norms64[j0:j1])).contiguous()
         xs = q.x64_scaled[sel]
-        step = max(1, DENSE_BLOCK // max(self.dim, 1))
+        step = max(32, DENSE_BLOCK // max(self.dim, 1))  # at least 32 rows: no degenerate products at large D
         if q.buf64 is None:
             q.buf64 = torch.empty(min(step, len(rows)), self.dim, dtype=torch.float64, device=self.device)
         for s in range(0, len(rows), step):
