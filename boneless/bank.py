@@ -298,12 +298,16 @@ class Bank:
             z_sel, m_sel = None, None
             if len(sel):  # pass 1: screen the span
                 l32 = torch.empty(len(sel), s1 - s0, device=self.device)
-                for j0 in range(s0, s1, self.chunk_size):
+                ss = None if len(sel) == B else sel
+                done = 0
+                if pilot is not None:
+                    done = pilot.shape[1]
+                    l32[:, :done] = pilot if ss is None else pilot[sel]
+                for j0 in range(s0 + done, s1, self.chunk_size):
                     j1 = min(j0 + self.chunk_size, s1)
-                    if pilot is not None and j0 == s0:
-                        l32[:, :j1 - j0] = pilot if len(sel) == B else pilot[sel]
-                        continue
-                    l32[:, j0 - s0:j1 - s0] = self._screen(q, None if len(sel) == B else sel, read(j0, j1), j0, j1)
+                    self._screen(q, ss, read(j0, j1), j0, j1, out=l32[:, j0 - s0:j1 - s0])
+                if s0 + done < s1:
+                    self._screen_bias(q, ss, l32[:, done:], s0 + done, s1)
                 sel, z_sel, m_sel = self._tiers(q, sel, l32, s0, dense)
             d = dense.nonzero().squeeze(1)
             if len(sel):  # weights of the screened queries, for the whole span at once
@@ -357,16 +361,26 @@ class Bank:
         z[bb, jj] = (l64 - m[bb]).float()
         return sel, z, m
 
-    def _screen(self, q: "_Queries", sel: torch.Tensor | None, rows: torch.Tensor, j0: int, j1: int) -> torch.Tensor:
+    def _screen(self, q: "_Queries", sel: torch.Tensor | None, rows: torch.Tensor, j0: int, j1: int,
+                out: torch.Tensor | None = None) -> torch.Tensor:
         """Screened logits ``c (2 alpha x.x_i - alpha^2 |x_i|^2) + log w_i / T`` [b, n] in float32 for the queries
-        ``sel`` (None: all), with the matrix product in the bank's ``screen`` format."""
-        xs, aac = (q.x_scaled, q.aac) if sel is None else (q.x_scaled[sel], q.aac[sel])
+        ``sel`` (None: all), with the matrix product in the bank's ``screen`` format; written into ``out`` when
+        given (then the product only: :meth:`_screen_bias` adds the rest once per span)."""
+        xs = q.x_scaled if sel is None else q.x_scaled[sel]
         if self.screen == "bfloat16":
             l32 = (xs.bfloat16() @ rows.bfloat16().T).float()
-            l32 -= aac * self.sq_norms[j0:j1]
+            if out is not None:
+                return out.copy_(l32)
         else:
             with _tf32(self.screen == "tf32" and rows.is_cuda):
-                l32 = torch.addmm(-aac * self.sq_norms[j0:j1], xs, rows.T)
+                if out is not None:
+                    return out.addmm_(xs, rows.T, beta=0)
+                l32 = xs @ rows.T
+        return self._screen_bias(q, sel, l32, j0, j1)
+
+    def _screen_bias(self, q: "_Queries", sel: torch.Tensor | None, l32: torch.Tensor, j0: int, j1: int):
+        """``l32 - alpha^2 c |x_i|^2 + log w_i / T`` for rows ``j0:j1``, in place."""
+        l32.addcmul_(q.aac if sel is None else q.aac[sel], self.sq_norms[j0:j1][None], value=-1.0)
         if self.log_w is not None:
             l32 += (self.log_w[j0:j1] / q.temperature).float()
         return l32
