@@ -33,9 +33,10 @@ times ``c 2 alpha |x| r``, with ``u_f = 2^-11`` (TF32) or ``2^-8`` (bf16). Three
    ``PILOT_FRACTION`` of the chunk near its maximum) there without the screen of the other chunks.
 
 The loop makes two passes over each span of rows (all rows, unless the float32 logits of the span would exceed
-``SPAN_BYTES``): the first screens the chunks and keeps the screened logits, so that each query's tier and
-candidates are decided against the span's true maximum; the second reads the chunks again for the weights and
-weighted sums (as the two plain matrix products do).
+``SPAN_BYTES``): the first screens the chunks (float64 products for queries already known to be broad) and
+keeps the logits, so that each query's tier and candidates are decided against the span's true maximum; the
+second reads the chunks again for the weighted sums, one product per chunk for all queries (as the two plain
+matrix products do). Queries found broad only by the screen get their float64 products in one more pass.
 
 Storage. Rows may be held as ``float16``, ``bfloat16`` or ``uint8`` (8-bit images, ``q / 127.5 - 1``):
 :class:`StoredRows` dequantises each chunk exactly into float32 as it is read; the exact reference is then the
@@ -58,7 +59,7 @@ EXP_FLOOR = -80.0  # exp of float32 below ~-87 hits a slow path; clamp shifted l
 PILOT_FRACTION = 0.2  # more than this share of the first chunk near its maximum: a broad posterior (float64)
 SPAN_BYTES = 1 << 27  # screened float32 logits kept between the two passes over a span of rows (128 MB)
 STORED_CHUNK_BYTES = 1 << 21  # dequantised rows per chunk of StoredRows (2 MB of float32)
-DENSE_BLOCK = 1 << 19  # elements of the reused float64 buffer of the dense tier (4 MB: stays in cache)
+DENSE_BLOCK = 1 << 21  # elements of the reused float64 buffer of the dense tier (16 MB)
 C_MAX = 1e30  # sigma -> 0 cap on c (keeps float32 logits finite; the limit is the nearest row)
 Storage = Literal["float32", "float16", "bfloat16", "uint8"]
 Screen = Literal["float32", "tf32", "bfloat16"]
@@ -105,18 +106,6 @@ def merge(a: Stats, b: Stats) -> Stats:
         top_l, pos = torch.cat([a.top_l, b.top_l], 1).topk(k, dim=1)
         top_i = torch.cat([a.top_i, b.top_i], 1).gather(1, pos)
     return Stats(m, a.s + b.s, a.acc + b.acc, a.u + b.u, a.q + b.q, top_l, top_i)
-
-
-def _gather_stats(batch: int, parts: list) -> Stats:
-    """One :class:`Stats` for ``batch`` queries from statistics of disjoint query subsets ``(indices, Stats)``."""
-    fields = []
-    for f in range(len(Stats._fields)):
-        t = parts[0][1][f]
-        out = torch.empty((batch,) + tuple(t.shape[1:]), dtype=t.dtype, device=t.device)
-        for idx, st in parts:
-            out[idx] = st[f]
-        fields.append(out)
-    return Stats(*fields)
 
 
 def empty_stats(batch: int, dim: int, k: int, device) -> Stats:
@@ -260,12 +249,12 @@ class Bank:
         """Softmax statistics of rows ``start:stop`` for queries ``x`` [B, D] at per-query ``alpha``,
         ``sigma`` [B] (float64). Row indices in ``top_i`` are global (offset by ``start``).
 
-        Two passes over each span of rows (all rows unless ``B x rows`` float32 logits would exceed
-        ``SPAN_BYTES``): the first screens every chunk and keeps the screened logits; then, with the span's
-        maximum known, each query gets its tier (module docstring): float32 logits as they are (``delta`` below
-        ``FAST_DELTA``), float64 recomputation of its candidates, or, with more than ``DENSE_FRACTION`` of the
-        span as candidates, float64 logits for every row (and no screen in later spans). The second pass reads
-        the chunks again for the weighted sums."""
+        Per span of rows (all rows unless ``B x rows`` float32 logits would exceed ``SPAN_BYTES``), pass 1
+        screens every chunk (float64 products instead for queries already known to be broad), keeping the
+        logits; with the span's maximum known, each query gets its tier (module docstring): float32 logits as
+        they are (``delta`` below ``FAST_DELTA``), float64 recomputation of its candidates, or, with more than
+        ``DENSE_FRACTION`` of the span as candidates, float64 products for every row (one more pass for those
+        queries). Pass 2 reads the chunks again for the weighted sums: one product per chunk."""
         stop = len(self) if stop is None else stop
         q = _Queries(self, x, alpha, sigma, temperature, n_rows=max(stop - start, 1))
         B = len(q.x)
@@ -285,9 +274,9 @@ class Bank:
             return self.X.read(j0, j1, out=buf[0][:j1 - j0])
 
         for s0 in range(start, stop, span):
-            s1 = min(s0 + span, stop)
+            s1, n = min(s0 + span, stop), min(s0 + span, stop) - s0
             pilot = None
-            if s0 == start and s1 - s0 > self.chunk_size and bool(q.slow.any()):
+            if s0 == start and n > self.chunk_size and bool(q.slow.any()):
                 # the first chunk as a pilot: queries with a large share of it near its maximum are broad
                 # posteriors; they skip the screen (their float64 products are needed anyway)
                 j1 = s0 + self.chunk_size
@@ -295,45 +284,59 @@ class Bank:
                 near = pilot >= (pilot.max(1).values.double() - q.window).float()[:, None]
                 dense |= q.slow & (near.sum(1) > PILOT_FRACTION * self.chunk_size)
             sel = every if not bool(dense.any()) else (~dense).nonzero().squeeze(1)
-            z_sel, m_sel = None, None
-            if len(sel):  # pass 1: screen the span
-                l32 = torch.empty(len(sel), s1 - s0, device=self.device)
-                ss = None if len(sel) == B else sel
-                done = 0
-                if pilot is not None:
-                    done = pilot.shape[1]
-                    l32[:, :done] = pilot if ss is None else pilot[sel]
-                for j0 in range(s0 + done, s1, self.chunk_size):
-                    j1 = min(j0 + self.chunk_size, s1)
-                    self._screen(q, ss, read(j0, j1), j0, j1, out=l32[:, j0 - s0:j1 - s0])
-                if s0 + done < s1:
-                    self._screen_bias(q, ss, l32[:, done:], s0 + done, s1)
-                sel, z_sel, m_sel = self._tiers(q, sel, l32, s0, dense)
             d = dense.nonzero().squeeze(1)
-            if len(sel):  # weights of the screened queries, for the whole span at once
-                z_sel.clamp_(min=EXP_FLOOR)
-                p_sel = torch.exp(z_sel)
-                acc_sel = torch.zeros(len(sel), self.dim, device=self.device)
-            st_d = empty_stats(len(d), self.dim, k, self.device)
+            xs_d = q.x64_scaled[d]
+            ss = None if len(sel) == B else sel
+            l32 = torch.empty(len(sel), n, device=self.device)
+            l64 = torch.empty(len(d), n, dtype=torch.float64, device=self.device)
+            done = 0
+            if pilot is not None and len(sel):
+                done = pilot.shape[1]
+                l32[:, :done] = pilot if ss is None else pilot[sel]
+            for j0 in range(s0, s1, self.chunk_size):  # pass 1: screen (or float64 products) of the span
+                j1 = min(j0 + self.chunk_size, s1)
+                if j0 - s0 < done and not len(d):
+                    continue
+                rows = read(j0, j1)
+                if len(sel) and j0 - s0 >= done:
+                    self._screen(q, ss, rows, j0, j1, out=l32[:, j0 - s0:j1 - s0])
+                if len(d):
+                    self._dense_logits(q, d, rows, j0, j1, out=l64[:, j0 - s0:j1 - s0], xs=xs_d)
+            if len(sel) and done < n:
+                self._screen_bias(q, ss, l32[:, done:], s0 + done, s1)
+            z_sel, m_sel = None, None
+            if len(sel):
+                sel, z_sel, m_sel = self._tiers(q, sel, l32, s0, dense)
+            late = dense.nonzero().squeeze(1)
+            if len(late) > len(d):  # queries found broad by the screen: their float64 products, one more pass
+                late = late[~torch.isin(late, d)]
+                l64_late = torch.empty(len(late), n, dtype=torch.float64, device=self.device)
+                xs_late = q.x64_scaled[late]
+                for j0 in range(s0, s1, self.chunk_size):
+                    j1 = min(j0 + self.chunk_size, s1)
+                    self._dense_logits(q, late, read(j0, j1), j0, j1, out=l64_late[:, j0 - s0:j1 - s0], xs=xs_late)
+                d, l64 = torch.cat([d, late]), torch.cat([l64, l64_late])
+            if len(d):
+                m_d = l64.max(1).values
+                z_d = l64.sub_(m_d[:, None]).float()
+                del l64
+            if not len(d):
+                z, m = z_sel, m_sel
+            elif not len(sel):
+                order = torch.argsort(d)
+                z, m = z_d[order], m_d[order]
+            else:
+                z = torch.empty(B, n, device=self.device)
+                m = torch.empty(B, dtype=torch.float64, device=self.device)
+                z[sel], m[sel], z[d], m[d] = z_sel, m_sel, z_d, m_d
+            z.clamp_(min=EXP_FLOOR)
+            p = torch.exp(z)
+            acc = torch.zeros(B, self.dim, device=self.device)
             for j0 in range(s0, s1, self.chunk_size):  # pass 2: weighted sums
                 j1 = min(j0 + self.chunk_size, s1)
-                rows = read(j0, j1)
-                if len(sel):
-                    acc_sel.addmm_(p_sel[:, j0 - s0:j1 - s0], rows)
-                if len(d):  # float64 logits, chunk by chunk, merged
-                    l64 = self._dense_logits(q, d, rows, j0, j1)
-                    m = l64.max(1).values
-                    z = (l64 - m[:, None]).float().clamp_(min=EXP_FLOOR)
-                    p = torch.exp(z)
-                    st_d = merge(st_d, Stats(m, p.sum(1, dtype=torch.float64), p @ rows,
-                                             (p * z).sum(1, dtype=torch.float64), (p * p).sum(1, dtype=torch.float64),
-                                             *self._top(z, m, k, j0)))
-            parts = [(d, st_d)] if len(d) else []
-            if len(sel):
-                parts.append((sel, Stats(m_sel, p_sel.sum(1, dtype=torch.float64), acc_sel,
-                                         (p_sel * z_sel).sum(1, dtype=torch.float64),
-                                         (p_sel * p_sel).sum(1, dtype=torch.float64), *self._top(z_sel, m_sel, k, s0))))
-            st = merge(st, parts[0][1] if len(parts[0][0]) == B else _gather_stats(B, parts))
+                acc.addmm_(p[:, j0 - s0:j1 - s0], read(j0, j1))
+            st = merge(st, Stats(m, p.sum(1, dtype=torch.float64), acc, (p * z).sum(1, dtype=torch.float64),
+                                 (p * p).sum(1, dtype=torch.float64), *self._top(z, m, k, s0)))
         return st
 
     def _tiers(self, q: "_Queries", sel: torch.Tensor, l32: torch.Tensor, s0: int, dense: torch.Tensor):
@@ -385,22 +388,25 @@ class Bank:
             l32 += (self.log_w[j0:j1] / q.temperature).float()
         return l32
 
-    def _dense_logits(self, q: "_Queries", sel: torch.Tensor, rows: torch.Tensor, j0: int, j1: int) -> torch.Tensor:
-        """Float64 logits [b, n] of the queries ``sel`` by float64 matrix products (error ~ delta * 2^-29), over
-        blocks of rows converted into one reused float64 buffer (a fresh chunk-sized float64 tensor per chunk
-        costs more in page faults than the product itself)."""
-        l64 = (-(q.aac64[sel] * self.sq_norms64[j0:j1])).contiguous()
-        xs = q.x64_scaled[sel]
+    def _dense_logits(self, q: "_Queries", sel: torch.Tensor, rows: torch.Tensor, j0: int, j1: int, *,
+                      out: torch.Tensor, xs: torch.Tensor | None = None) -> torch.Tensor:
+        """Float64 logits of the queries ``sel`` for rows ``j0:j1``, written into ``out`` [b, n], by float64
+        matrix products (error ~ delta * 2^-29) over blocks of rows converted into one reused float64 buffer (a
+        fresh chunk-sized float64 tensor per chunk costs more in page faults than the product itself).
+        ``xs``: ``q.x64_scaled[sel]``, when the caller has it."""
+        xs = q.x64_scaled[sel] if xs is None else xs
         step = max(32, DENSE_BLOCK // max(self.dim, 1))  # at least 32 rows: no degenerate products at large D
+        step = -(-len(rows) // -(-len(rows) // step))  # equal blocks: no sliver of a few rows at the end
         if q.buf64 is None:
             q.buf64 = torch.empty(min(step, len(rows)), self.dim, dtype=torch.float64, device=self.device)
         for s in range(0, len(rows), step):
             block = q.buf64[:min(step, len(rows) - s)]
             block.copy_(rows[s:s + len(block)])
-            l64[:, s:s + len(block)].addmm_(xs, block.T)
+            out[:, s:s + len(block)].addmm_(xs, block.T, beta=0)
+        out.addcmul_(q.aac64[sel], self.sq_norms64[j0:j1][None], value=-1.0)
         if self.log_w is not None:
-            l64 += self.log_w[j0:j1] / q.temperature
-        return l64
+            out += self.log_w[j0:j1] / q.temperature
+        return out
 
     def _exact_logits(self, q: "_Queries", b: torch.Tensor, rows_idx: torch.Tensor, block: int = 1 << 22):
         """Float64 logits ``c (|x|^2 - |x - alpha x_i|^2) + log w_i / T`` for the pairs (query ``b``, row), in blocks."""
