@@ -191,8 +191,8 @@ def bench_case(X: torch.Tensor, B: int, *, device: torch.device, repeats: int, b
     a1, s1 = _coeffs(1.0)
     n_ps = min(B, 2)  # the per-sample pattern's cost per sample does not depend on B: time a few samples
     if baselines:
-        need_ps = 4 * N * D * 4
-        need_bc = 2 * B * N * D * 4
+        need_ps = 5 * N * D * 4  # alpha X, and the log-prob's N x D temporaries
+        need_bc = (2 * B + 1) * N * D * 4  # alpha X, the differences and their squares
         if need_ps > mem_limit:
             skipped["per-sample"] = f"needs ~{need_ps / 2**30:.1f} GB of N x D temporaries > {mem_limit / 2**30:.1f} GB"
         else:
