@@ -222,7 +222,7 @@ DENOISERS: dict[str, type] = {"empirical": EmpiricalDenoiser}
 
 # closed-form denoisers that generalise (issue 4); imported at the bottom: they build on the classes above
 from .closed_form import GaussianDenoiser, GMMDenoiser, SmoothedDenoiser  # noqa: E402
-from .patches import (EquivariantLocalDenoiser, LocalDenoiser, LocalGaussianDenoiser,  # noqa: E402
+from .patches import (BlendDenoiser, EquivariantLocalDenoiser, LocalDenoiser, LocalGaussianDenoiser,  # noqa: E402
                       PatchCompositeDenoiser)
 
 DENOISERS.update({
@@ -233,4 +233,5 @@ DENOISERS.update({
     "local-equivariant": EquivariantLocalDenoiser,
     "patch-composite": PatchCompositeDenoiser,
     "local-gaussian": LocalGaussianDenoiser,
+    "blend": BlendDenoiser,
 })

@@ -35,7 +35,7 @@ from typing import Literal, NamedTuple, Sequence
 import torch
 
 from .bank import Bank
-from .closed_form import GaussianDenoiser, check_query, wiener_gain, _check_nonneg, _check_positive_int
+from .closed_form import GaussianDenoiser, GMMDenoiser, check_query, _check_nonneg, _check_positive_int
 from .data import check_data
 from .denoisers import Coef
 
@@ -149,9 +149,17 @@ class _PatchDenoiser:
         out[prior] = self.mean
         lam = torch.where(prior, math.inf, s / a.clamp(min=1e-300))
         sizes = torch.tensor([self.patch_size(float(v)) if not p else 0 for v, p in zip(lam, prior)])
+        by_product = None  # a second estimate some machines produce on the way (LocalGaussianDenoiser)
         for k in sorted(set(sizes[~prior].tolist())):
-            idx = torch.nonzero(sizes == k)[:, 0]
-            out[idx.to(self.device)] = self._denoise(xd[idx.to(self.device)], a[idx], s[idx], int(k))
+            idx = torch.nonzero(sizes == k)[:, 0].to(self.device)
+            res = self._denoise(xd[idx], a[idx.cpu()], s[idx.cpu()], int(k))
+            if isinstance(res, tuple):
+                res, extra = res
+                if by_product is None:
+                    by_product = out.clone()
+                by_product[idx] = extra
+            out[idx] = res
+        self.last_by_product = None if by_product is None else by_product.to(x.device, x.dtype)
         return out.to(x.device, x.dtype)
 
     def _bank(self, rows: torch.Tensor) -> Bank:
@@ -343,7 +351,7 @@ class LocalGaussianDenoiser(_PatchDenoiser):
 
     def __init__(self, X: torch.Tensor, *, schedule: PatchSchedule | int | None = None,
                  neighbours: PatchSchedule | int | None = None, passes: int = 2, ridge: float = 1e-4,
-                 chunk_size: int = 8192, fast_delta: float = PATCH_FAST_DELTA,
+                 aggregate: Literal["mean", "precision"] = "mean", shift: int = 0, chunk_size: int = 8192, fast_delta: float = PATCH_FAST_DELTA,
                  device: torch.device | str | None = None):
         super().__init__(X, schedule=schedule, chunk_size=chunk_size, fast_delta=fast_delta, device=device)
         self.neighbours = _as_schedule(neighbours, LOCAL_GAUSSIAN_NEIGHBOURS)
@@ -351,7 +359,13 @@ class LocalGaussianDenoiser(_PatchDenoiser):
             raise ValueError(f"passes must be 1 or 2, got {passes!r}")
         self.passes = passes
         self.ridge = _check_nonneg(ridge, "ridge")
-        self.last_composite = None
+        self.last_by_product = None
+        if aggregate not in ("mean", "precision"):
+            raise ValueError(f"aggregate must be 'mean' or 'precision', got {aggregate!r}")
+        self.aggregate = aggregate
+        if isinstance(shift, bool) or not isinstance(shift, int) or shift < 0:
+            raise ValueError(f"shift must be an integer >= 0, got {shift!r}")
+        self.shift = shift
 
     def _denoise(self, x, a, s, k):
         lam = float((s / a).max())
@@ -360,10 +374,21 @@ class LocalGaussianDenoiser(_PatchDenoiser):
         y = x / a.to(x.dtype)[:, None, None, None]
         lam_b = (s / a)  # [B] float64
         est, comp = self._pass(x, y, a, s, lam_b, k, K, None)
-        self.last_composite = comp
         if self.passes == 2:
             est, _ = self._pass(x, y, a, s, lam_b, k, K, est)
-        return est
+        return est, comp
+
+    @property
+    def last_composite(self) -> torch.Tensor | None:
+        """The PSPC posterior mean (first pass, same patch sizes) of the last call's batch [B, *shape]."""
+        return getattr(self, "last_by_product", None)
+
+    def _candidates(self, i, j, kh, kw):
+        """Training squares [n, d] at (i, j) and at the locations up to ``shift`` pixels away."""
+        H, W = self.shape[1:]
+        locs = [(u, v) for u in range(max(0, i - self.shift), min(H - kh, i + self.shift) + 1)
+                for v in range(max(0, j - self.shift), min(W - kw, j + self.shift) + 1)]
+        return torch.cat([self.X[:, :, u:u + kh, v:v + kw].reshape(len(self.X), -1) for u, v in locs])
 
     def _pass(self, x, y, a, s, lam_b, k, K, pilot):
         B, C, H, W = x.shape
@@ -371,12 +396,13 @@ class LocalGaussianDenoiser(_PatchDenoiser):
         d = C * kh * kw
         total = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
         comp = torch.zeros_like(x)
-        count = torch.zeros(H, W, dtype=torch.float64, device=x.device)
+        count = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+        ccount = torch.zeros(H, W, dtype=x.dtype, device=x.device)
         eye = torch.eye(d, dtype=torch.float64, device=x.device)
         ones = torch.ones_like(a)
         for i in range(H - kh + 1):
             for j in range(W - kw + 1):
-                rows = self.X[:, :, i:i + kh, j:j + kw].reshape(len(self.X), -1)
+                rows = self._candidates(i, j, kh, kw)
                 bank = self._bank(rows)
                 if pilot is None:  # posterior top-K of the noisy square (and its posterior mean)
                     st = bank.reduce(x[:, :, i:i + kh, j:j + kw].reshape(B, -1), a, s, k=K)
@@ -388,15 +414,24 @@ class LocalGaussianDenoiser(_PatchDenoiser):
                 dev = nb - mu[:, None]
                 cov = dev.transpose(1, 2) @ dev / K + self.ridge * eye
                 yS = y[:, :, i:i + kh, j:j + kw].reshape(B, -1).double()
-                rhs = (yS - mu)[..., None]
-                sol = torch.linalg.solve(cov + (lam_b ** 2)[:, None, None] * eye, rhs)
-                total[:, :, i:i + kh, j:j + kw] += (mu + (cov @ sol)[..., 0]).reshape(B, C, kh, kw)
-                count[i:i + kh, j:j + kw] += 1
-        return (total / count).to(x.dtype), comp / count.to(x.dtype)
+                A = cov + (lam_b ** 2)[:, None, None] * eye
+                rhs = torch.cat([(yS - mu)[..., None], cov], 2)  # [B, d, 1 + d]
+                sol = torch.linalg.solve(A, rhs)
+                est = mu + (cov @ sol[..., :1])[..., 0]
+                if self.aggregate == "precision":  # fuse by the posterior variances of each pixel
+                    var = torch.diagonal(cov - cov @ sol[..., 1:], dim1=1, dim2=2).clamp(min=0)
+                    wgt = 1.0 / (var + 1e-3 * (lam_b ** 2)[:, None] + 1e-10)
+                else:
+                    wgt = torch.ones_like(est)
+                total[:, :, i:i + kh, j:j + kw] += (wgt * est).reshape(B, C, kh, kw)
+                count[:, :, i:i + kh, j:j + kw] += wgt.reshape(B, C, kh, kw)
+                ccount[i:i + kh, j:j + kw] += 1
+        return (total / count).to(x.dtype), comp / ccount.to(x.dtype)
 
 
-LOCAL_GAUSSIAN_SCHEDULE = PatchSchedule((0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), (3, 3, 5, 7, 9, 11, 15))
-LOCAL_GAUSSIAN_NEIGHBOURS = PatchSchedule((0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), (20, 20, 40, 100, 100, 100, 100),
+# measured on Fashion-MNIST validation images (docs/DENOISERS.md)
+LOCAL_GAUSSIAN_SCHEDULE = PatchSchedule((0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), (3, 3, 3, 5, 11, 11, 15))
+LOCAL_GAUSSIAN_NEIGHBOURS = PatchSchedule((0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), (40, 40, 40, 80, 200, 200, 200),
                                           reference=0)
 LocalGaussianDenoiser.default_schedule = LOCAL_GAUSSIAN_SCHEDULE
 
@@ -459,3 +494,103 @@ def calibrate(den_cls, X_train: torch.Tensor, X_val: torch.Tensor, sigmas: Seque
     order = sorted(range(len(sigmas)), key=lambda i: float(sigmas[i]))
     lam = [float(sigmas[i]) / alpha for i in order]
     return PatchSchedule(tuple(lam), tuple(best[i] for i in order), reference=int(X_train.shape[2]))
+
+
+BLEND_SIGMAS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+BLEND_MEMBERS = ("local-gaussian", "composite", "gmm", "gaussian", "identity")
+
+
+class BlendDenoiser:
+    """Noise-level-dependent blend of closed-form estimates, fitted on a validation split: this project's design.
+
+    ``x0_hat = sum_m w_m(lam) e_m(x)`` with the members ``e_m``: the :class:`LocalGaussianDenoiser` estimate
+    (``local-gaussian``), its first pass's PSPC posterior mean (``composite``, at no extra cost), the Gaussian
+    mixture (``gmm``), the Wiener filter (``gaussian``) and the noisy input itself (``identity``, ``x / alpha``).
+    The weights are fitted, per calibration level ``sigma`` in ``sigmas``, by least squares of the blended
+    estimate against clean validation images noised as ``x + sigma z`` (training-free, like a patch-size
+    calibration: five numbers per level), and interpolated linearly in ``log(sigma / alpha)`` in between
+    (the end levels' weights beyond). Different members fail differently (Dirac mixtures of patches are sharp
+    but mosaic-like, Gaussians are smooth but blurred), so the blend beats each member at most levels.
+
+    Args:
+        X: training images [N, C, H, W].
+        validation: clean validation images for the weights (never test images). Default: the last
+            ``holdout`` images of ``X``, which the members then do not see.
+        sigmas: calibration noise levels.
+        holdout: validation images taken from ``X`` when ``validation`` is None.
+        components: Gaussian mixture components.
+        seed: seed of the validation noise and of the mixture's k-means.
+        weights: skip the fit and use these ``[len(sigmas), 5]`` weights.
+        local_gaussian: options of the local Gaussian member (e.g. ``schedule``, ``neighbours``, ``shift``).
+        device: where the members compute.
+    """
+
+    def __init__(self, X: torch.Tensor, *, validation: torch.Tensor | None = None,
+                 sigmas: Sequence[float] = BLEND_SIGMAS, holdout: int = 32, components: int = 16, seed: int = 0,
+                 weights: torch.Tensor | None = None, local_gaussian: dict | None = None,
+                 device: torch.device | str | None = None):
+        X = check_data(X)
+        if X.ndim != 4:
+            raise ValueError(f"BlendDenoiser needs image data [N, C, H, W], got shape {list(X.shape)}")
+        _check_positive_int(holdout, "holdout")
+        self.sigmas = tuple(sorted(float(v) for v in sigmas))
+        if not self.sigmas or any(not (math.isfinite(v) and v > 0) for v in self.sigmas):
+            raise ValueError("sigmas must be a non-empty list of positive numbers")
+        if validation is None and weights is None:
+            n_val = min(holdout, max(1, len(X) // 4))
+            X, validation = (X[:-n_val], X[-n_val:]) if len(X) > n_val else (X, X)
+        self.shape = tuple(X.shape[1:])
+        self.mean = X.double().mean(0).float()
+        self.local = LocalGaussianDenoiser(X, device=device, **(local_gaussian or {}))
+        self.gmm = GMMDenoiser(X, components=min(components, len(X)), seed=seed, device=device)
+        self.gauss = GaussianDenoiser(X, device=device)
+        if weights is not None:
+            w = torch.as_tensor(weights, dtype=torch.float64)
+            if w.shape != (len(self.sigmas), len(BLEND_MEMBERS)) or not bool(torch.isfinite(w).all()):
+                raise ValueError(f"weights must be finite with shape [{len(self.sigmas)}, {len(BLEND_MEMBERS)}]")
+            self.weights = w
+        else:
+            self.weights = self.fit(check_data(validation, name="validation"), seed=seed)
+
+    def members(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
+        """The member estimates [M, B, *shape] (float64), in the order of ``BLEND_MEMBERS``."""
+        a, s = check_query(x, self.shape, alpha, sigma)
+        lg = self.local(x, a, s)
+        comp = self.local.last_composite if self.local.last_composite is not None else lg
+        ident = x.double() / a.clamp(min=1e-300).to(x.device)[:, None, None, None]
+        out = [lg, comp, self.gmm(x, a, s), self.gauss(x, a, s), ident]
+        return torch.stack([e.double().cpu() for e in out])
+
+    def fit(self, V: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
+        """Least-squares weights [len(sigmas), M] of the members on the clean images ``V`` noised at each level."""
+        if tuple(V.shape[1:]) != self.shape:
+            raise ValueError(f"validation images must have shape [n, {', '.join(map(str, self.shape))}]")
+        z = torch.randn(V.shape, generator=torch.Generator().manual_seed(int(seed) + 1))
+        W = []
+        for sig in self.sigmas:
+            E = self.members(V + sig * z, 1.0, sig).reshape(len(BLEND_MEMBERS), -1).T  # [n D, M]
+            sol = torch.linalg.lstsq(E, V.double().reshape(-1, 1), driver="gelsd").solution[:, 0]
+            W.append(sol)
+        return torch.stack(W)
+
+    def weights_at(self, lam: torch.Tensor) -> torch.Tensor:
+        """Blend weights [B, M] at noise levels ``lam`` [B] (linear in log lam between calibration levels)."""
+        logs = torch.log(torch.tensor(self.sigmas, dtype=torch.float64))
+        t = torch.log(lam.clamp(min=1e-300)).clamp(float(logs[0]), float(logs[-1]))
+        hi = torch.searchsorted(logs, t).clamp(1, max(1, len(logs) - 1)) if len(logs) > 1 else torch.zeros_like(t, dtype=torch.long)
+        if len(logs) == 1:
+            return self.weights[0].expand(len(lam), -1)
+        lo = hi - 1
+        f = ((t - logs[lo]) / (logs[hi] - logs[lo])).clamp(0, 1)[:, None]
+        return (1 - f) * self.weights[lo] + f * self.weights[hi]
+
+    def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
+        a, s = check_query(x, self.shape, alpha, sigma)
+        out = self.mean.to(x.device, x.dtype).expand_as(x).clone()
+        keep = a > 0  # alpha = 0: the posterior is the prior, its mean the data mean
+        if bool(keep.any()):
+            idx = torch.nonzero(keep)[:, 0]
+            E = self.members(x[idx.to(x.device)], a[idx], s[idx])  # [M, b, *shape]
+            w = self.weights_at(s[idx] / a[idx])  # [b, M]
+            out[idx.to(x.device)] = torch.einsum("bm,mb...->b...", w, E).to(x.device, x.dtype)
+        return out

@@ -167,6 +167,10 @@ def test_local_gaussian_with_all_neighbours_and_whole_image_is_gaussian(X, queri
     torch.testing.assert_close(den(x, a, s), GaussianDenoiser(X)(x, a, s), rtol=0, atol=1e-4)
     # its by-product is the composite (here: the exact denoiser)
     torch.testing.assert_close(den.last_composite.double(), exact_reference(X, x, a, s), rtol=0, atol=2e-5)
+    sch = PatchSchedule((0.25, 1.0), (2, 3), reference=0)  # a batch with two patch sizes
+    den = LocalGaussianDenoiser(X, schedule=sch, neighbours=10)
+    den(x, a, s)
+    torch.testing.assert_close(den.last_composite, PatchCompositeDenoiser(X, schedule=sch)(x, a, s), rtol=0, atol=1e-6)
 
 
 def test_local_gaussian_restores_constant_background_exactly():
@@ -241,3 +245,30 @@ def test_every_registered_denoiser_is_constructible_with_defaults():
         assert tuple(den.shape) == tuple(X.shape[1:]), name
         out = den(x, torch.tensor([1.0, 0.5], dtype=torch.float64), torch.tensor([0.2, 1.0], dtype=torch.float64))
         assert out.shape == x.shape and bool(torch.isfinite(out).all()), name
+
+
+def test_blend_weights_fit_interpolate_and_select_members(X):
+    from boneless.patches import BLEND_MEMBERS, BlendDenoiser
+    Xv = images(8, seed=11)
+    sig = (0.1, 1.0)
+    onehot = torch.zeros(2, len(BLEND_MEMBERS), dtype=torch.float64)
+    onehot[:, BLEND_MEMBERS.index("gaussian")] = 1
+    x, a, s = images(3, seed=12), torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64), torch.full((3,), 0.3, dtype=torch.float64)
+    den = BlendDenoiser(X, sigmas=sig, weights=onehot)
+    torch.testing.assert_close(den(x, a, s), GaussianDenoiser(X)(x, a, s), rtol=0, atol=1e-5)
+    onehot = torch.zeros_like(onehot)
+    onehot[:, BLEND_MEMBERS.index("identity")] = 1
+    torch.testing.assert_close(BlendDenoiser(X, sigmas=sig, weights=onehot)(x, a, s), x / a.float()[:, None, None, None])
+    # fitted: least squares, so on the validation images no single member does better at a calibration level
+    den = BlendDenoiser(X, validation=Xv, sigmas=sig, seed=3)
+    z = torch.randn(Xv.shape, generator=torch.Generator().manual_seed(4))  # the fit's noise draw (seed + 1)
+    for i, sg in enumerate(sig):
+        E = den.members(Xv + sg * z, 1.0, sg)
+        blended = float(((torch.einsum("m,m...->...", den.weights[i], E) - Xv.double()) ** 2).mean())
+        assert all(blended <= float(((e - Xv.double()) ** 2).mean()) + 1e-12 for e in E)
+    # interpolation in log sigma, clamped beyond the calibration levels
+    w = den.weights_at(torch.tensor([0.1, 1.0, math.sqrt(0.1), 1e-3, 1e3], dtype=torch.float64))
+    torch.testing.assert_close(w[0], den.weights[0]) and torch.testing.assert_close(w[1], den.weights[1])
+    torch.testing.assert_close(w[2], den.weights.mean(0))
+    torch.testing.assert_close(w[3], den.weights[0]) and torch.testing.assert_close(w[4], den.weights[1])
+    torch.testing.assert_close(den(x, 0.0, 1.0), X.double().mean(0).float().expand_as(x))
