@@ -115,6 +115,11 @@ def empty_stats(batch: int, dim: int, k: int, device) -> Stats:
                  torch.full((batch, k), -math.inf, **f64), torch.full((batch, k), -1, dtype=torch.long, device=device))
 
 
+def _block_rows(dim: int, nbytes: int = 1 << 27) -> int:
+    """Rows per block so that a float64 block of ``dim`` columns stays within ``nbytes`` (128 MB)."""
+    return max(1, nbytes // (8 * max(dim, 1)))
+
+
 class StoredRows:
     """Rows [N, D] held once in ``float16``, ``bfloat16`` or ``uint8``; ``rows[i:j]`` and ``rows[indices]`` are
     float32 [n, D], dequantised exactly (the same float32 values every time) as they are read.
@@ -130,8 +135,9 @@ class StoredRows:
             raise ValueError(f"StoredRows holds float16, bfloat16 or uint8, got {storage!r}")
         dtype = torch.uint8 if storage == "uint8" else getattr(torch, storage)
         self.data = torch.empty(X.shape, dtype=dtype, device=device)
-        for i in range(0, len(X), 8192):  # in blocks: no full-size float32 temporary
-            block = X[i:i + 8192].to(device, torch.float32)
+        step = _block_rows(X.shape[1])
+        for i in range(0, len(X), step):  # in blocks: no full-size float32 temporary
+            block = X[i:i + step].to(device, torch.float32)
             self.data[i:i + len(block)] = ((block + 1) * 127.5).round_().clamp_(0, 255) if storage == "uint8" else block
         self.storage, self.device, self.shape = storage, device, self.data.shape
 
@@ -209,7 +215,7 @@ class Bank:
         X = X.reshape(X.shape[0], -1)
         self.device = torch.device(device) if device is not None else X.device
         self.X = X.to(self.device, torch.float32).contiguous()
-        self.sq_norms64 = torch.cat([(r.double() ** 2).sum(1) for r in self.X.split(8192)]) if len(self.X) else \
+        self.sq_norms64 = torch.cat([(r.double() ** 2).sum(1) for r in self.X.split(_block_rows(self.X.shape[1]))]) if len(self.X) else \
             torch.zeros(0, dtype=torch.float64, device=self.device)  # |x_i|^2 in float64 (float64 tiers)
         self.sq_norms = self.sq_norms64.to(torch.float32)  # and rounded once (float32 screen)
         self.r = float(self.sq_norms64.max().sqrt()) if len(self.X) else 0.0
