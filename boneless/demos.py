@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .cli import non_negative_int
 from .data import load_dataset
 from .denoisers import DENOISERS, EmpiricalDenoiser, exact_reference, per_sample, score_from_x0
 from .metrics import copy_rate, nearest
@@ -701,21 +702,11 @@ DEMOS: dict[str, tuple[Callable[..., dict], str]] = {
 }
 
 
-def _seed(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return v
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", nargs="?", metavar="NAME", help=f"a demo ({', '.join(DEMOS)}) or 'all'")
     p.add_argument("--list", action="store_true", help="list the demos and exit")
     p.add_argument("--out", default="runs/demos", help="folder for the pictures (default: runs/demos)")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the demo's random numbers (default: 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the demo's random numbers (default: 0)")
     p.add_argument("--quick", action="store_true", help="smaller, faster versions (fewer frames and points)")
 
 
