@@ -86,6 +86,26 @@ def test_eval_skips_a_denoiser_over_budget(tmp_path, registry, capsys):
     assert "| empirical |" in (out / "table.md").read_text()
 
 
+class _RunsOutAtHighNoise(WienerFilter):
+    """Behaves as if its time budget ran out at its first call with sigma = 2 (no clock involved)."""
+
+    def __call__(self, x, alpha, sigma):
+        from boneless.evaluate import _OverBudget
+        if float(torch.as_tensor(sigma).max()) == 2.0:
+            raise _OverBudget()
+        return super().__call__(x, alpha, sigma)
+
+
+def test_a_stopped_denoiser_keeps_the_noise_levels_it_finished(tmp_path, monkeypatch):
+    monkeypatch.setitem(DENOISERS, "stops-test", _RunsOutAtHighNoise)
+    out = tmp_path / "stop"
+    assert main(TINY + ["--denoisers", "stops-test", "--consistency", "0", "--out", str(out)]) == 0
+    r = json.loads((out / "results.json").read_text())["denoisers"]["stops-test"]
+    assert r["status"] == "partial" and "held-out error" in r["error"]
+    assert r["heldout"]["ratio"][:2] == pytest.approx([1.0, 1.0], rel=1e-6) and r["heldout"]["ratio"][2] is None
+    assert "| stops-test | **1** | **1** | – |" in (out / "table.md").read_text()
+
+
 def test_guard_stops_a_denoiser_past_its_deadline():
     from boneless.evaluate import _Guard, _OverBudget
     calls = []
