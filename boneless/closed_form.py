@@ -231,7 +231,7 @@ class GMMDenoiser:
         device: where the parameters live and the computation runs.
     """
 
-    def __init__(self, X: torch.Tensor, *, components: int = 32, shrinkage: float = 64.0, iterations: int = 30,
+    def __init__(self, X: torch.Tensor, *, components: int = 16, shrinkage: float = 64.0, iterations: int = 30,
                  seed: int = 0, device: torch.device | str | None = None):
         X = check_data(X)
         _check_positive_int(components, "components")

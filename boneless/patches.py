@@ -94,7 +94,7 @@ def _as_schedule(schedule, default: PatchSchedule) -> PatchSchedule:
 
 
 # Defaults measured on Fashion-MNIST (28 x 28) with `calibrate` on a validation split (docs/DENOISERS.md).
-LOCAL_SCHEDULE = PatchSchedule((0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), (3, 3, 3, 5, 7, 9, 13))
+LOCAL_SCHEDULE = PatchSchedule((0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), (1, 1, 1, 3, 5, 9, 15, 15))
 COMPOSITE_SCHEDULE = PatchSchedule((0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), (3, 3, 3, 5, 11, 15, 28))
 EQUIVARIANT_SCHEDULE = PatchSchedule((0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), (3, 3, 3, 5, 7, 9, 13))
 
@@ -430,7 +430,7 @@ class LocalGaussianDenoiser(_PatchDenoiser):
 
 
 # measured on Fashion-MNIST validation images (docs/DENOISERS.md)
-LOCAL_GAUSSIAN_SCHEDULE = PatchSchedule((0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), (3, 3, 3, 5, 11, 11, 15))
+LOCAL_GAUSSIAN_SCHEDULE = PatchSchedule((0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), (3, 3, 3, 5, 11, 15, 19))
 LOCAL_GAUSSIAN_NEIGHBOURS = PatchSchedule((0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), (40, 40, 40, 80, 200, 200, 200),
                                           reference=0)
 LocalGaussianDenoiser.default_schedule = LOCAL_GAUSSIAN_SCHEDULE
@@ -497,18 +497,19 @@ def calibrate(den_cls, X_train: torch.Tensor, X_val: torch.Tensor, sigmas: Seque
 
 
 BLEND_SIGMAS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-BLEND_MEMBERS = ("local-gaussian", "composite", "gmm", "gaussian", "identity")
+BLEND_MEMBERS = ("local-gaussian", "composite", "local", "gmm", "gaussian", "identity")
 
 
 class BlendDenoiser:
     """Noise-level-dependent blend of closed-form estimates, fitted on a validation split: this project's design.
 
     ``x0_hat = sum_m w_m(lam) e_m(x)`` with the members ``e_m``: the :class:`LocalGaussianDenoiser` estimate
-    (``local-gaussian``), its first pass's PSPC posterior mean (``composite``, at no extra cost), the Gaussian
-    mixture (``gmm``), the Wiener filter (``gaussian``) and the noisy input itself (``identity``, ``x / alpha``).
+    (``local-gaussian``), its first pass's PSPC posterior mean (``composite``, at no extra cost), the local score
+    machine (``local``, :class:`LocalDenoiser`), the Gaussian mixture (``gmm``), the Wiener filter (``gaussian``)
+    and the noisy input itself (``identity``, ``x / alpha``).
     The weights are fitted, per calibration level ``sigma`` in ``sigmas``, by least squares of the blended
     estimate against clean validation images noised as ``x + sigma z`` (training-free, like a patch-size
-    calibration: five numbers per level), and interpolated linearly in ``log(sigma / alpha)`` in between
+    calibration: six numbers per level), and interpolated linearly in ``log(sigma / alpha)`` in between
     (the end levels' weights beyond). Different members fail differently (Dirac mixtures of patches are sharp
     but mosaic-like, Gaussians are smooth but blurred), so the blend beats each member at most levels.
 
@@ -520,14 +521,15 @@ class BlendDenoiser:
         holdout: validation images taken from ``X`` when ``validation`` is None.
         components: Gaussian mixture components.
         seed: seed of the validation noise and of the mixture's k-means.
-        weights: skip the fit and use these ``[len(sigmas), 5]`` weights.
+        weights: skip the fit and use these ``[len(sigmas), len(BLEND_MEMBERS)]`` weights.
         local_gaussian: options of the local Gaussian member (e.g. ``schedule``, ``neighbours``, ``shift``).
+        local: options of the local score member (e.g. ``schedule``).
         device: where the members compute.
     """
 
     def __init__(self, X: torch.Tensor, *, validation: torch.Tensor | None = None,
                  sigmas: Sequence[float] = BLEND_SIGMAS, holdout: int = 32, components: int = 16, seed: int = 0,
-                 weights: torch.Tensor | None = None, local_gaussian: dict | None = None,
+                 weights: torch.Tensor | None = None, local_gaussian: dict | None = None, local: dict | None = None,
                  device: torch.device | str | None = None):
         X = check_data(X)
         if X.ndim != 4:
@@ -541,7 +543,8 @@ class BlendDenoiser:
             X, validation = (X[:-n_val], X[-n_val:]) if len(X) > n_val else (X, X)
         self.shape = tuple(X.shape[1:])
         self.mean = X.double().mean(0).float()
-        self.local = LocalGaussianDenoiser(X, device=device, **(local_gaussian or {}))
+        self.local_gaussian = LocalGaussianDenoiser(X, device=device, **(local_gaussian or {}))
+        self.local = LocalDenoiser(X, device=device, **(local or {}))
         self.gmm = GMMDenoiser(X, components=min(components, len(X)), seed=seed, device=device)
         self.gauss = GaussianDenoiser(X, device=device)
         if weights is not None:
@@ -555,10 +558,11 @@ class BlendDenoiser:
     def members(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
         """The member estimates [M, B, *shape] (float64), in the order of ``BLEND_MEMBERS``."""
         a, s = check_query(x, self.shape, alpha, sigma)
-        lg = self.local(x, a, s)
-        comp = self.local.last_composite if self.local.last_composite is not None else lg
+        lg = self.local_gaussian(x, a, s)
+        comp = self.local_gaussian.last_composite
+        comp = lg if comp is None else comp  # (every query at alpha = 0: both are the data mean)
         ident = x.double() / a.clamp(min=1e-300).to(x.device)[:, None, None, None]
-        out = [lg, comp, self.gmm(x, a, s), self.gauss(x, a, s), ident]
+        out = [lg, comp, self.local(x, a, s), self.gmm(x, a, s), self.gauss(x, a, s), ident]
         return torch.stack([e.double().cpu() for e in out])
 
     def fit(self, V: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
