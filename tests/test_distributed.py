@@ -74,9 +74,10 @@ def worker(mode: str, out: str) -> int:
     assert world == 2
     X, w, x = data()
     res = results(EmpiricalDenoiser(X, weights=w, temperature=0.7, chunk_size=64), x)
-    np.save(out + ".npy", X.numpy().astype(np.float32))
+    path = f"{out}.rank{rank}.npy"  # one file per rank: a rank rewriting a file the other has mapped is SIGBUS
+    np.save(path, X.numpy().astype(np.float32))
     from boneless.data import load_dataset
-    M = load_dataset(out + ".npy", mmap=True)
+    M = load_dataset(path, mmap=True)
     mapped = results(EmpiricalDenoiser(M, weights=w, temperature=0.7, chunk_size=50), x)
     r = sample(EmpiricalDenoiser(X, chunk_size=64), "rectified-flow", shape=(D,), n=5, steps=12,
                sampler="euler-maruyama", seed=1, noise_strength=(0.5, 0.0))
