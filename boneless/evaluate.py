@@ -321,20 +321,28 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
             den(test[:b] + sig * noise[:b], 1.0, sig)
             return time.perf_counter() - t1
 
+        # cost model t(b) = c0 + c1 b (per-call overhead + per-image cost) from one image and, if affordable,
+        # one larger batch; without a second point the cost is taken as linear (pessimistic)
         t_one = timed(1)  # a single image first, so that a very slow denoiser cannot stall the probe itself
+        b_err, b_sample, b_cons = min(args.batch_size, len(test)), args.samples, args.consistency
+        sizes = sorted({b for b in (b_err, min(b_sample, len(test)), min(b_cons, len(test)), 8, 2)
+                        if 1 < b <= len(test)}, reverse=True)
+        b2 = next((b for b in sizes if t_one * b <= 0.25 * args.budget), None)
+        c0, c1 = 0.0, t_one
+        if b2 is not None:
+            c1 = max((timed(b2) - t_one) / (b2 - 1), 0.0)
+            c0 = max(t_one - c1, 0.0)
 
-        def probe(b):  # measured where affordable, else extrapolated linearly from one image (pessimistic)
-            return timed(b) if b > 1 and t_one * b <= 0.1 * args.budget else t_one * b
+        def cost(n):  # seconds to denoise n images in calls of at most batch_size
+            full, rest = divmod(n, args.batch_size)
+            return full * (c0 + c1 * args.batch_size) + (c0 + c1 * rest if rest else 0.0)
 
-        b_err = min(args.batch_size, len(test))
-        per_image = probe(b_err) / b_err
         calls = args.steps * (2 if args.sampler == "heun" else 1)
-        b_sample = min(args.samples, len(test))
-        estimates = {"held-out error": len(sigmas) * len(test) * per_image,
-                     "sampling": calls * probe(b_sample) * max(1.0, args.samples / b_sample),
-                     "in-sample error": len(sigmas) * len(in_sample) * per_image}
+        estimates = {"held-out error": len(sigmas) * cost(len(test)),
+                     "sampling": calls * (c0 + c1 * b_sample),
+                     "in-sample error": len(sigmas) * cost(len(in_sample))}
         if consistency:
-            estimates["split consistency"] = build_s + 2 * calls * probe(min(args.consistency, len(test)))
+            estimates["split consistency"] = build_s + 2 * calls * (c0 + c1 * b_cons)
         rec["timings"]["estimates_s"] = {k: round(v, 1) for k, v in estimates.items()}
         planned, skipped, total = [], [], time.perf_counter() - t0
         for k, v in estimates.items():
