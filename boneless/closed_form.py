@@ -18,27 +18,10 @@ import math
 import torch
 
 from .data import check_data
-from .denoisers import Coef, EmpiricalDenoiser, per_sample
+from .denoisers import Coef, EmpiricalDenoiser, check_query, per_sample
 
 
 VAR_FLOOR = 1e-12  # relative floor on predictive variances (only reached at sigma = 0)
-
-
-def check_query(x: torch.Tensor, shape: tuple[int, ...], alpha: Coef, sigma: Coef):
-    """Validate a query batch ``x`` [B, *shape] and return ``alpha``, ``sigma`` as float64 [B] (CPU).
-
-    Raises a one-line ``ValueError`` for a wrong shape, NaN/inf values, negative coefficients, or
-    ``alpha = sigma = 0`` (the same rules as :class:`~boneless.denoisers.EmpiricalDenoiser`)."""
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != len(shape) + 1 or tuple(x.shape[1:]) != tuple(shape):
-        raise ValueError(f"x must have shape [B, {', '.join(map(str, shape))}], got {list(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x contains NaN or inf values")
-    a, s = per_sample(alpha, len(x), "alpha"), per_sample(sigma, len(x), "sigma")
-    if bool(((a == 0) & (s == 0)).any()):
-        raise ValueError("alpha and sigma cannot both be 0")
-    return a, s
 
 
 def _device(X: torch.Tensor, device) -> torch.device:

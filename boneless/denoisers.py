@@ -34,6 +34,23 @@ def per_sample(value: Coef, batch: int, name: str, *, signed: bool = False) -> t
     return v.clone()
 
 
+def check_query(x: torch.Tensor, shape: tuple[int, ...], alpha: Coef, sigma: Coef):
+    """Validate a query batch ``x`` [B, *shape] and return ``alpha``, ``sigma`` as float64 [B] (CPU).
+
+    Raises a one-line ``ValueError`` for a wrong shape, NaN/inf values, negative coefficients, or
+    ``alpha = sigma = 0`` (the same rules as :class:`~boneless.denoisers.EmpiricalDenoiser`)."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != len(shape) + 1 or tuple(x.shape[1:]) != tuple(shape):
+        raise ValueError(f"x must have shape [B, {', '.join(map(str, shape))}], got {list(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or inf values")
+    a, s = per_sample(alpha, len(x), "alpha"), per_sample(sigma, len(x), "sigma")
+    if bool(((a == 0) & (s == 0)).any()):
+        raise ValueError("alpha and sigma cannot both be 0")
+    return a, s
+
+
 def _expand(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return c.to(x.device, x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
 
@@ -173,13 +190,7 @@ class EmpiricalDenoiser:
         return self.bank.X.reshape(-1, *self.shape)
 
     def _stats(self, x: torch.Tensor, alpha: Coef, sigma: Coef, k: int) -> Stats:
-        if x.ndim != len(self.shape) + 1 or tuple(x.shape[1:]) != self.shape:
-            raise ValueError(f"x must have shape [B, {', '.join(map(str, self.shape))}], got {list(x.shape)}")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("x contains NaN or inf values")
-        a, s = per_sample(alpha, len(x), "alpha"), per_sample(sigma, len(x), "sigma")
-        if bool(((a == 0) & (s == 0)).any()):
-            raise ValueError("alpha and sigma cannot both be 0")
+        a, s = check_query(x, self.shape, alpha, sigma)
         st = self.bank.reduce(x.reshape(len(x), -1), a, s, temperature=self.temperature, k=k)
         if self.sharded:  # global row indices, then the merge across ranks (boneless.distributed)
             st = st._replace(top_i=torch.where(st.top_i >= 0, st.top_i + self.offset, st.top_i))

@@ -35,7 +35,8 @@ from typing import Literal, NamedTuple, Sequence
 import torch
 
 from .bank import Bank
-from .closed_form import GaussianDenoiser, GMMDenoiser, check_query, _check_nonneg, _check_positive_int
+from .closed_form import GaussianDenoiser, GMMDenoiser, _check_nonneg, _check_positive_int
+from .denoisers import check_query
 from .data import check_data
 from .denoisers import Coef
 
