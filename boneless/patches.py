@@ -97,7 +97,7 @@ def _as_schedule(schedule, default: PatchSchedule) -> PatchSchedule:
 # Defaults measured on Fashion-MNIST (28 x 28) with `calibrate` on a validation split (docs/DENOISERS.md).
 LOCAL_SCHEDULE = PatchSchedule((0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), (1, 1, 1, 3, 5, 9, 15, 15))
 COMPOSITE_SCHEDULE = PatchSchedule((0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), (1, 1, 2, 3, 7, 11, 19, 28))
-EQUIVARIANT_SCHEDULE = PatchSchedule((0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), (3, 3, 3, 5, 7, 9, 13))
+EQUIVARIANT_SCHEDULE = PatchSchedule((0.05, 0.2, 1.0, 2.0), (1, 3, 7, 7))  # calibrated with a pool of 100
 
 # tier-1 threshold of the patch banks on the float32 logit error bound (nats; see boneless.bank): patch
 # posteriors use float32 logits up to this bound (weights within e^(2 delta) of exact; measured deviation from
