@@ -65,7 +65,8 @@ def test_gaussian_low_rank_is_the_ppca_model(cloud):
     mu, Sigma = sample_cov(cloud)
     lam, U = torch.linalg.eigh(Sigma)
     lam, U = lam.flip(0), U.flip(1)
-    model = (U[:, :2] * lam[:2]) @ U[:, :2].T + lam[2:].mean() * (torch.eye(5, dtype=torch.float64) - U[:, :2] @ U[:, :2].T)
+    P = U[:, :2] @ U[:, :2].T
+    model = (U[:, :2] * lam[:2]) @ U[:, :2].T + lam[2:].mean() * (torch.eye(5, dtype=torch.float64) - P)
     torch.testing.assert_close(den.covariance, model)
     x = cloud[:3] + 0.2
     a, s = torch.full((3,), 0.8, dtype=torch.float64), torch.full((3,), 0.4, dtype=torch.float64)

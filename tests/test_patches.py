@@ -253,12 +253,14 @@ def test_blend_weights_fit_interpolate_and_select_members(X):
     sig = (0.1, 1.0)
     onehot = torch.zeros(2, len(BLEND_MEMBERS), dtype=torch.float64)
     onehot[:, BLEND_MEMBERS.index("gaussian")] = 1
-    x, a, s = images(3, seed=12), torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64), torch.full((3,), 0.3, dtype=torch.float64)
+    x = images(3, seed=12)
+    a, s = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64), torch.full((3,), 0.3, dtype=torch.float64)
     den = BlendDenoiser(X, sigmas=sig, weights=onehot)
     torch.testing.assert_close(den(x, a, s), GaussianDenoiser(X)(x, a, s), rtol=0, atol=1e-5)
     onehot = torch.zeros_like(onehot)
     onehot[:, BLEND_MEMBERS.index("identity")] = 1
-    torch.testing.assert_close(BlendDenoiser(X, sigmas=sig, weights=onehot)(x, a, s), x / a.float()[:, None, None, None])
+    ident = BlendDenoiser(X, sigmas=sig, weights=onehot)(x, a, s)
+    torch.testing.assert_close(ident, x / a.float()[:, None, None, None])
     # fitted: least squares, so on the validation images no single member does better at a calibration level
     den = BlendDenoiser(X, validation=Xv, sigmas=sig, seed=3)
     z = torch.randn(Xv.shape, generator=torch.Generator().manual_seed(4))  # the fit's noise draw (seed + 1)
@@ -268,7 +270,7 @@ def test_blend_weights_fit_interpolate_and_select_members(X):
         assert all(blended <= float(((e - Xv.double()) ** 2).mean()) + 1e-12 for e in E)
     # interpolation in log sigma, clamped beyond the calibration levels
     w = den.weights_at(torch.tensor([0.1, 1.0, math.sqrt(0.1), 1e-3, 1e3], dtype=torch.float64))
-    torch.testing.assert_close(w[0], den.weights[0]) and torch.testing.assert_close(w[1], den.weights[1])
-    torch.testing.assert_close(w[2], den.weights.mean(0))
-    torch.testing.assert_close(w[3], den.weights[0]) and torch.testing.assert_close(w[4], den.weights[1])
+    for got, want in ((w[0], den.weights[0]), (w[1], den.weights[1]), (w[2], den.weights.mean(0)),
+                      (w[3], den.weights[0]), (w[4], den.weights[1])):
+        torch.testing.assert_close(got, want)
     torch.testing.assert_close(den(x, 0.0, 1.0), X.double().mean(0).float().expand_as(x))
