@@ -39,7 +39,7 @@ def parse_args(argv=None):
     p.add_argument("--data", default="fashion-mnist", help="dataset with train/test splits (default fashion-mnist)")
     p.add_argument("--pool", type=int, default=10000, help="training images in the pool (default 10000)")
     p.add_argument("--test", type=int, default=200, help="held-out test images (default 200)")
-    p.add_argument("--val", type=int, default=100, help="validation images after the pool (default 100)")
+    p.add_argument("--val", type=int, default=50, help="validation images after the pool (default 50)")
     p.add_argument("--sigmas", default="0.05,0.1,0.2,0.5,1,2", help="noise levels (default 0.05,0.1,0.2,0.5,1,2)")
     p.add_argument("--denoisers", default=",".join(DEFAULT), help=f"comma-separated (default {','.join(DEFAULT)})")
     p.add_argument("--els-pool", type=int, default=300,
@@ -83,7 +83,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    sigmas = [float(s) for s in args.sigmas.split(",")]
+    try:
+        sigmas = [float(s) for s in args.sigmas.split(",")]
+    except ValueError:
+        raise ValueError(f"--sigmas must be comma-separated numbers, got {args.sigmas!r}") from None
+    if min(args.pool, args.test, args.val, args.batch_size) < 1:
+        raise ValueError("--pool, --test, --val and --batch-size must be positive")
     names = [n for n in args.denoisers.split(",") if n]
     unknown = [n for n in names if n not in DENOISERS]
     if unknown:
@@ -144,4 +149,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ValueError as e:  # bad input: one line, no traceback
+        print(f"heldout_denoising: error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(2)
