@@ -26,10 +26,11 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import __version__
-from .cli import _device, make_denoiser, positive_float, positive_int
+from .cli import _device, make_denoiser, non_negative_int, positive_float, positive_int
 from .data import DATASETS, is_image, load_dataset
 from .denoisers import DENOISERS
 from .metrics import (COPY_RATIO, PCAFeatures, WienerFilter, denoising_error, effective_examples,
@@ -41,16 +42,6 @@ from .schedules import get_schedule
 
 DEFAULT_SIGMAS = "0.05,0.1,0.2,0.5,1,2"
 REFERENCE_SETS = 5  # disjoint sets of unseen real images give the real-image quality and its spread
-
-
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return v
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, default=50, help="sampling steps (50)")
     p.add_argument("--sampler", default="euler", choices=list(SAMPLERS), help="sampler (euler)")
     p.add_argument("--schedule", default="rectified-flow", help="noise schedule for sampling (rectified-flow)")
-    p.add_argument("--consistency", type=_count, default=16,
+    p.add_argument("--consistency", type=non_negative_int, default=16,
                    help="paired samples from a second, disjoint pool of the same size (16; 0: off)")
     p.add_argument("--pca-dim", type=positive_int, default=32, help="PCA components for the PCA Frechet distance")
     p.add_argument("--classifier", choices=("auto", "off"), default="auto",
@@ -79,6 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the noise draw, the samples and shuffles (0)")
     p.add_argument("--device", default="cpu", help="torch device for the denoisers (cpu)")
     p.add_argument("--out", default="runs/eval", help="output folder (runs/eval)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the denoisers OUT/results.json already holds under the same settings and evaluate "
+                        "only the others; several runs with disjoint --denoisers may share one --out this way")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -143,6 +137,41 @@ def split_data(data: str, *, pool: int, test: int, extra: int, second_pool: bool
     return {"pool": X[perm[:pool]], "test": X[perm[pool:pool + test]], "second": second,
             "reference": reference if len(reference) >= 2 else None, "test_source": "held out of a shuffle",
             "available": len(X)}
+
+
+# ---------------------------------------------------------------- resuming: records already in OUT/results.json
+
+# settings that change a denoiser's numbers; the others (budget, batch size, device, progress) may differ on resume
+RESULT_SETTINGS = ("data", "size", "pool", "test", "sigmas", "in_sample", "samples", "steps", "sampler", "schedule",
+                   "consistency", "pca_dim", "classifier", "seed")
+
+
+def previous_records(out: Path, settings: dict) -> dict:
+    """The denoiser records of ``out/results.json`` if it was made with the same result settings, else {} when
+    there is none; a file made with other settings is an error (its numbers would not be comparable)."""
+    path = out / "results.json"
+    if not path.exists():
+        return {}
+    try:
+        old = json.loads(path.read_text())
+        old_settings, records = old["settings"], old["denoisers"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--resume: cannot read {path} ({_one_line(e)})") from None
+    differ = [k for k in RESULT_SETTINGS if old_settings.get(k) != settings.get(k)]
+    if differ:
+        k = differ[0]
+        raise ValueError(f"--resume: {path} was made with other settings ({k} {old_settings.get(k)!r}, now "
+                         f"{settings.get(k)!r}); use another --out")
+    return records
+
+
+def load_samples(out: Path, name: str) -> torch.Tensor | None:
+    """The raw samples ``samples_<name>.npy`` a run saved, or None."""
+    path = out / f"samples_{name}.npy"
+    try:
+        return torch.from_numpy(np.load(path, allow_pickle=False))
+    except (OSError, ValueError):
+        return None
 
 
 # ---------------------------------------------------------------- a time guard around each denoiser
@@ -268,7 +297,19 @@ def run(args) -> int:
         from tqdm.auto import tqdm
         bar = tqdm(total=per_denoiser * len(names), desc="eval", unit="call")
     samples = {}
+    if args.resume:
+        for name, rec in previous_records(out, settings).items():
+            if name in names and rec.get("status") != "failed":
+                results["denoisers"][name] = rec
+                if (s := load_samples(out, name)) is not None:
+                    samples[name] = s
+        if results["denoisers"]:
+            print(f"resuming: {', '.join(results['denoisers'])} already in {out / 'results.json'}")
     for name in names:
+        if name in results["denoisers"]:
+            if bar is not None:
+                bar.update(per_denoiser)
+            continue
         if bar is not None:
             bar.set_postfix_str(name)
         done_before = bar.n if bar is not None else 0
@@ -282,12 +323,10 @@ def run(args) -> int:
         results["denoisers"][name] = rec
         if rec["status"] != "ok":
             warnings.warn(f"{name}: {rec['status']}: {rec.get('error', '')}")
-        results["seconds"] = round(time.perf_counter() - start, 2)
-        _write_outputs(out, results, samples, test[:args.samples], pool)
+        _merge_and_write(out, results, samples, test[:args.samples], pool, args, start)
     if bar is not None:
         bar.close()
-    results["seconds"] = round(time.perf_counter() - start, 2)
-    _write_outputs(out, results, samples, test[:args.samples], pool)
+    _merge_and_write(out, results, samples, test[:args.samples], pool, args, start)
     ok = [n for n, r in results["denoisers"].items() if r["status"] in ("ok", "partial")]
     print(f"evaluated {len(ok)} of {len(names)} denoisers on {args.data} (pool {len(pool)}, test {len(test)}) in "
           f"{results['seconds']:.1f} s; wrote {out}/table.md")
@@ -408,7 +447,24 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
 
 # ---------------------------------------------------------------- outputs
 
+def _merge_and_write(out, results, samples, real, pool, args, start) -> None:
+    """Write the outputs; with --resume, first take in the records another run sharing ``out`` wrote meanwhile."""
+    if args.resume:
+        for name, rec in previous_records(out, results["settings"]).items():
+            if name not in results["denoisers"]:
+                results["denoisers"][name] = rec
+                if (s := load_samples(out, name)) is not None:
+                    samples[name] = s
+        order = {n: i for i, n in enumerate(DENOISERS)}
+        results["denoisers"] = dict(sorted(results["denoisers"].items(), key=lambda kv: order.get(kv[0], len(order))))
+        samples = {n: samples[n] for n in results["denoisers"] if n in samples}
+    results["seconds"] = round(time.perf_counter() - start, 2)
+    _write_outputs(out, results, samples, real, pool)
+
+
 def _write_sample_pictures(out: Path, name: str, samples: torch.Tensor, pool: torch.Tensor) -> None:
+    with atomic_path(out / f"samples_{name}.npy") as tmp:  # the raw samples, for other metrics and --resume
+        np.save(tmp, samples.float().numpy())
     if is_image(pool):
         save_image(samples_grid(samples.clamp(-1, 1)), out / f"samples_{name}.png")
         _, idx = nearest(samples, pool, k=1)

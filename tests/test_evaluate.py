@@ -5,6 +5,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -84,6 +85,35 @@ def test_eval_skips_a_denoiser_over_budget(tmp_path, registry, capsys):
     assert r["denoisers"]["empirical"]["status"] == "skipped"
     assert "too slow" in r["denoisers"]["empirical"]["error"]
     assert "| empirical |" in (out / "table.md").read_text()
+
+
+def test_resume_keeps_finished_denoisers_and_takes_in_a_shared_folder(tmp_path, registry, monkeypatch):
+    out = tmp_path / "shared"
+    args = TINY + ["--consistency", "0", "--out", str(out), "--resume"]
+    assert main(args + ["--denoisers", "empirical"]) == 0
+    first = json.loads((out / "results.json").read_text())["denoisers"]["empirical"]
+    saved = np.load(out / "samples_empirical.npy")
+    assert saved.shape == (8, 1, 8, 8)
+    # another run with a disjoint --denoisers shares the folder: both end up in one table, in registry order
+    assert main(args + ["--denoisers", "wiener-test"]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert list(r["denoisers"]) == ["empirical", "wiener-test"]
+    assert r["denoisers"]["empirical"] == first  # kept, not recomputed
+    # resuming with the whole list evaluates nothing again: a denoiser built now would fail loudly
+    monkeypatch.setitem(DENOISERS, "empirical", _Broken)
+    assert main(args + ["--denoisers", "empirical,wiener-test"]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert r["denoisers"]["empirical"] == first
+    assert "| empirical |" in (out / "table.md").read_text() and (out / "comparison.png").is_file()
+
+
+def test_resume_refuses_results_made_with_other_settings(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(TINY + ["--denoisers", "empirical", "--consistency", "0", "--out", str(out)]) == 0
+    rc = main(TINY + ["--steps", "5", "--denoisers", "empirical", "--consistency", "0", "--out", str(out),
+                           "--resume"])
+    assert rc == 2
+    assert "other settings (steps 10, now 5)" in _error_line(capsys)
 
 
 class _RunsOutAtHighNoise(WienerFilter):
