@@ -5,7 +5,7 @@ Protocol. The pool is the first ``--pool`` training images (the training split; 
 split, a ``--seed`` shuffle), the held-out set the first ``--test`` images of the test split (or the next ones of
 the shuffle). Each held-out image is noised once, ``y = x + sigma z`` with one ``z`` per image shared by every
 sigma and every denoiser; the table gives MSE / MSE of the Wiener filter fitted to the same pool (in-sample,
-on ``--test`` pool images, in parentheses). Each denoiser then generates ``--samples`` images with
+on ``--in-sample`` pool images, in parentheses). Each denoiser then generates ``--samples`` images with
 ``boneless.sample`` from the same seed; they are scored by copy rate, nearest-training distance against that of
 held-out images, Frechet distance to the held-out images in PCA space and in the features of a small
 Fashion-MNIST classifier (trained once, cached), and split consistency (same seeds on a second, disjoint pool).
@@ -41,6 +41,7 @@ from .samplers import SAMPLERS, sample
 from .schedules import get_schedule
 
 DEFAULT_SIGMAS = "0.05,0.1,0.2,0.5,1,2"
+IN_SAMPLE = 100  # pool images for the in-sample error by default
 REFERENCE_SETS = 5  # disjoint sets of unseen real images give the real-image quality and its spread
 
 
@@ -54,18 +55,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated names or 'all' (now: {', '.join(DENOISERS)})")
     p.add_argument("--sigmas", default=DEFAULT_SIGMAS, metavar="S1,S2,...",
                    help=f"noise levels of y = x + sigma z (default {DEFAULT_SIGMAS})")
-    p.add_argument("--in-sample", type=positive_int, help="pool images for the in-sample error (default: --test)")
-    p.add_argument("--samples", type=positive_int, default=64, help="samples generated per denoiser (64)")
-    p.add_argument("--steps", type=positive_int, default=50, help="sampling steps (50)")
+    p.add_argument("--in-sample", type=positive_int, help="pool images for the in-sample error (default: 100, or the pool if smaller)")
+    p.add_argument("--samples", type=positive_int, default=32, help="samples generated per denoiser (32)")
+    p.add_argument("--steps", type=positive_int, default=12, help="sampling steps (12)")
     p.add_argument("--sampler", default="euler", choices=list(SAMPLERS), help="sampler (euler)")
     p.add_argument("--schedule", default="rectified-flow", help="noise schedule for sampling (rectified-flow)")
-    p.add_argument("--consistency", type=non_negative_int, default=16,
-                   help="paired samples from a second, disjoint pool of the same size (16; 0: off)")
+    p.add_argument("--consistency", type=non_negative_int, default=8,
+                   help="paired samples from a second, disjoint pool of the same size (8; 0: off)")
     p.add_argument("--pca-dim", type=positive_int, default=32, help="PCA components for the PCA Frechet distance")
     p.add_argument("--classifier", choices=("auto", "off"), default="auto",
                    help="Frechet distance in classifier features for 1x28x28 data (auto: load or train once)")
-    p.add_argument("--budget", type=positive_float, default=900.0,
-                   help="seconds allowed per denoiser; slower ones are skipped or stopped (900)")
+    p.add_argument("--budget", type=positive_float, default=2700.0,
+                   help="seconds allowed per denoiser; slower ones are skipped or stopped (2700)")
     p.add_argument("--batch-size", type=positive_int, default=250, help="images per denoiser call (250)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise draw, the samples and shuffles (0)")
     p.add_argument("--device", default="cpu", help="torch device for the denoisers (cpu)")
@@ -227,7 +228,8 @@ def run(args) -> int:
         warnings.warn(f"split consistency skipped: {args.data} has too few examples for a second pool of {args.pool}")
     if args.in_sample and args.in_sample > len(pool):
         raise ValueError(f"--in-sample {args.in_sample} exceeds --pool {len(pool)}")
-    in_sample = pool[:args.in_sample or args.test]
+    args.in_sample = args.in_sample or min(IN_SAMPLE, len(pool))  # recorded in the settings
+    in_sample = pool[:args.in_sample]
     batch = args.batch_size
 
     # references: the Wiener filter, feature spaces, real held-out images
@@ -327,7 +329,7 @@ def run(args) -> int:
     if bar is not None:
         bar.close()
     _merge_and_write(out, results, samples, test[:args.samples], pool, args, start)
-    ok = [n for n, r in results["denoisers"].items() if r["status"] in ("ok", "partial")]
+    ok = [n for n in names if results["denoisers"][n]["status"] in ("ok", "partial")]
     print(f"evaluated {len(ok)} of {len(names)} denoisers on {args.data} (pool {len(pool)}, test {len(test)}) in "
           f"{results['seconds']:.1f} s; wrote {out}/table.md")
     return 0 if ok else 1
@@ -340,7 +342,7 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
     sampling, in-sample error, split consistency); the stages that fit in ``--budget`` run in that order, the
     others are reported as skipped; a stage that overruns the budget is stopped (results so far are kept)."""
     pool, test = split["pool"], split["test"]
-    in_sample = pool[:args.in_sample or args.test]
+    in_sample = pool[:args.in_sample]
     rec = {"status": "ok", "timings": {}}
     t0 = time.perf_counter()
     deadline = t0 + args.budget
@@ -516,7 +518,9 @@ def markdown_table(results: dict) -> str:
              f"Pool {p['pool']} training images; {p['test']} held-out images ({p['test_source']}); "
              f"y = x + sigma z with one z per image for every sigma and denoiser. "
              f"{s['samples']} samples per denoiser ({s['sampler']}, {s['schedule']}, {s['steps']} steps, seed {s['seed']}). "
-             f"Total {results.get('seconds', 0):.0f} s.", "",
+             f"This run took {results.get('seconds', 0):.0f} s; the denoisers' times (column 'seconds', runs "
+             f"resumed with --resume included) sum to "
+             f"{sum(r['timings'].get('total_s', 0) for r in dens.values()):.0f} s.", "",
              "## Held-out MSE / Wiener MSE (in-sample ratio in parentheses; lower is better, best in bold)", "",
              "| denoiser | " + " | ".join(f"σ = {v:g}" for v in sig) + " |",
              "|---|" + "---:|" * len(sig),
