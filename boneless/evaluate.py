@@ -55,7 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated names or 'all' (now: {', '.join(DENOISERS)})")
     p.add_argument("--sigmas", default=DEFAULT_SIGMAS, metavar="S1,S2,...",
                    help=f"noise levels of y = x + sigma z (default {DEFAULT_SIGMAS})")
-    p.add_argument("--in-sample", type=positive_int, help="pool images for the in-sample error (default: 100, or the pool if smaller)")
+    p.add_argument("--in-sample", type=positive_int,
+                   help="pool images for the in-sample error (default: 100, or the pool if smaller)")
     p.add_argument("--samples", type=positive_int, default=32, help="samples generated per denoiser (32)")
     p.add_argument("--steps", type=positive_int, default=12, help="sampling steps (12)")
     p.add_argument("--sampler", default="euler", choices=list(SAMPLERS), help="sampler (euler)")
@@ -231,6 +232,8 @@ def run(args) -> int:
     args.in_sample = args.in_sample or min(IN_SAMPLE, len(pool))  # recorded in the settings
     in_sample = pool[:args.in_sample]
     batch = args.batch_size
+    settings = {k: v for k, v in vars(args).items() if k != "func"}
+    kept = previous_records(out, settings) if args.resume else {}  # checked before any work
 
     # references: the Wiener filter, feature spaces, real held-out images
     wiener = WienerFilter(pool)
@@ -271,7 +274,6 @@ def run(args) -> int:
             real[key] = float(v.mean())
             real[key + "_std"] = float(v.std()) if len(v) > 1 else None
 
-    settings = {k: v for k, v in vars(args).items() if k != "func"}
     results = {
         "version": __version__, "command": "eval", "settings": settings, "sigmas": sigmas,
         "protocol": {"noise": "y = x + sigma z, one z per image, shared by all sigmas and denoisers",
@@ -299,14 +301,13 @@ def run(args) -> int:
         from tqdm.auto import tqdm
         bar = tqdm(total=per_denoiser * len(names), desc="eval", unit="call")
     samples = {}
-    if args.resume:
-        for name, rec in previous_records(out, settings).items():
-            if name in names and rec.get("status") != "failed":
-                results["denoisers"][name] = rec
-                if (s := load_samples(out, name)) is not None:
-                    samples[name] = s
-        if results["denoisers"]:
-            print(f"resuming: {', '.join(results['denoisers'])} already in {out / 'results.json'}")
+    for name, rec in kept.items():
+        if name in names and rec.get("status") != "failed":
+            results["denoisers"][name] = rec
+            if (s := load_samples(out, name)) is not None:
+                samples[name] = s
+    if results["denoisers"]:
+        print(f"resuming: {', '.join(results['denoisers'])} already in {out / 'results.json'}")
     for name in names:
         if name in results["denoisers"]:
             if bar is not None:
