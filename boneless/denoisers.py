@@ -233,8 +233,8 @@ DENOISERS: dict[str, type] = {"empirical": EmpiricalDenoiser}
 
 # closed-form denoisers that generalise (issue 4); imported at the bottom: they build on the classes above
 from .closed_form import GaussianDenoiser, GMMDenoiser, SmoothedDenoiser  # noqa: E402
-from .patches import (BlendDenoiser, EquivariantLocalDenoiser, LocalDenoiser, LocalGaussianDenoiser,  # noqa: E402
-                      PatchCompositeDenoiser)
+from .patches import (BlendDenoiser, CoarseToFineDenoiser, EquivariantLocalDenoiser, LocalDenoiser,  # noqa: E402
+                      LocalGaussianDenoiser, PatchCompositeDenoiser)
 
 DENOISERS.update({
     "gaussian": GaussianDenoiser,
@@ -245,4 +245,5 @@ DENOISERS.update({
     "patch-composite": PatchCompositeDenoiser,
     "local-gaussian": LocalGaussianDenoiser,
     "blend": BlendDenoiser,
+    "coarse-to-fine": CoarseToFineDenoiser,
 })

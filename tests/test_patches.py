@@ -274,3 +274,25 @@ def test_blend_weights_fit_interpolate_and_select_members(X):
                       (w[3], den.weights[0]), (w[4], den.weights[1])):
         torch.testing.assert_close(got, want)
     torch.testing.assert_close(den(x, 0.0, 1.0), X.double().mean(0).float().expand_as(x))
+
+
+def test_coarse_to_fine_is_exact_above_the_switch_and_blend_below(X):
+    from boneless.denoisers import EmpiricalDenoiser
+    from boneless.patches import BLEND_MEMBERS, CoarseToFineDenoiser
+    w = torch.rand(2, len(BLEND_MEMBERS), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    opts = {"sigmas": (0.1, 1.0), "weights": w}
+    x = images(4, seed=13)
+    a = torch.tensor([1.0, 0.5, 1.0, 0.0], dtype=torch.float64)
+    s = torch.tensor([0.1, 1.0, 0.4, 1.0], dtype=torch.float64)  # sigma / alpha = 0.1, 2, 0.4, inf
+    exact = EmpiricalDenoiser(X)(x, a, s)  # (batch composition changes float32 rounding: 1e-6 below)
+    den = CoarseToFineDenoiser(X, switch=1.0, blend=opts)
+    blend = den.blend(x, a, s)
+    got = den(x, a, s)
+    coarse = torch.tensor([False, True, False, True])
+    torch.testing.assert_close(got[coarse], exact[coarse], rtol=0, atol=1e-6)
+    torch.testing.assert_close(got[~coarse], blend[~coarse], rtol=0, atol=1e-6)
+    assert float((exact[0] - blend[0]).abs().max()) > 1e-3  # the two members differ, so the split is seen
+    torch.testing.assert_close(CoarseToFineDenoiser(X, switch=0.0, blend=opts)(x, a, s), exact, rtol=0, atol=1e-6)
+    torch.testing.assert_close(CoarseToFineDenoiser(X, switch=math.inf, blend=opts)(x, a, s), blend, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="switch"):
+        CoarseToFineDenoiser(X, switch=-1.0, blend=opts)
