@@ -176,6 +176,16 @@ def load_samples(out: Path, name: str) -> torch.Tensor | None:
         return None
 
 
+def take_in(out: Path, results: dict, samples: dict, records: dict, *, skip=()) -> None:
+    """Add to ``results`` (and ``samples``, from their saved files) the records of denoisers it does not hold yet,
+    except those in ``skip`` (the ones this run evaluates itself)."""
+    for name, rec in records.items():
+        if name not in results["denoisers"] and name not in skip:
+            results["denoisers"][name] = rec
+            if (s := load_samples(out, name)) is not None:
+                samples[name] = s
+
+
 # ---------------------------------------------------------------- a time guard around each denoiser
 
 class _OverBudget(Exception):
@@ -301,11 +311,8 @@ def run(args) -> int:
         from tqdm.auto import tqdm
         bar = tqdm(total=per_denoiser * len(names), desc="eval", unit="call")
     samples = {}
-    for name, rec in kept.items():
-        if name in names and rec.get("status") != "failed":
-            results["denoisers"][name] = rec
-            if (s := load_samples(out, name)) is not None:
-                samples[name] = s
+    redo = [n for n in names if kept.get(n, {}).get("status") == "failed"]
+    take_in(out, results, samples, kept, skip=redo)
     if results["denoisers"]:
         print(f"resuming: {', '.join(results['denoisers'])} already in {out / 'results.json'}")
     for name in names:
@@ -326,10 +333,10 @@ def run(args) -> int:
         results["denoisers"][name] = rec
         if rec["status"] != "ok":
             warnings.warn(f"{name}: {rec['status']}: {rec.get('error', '')}")
-        _merge_and_write(out, results, samples, test[:args.samples], pool, args, start)
+        _merge_and_write(out, results, samples, test[:args.samples], pool, args, start, names)
     if bar is not None:
         bar.close()
-    _merge_and_write(out, results, samples, test[:args.samples], pool, args, start)
+    _merge_and_write(out, results, samples, test[:args.samples], pool, args, start, names)
     ok = [n for n in names if results["denoisers"][n]["status"] in ("ok", "partial")]
     print(f"evaluated {len(ok)} of {len(names)} denoisers on {args.data} (pool {len(pool)}, test {len(test)}) in "
           f"{results['seconds']:.1f} s; wrote {out}/table.md")
@@ -450,14 +457,10 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
 
 # ---------------------------------------------------------------- outputs
 
-def _merge_and_write(out, results, samples, real, pool, args, start) -> None:
+def _merge_and_write(out, results, samples, real, pool, args, start, names) -> None:
     """Write the outputs; with --resume, first take in the records another run sharing ``out`` wrote meanwhile."""
     if args.resume:
-        for name, rec in previous_records(out, results["settings"]).items():
-            if name not in results["denoisers"]:
-                results["denoisers"][name] = rec
-                if (s := load_samples(out, name)) is not None:
-                    samples[name] = s
+        take_in(out, results, samples, previous_records(out, results["settings"]), skip=names)  # ours stay ours
         order = {n: i for i, n in enumerate(DENOISERS)}
         results["denoisers"] = dict(sorted(results["denoisers"].items(), key=lambda kv: order.get(kv[0], len(order))))
         samples = {n: samples[n] for n in results["denoisers"] if n in samples}

@@ -107,11 +107,26 @@ def test_resume_keeps_finished_denoisers_and_takes_in_a_shared_folder(tmp_path, 
     assert "| empirical |" in (out / "table.md").read_text() and (out / "comparison.png").is_file()
 
 
+def test_resume_runs_again_every_denoiser_that_failed(tmp_path, registry, monkeypatch):
+    out = tmp_path / "redo"
+    args = TINY + ["--consistency", "0", "--out", str(out), "--resume", "--denoisers", "empirical,wiener-test"]
+    with monkeypatch.context() as m:
+        m.setitem(DENOISERS, "empirical", _Broken)
+        m.setitem(DENOISERS, "wiener-test", _Broken)
+        assert main(args) == 1
+    r = json.loads((out / "results.json").read_text())["denoisers"]
+    assert r["empirical"]["status"] == r["wiener-test"]["status"] == "failed"
+    # both run again: the old failed record on disk must not stand in for the one still to come
+    assert main(args) == 0
+    r = json.loads((out / "results.json").read_text())["denoisers"]
+    assert r["empirical"]["status"] == r["wiener-test"]["status"] == "ok"
+
+
 def test_resume_refuses_results_made_with_other_settings(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(TINY + ["--denoisers", "empirical", "--consistency", "0", "--out", str(out)]) == 0
     rc = main(TINY + ["--steps", "5", "--denoisers", "empirical", "--consistency", "0", "--out", str(out),
-                           "--resume"])
+                      "--resume"])
     assert rc == 2
     assert "other settings (steps 10, now 5)" in _error_line(capsys)
 
