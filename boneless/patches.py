@@ -36,9 +36,8 @@ import torch
 
 from .bank import Bank
 from .closed_form import GaussianDenoiser, GMMDenoiser, _check_nonneg, _check_positive_int
-from .denoisers import check_query
 from .data import check_data
-from .denoisers import Coef
+from .denoisers import Coef, EmpiricalDenoiser, check_query
 
 Boundary = Literal["broken", "zero"]
 
@@ -635,7 +634,6 @@ class CoarseToFineDenoiser:
 
     def __init__(self, X: torch.Tensor, *, switch: float = COARSE_TO_FINE_SWITCH, blend: dict | None = None,
                  device: torch.device | str | None = None):
-        from .denoisers import EmpiricalDenoiser
         X = check_data(X)
         if not (isinstance(switch, (int, float)) and not math.isnan(switch) and switch >= 0):
             raise ValueError(f"switch must be a number >= 0, got {switch!r}")
