@@ -24,7 +24,7 @@ from .data import DATASETS, is_image, load_dataset
 from .denoisers import DENOISERS
 from .distributed import DistributedError
 from .metrics import COPY_RATIO, nearest
-from .plots import (atomic_path, neighbours_grid, posterior_figure, samples_grid, save_figure, save_image,
+from .plots import (atomic_path, display_range, neighbours_grid, posterior_figure, samples_grid, save_figure, save_image,
                     scatter_samples, trajectory_figure, trajectory_scatter)
 from .samplers import SAMPLERS, sample
 from .schedules import ALIASES, SCHEDULES, get_schedule
@@ -222,9 +222,13 @@ def write_sample_outputs(out: Path, X: torch.Tensor, res, dist: torch.Tensor, id
     _write_npz(out / "samples.npz", samples=res.samples.numpy(), nearest=idx[:, 0].numpy(),
                nearest_distance=dist[:, 0].numpy(), second_distance=dist[:, 1].numpy(), times=res.ts.numpy())
     if is_image(X):
-        save_image(samples_grid(res.samples), out / "samples.png")
-        save_image(trajectory_figure(tr["x"], tr["x0_hat"], tr["times"]), out / "trajectory.png")
-        save_image(neighbours_grid(res.samples, X, idx[:, 0]), out / "neighbours.png")
+        shown = display_range(X)  # pictures scale for display only
+        save_image(samples_grid(res.samples, value_range=shown), out / "samples.png")
+        at = tr["steps"]  # x_t and x0_hat are recorded at these steps; times and the posterior at every step
+        save_image(trajectory_figure(tr["x"], tr["x0_hat"], tr["times"][at], X=X,
+                                     indices=tr["indices"][at] if "indices" in tr else None, value_range=shown),
+                   out / "trajectory.png")
+        save_image(neighbours_grid(res.samples, X, idx[:, 0], value_range=shown), out / "neighbours.png")
     else:
         save_figure(scatter_samples(res.samples, X, title="samples of the exact flow"), out / "samples.png")
         save_figure(trajectory_scatter(tr["x"], X, res.samples), out / "trajectory.png")
