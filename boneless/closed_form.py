@@ -18,7 +18,7 @@ import math
 import torch
 
 from .data import REFERENCE_SPREAD, check_data, spread
-from .denoisers import Coef, EmpiricalDenoiser, check_query, per_sample
+from .denoisers import Coef, EmpiricalDenoiser, check_query
 
 
 VAR_FLOOR = 1e-12  # relative floor on predictive variances (only reached at sigma = 0)

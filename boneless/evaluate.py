@@ -35,7 +35,8 @@ from .data import DATASETS, is_image, load_dataset
 from .denoisers import DENOISERS
 from .metrics import (COPY_RATIO, PCAFeatures, WienerFilter, denoising_error, effective_examples,
                       fashion_classifier, frechet_distance, nearest, nearest_distance_stats, split_consistency)
-from .plots import (atomic_path, display_range, image_grid, neighbours_grid, pyplot, samples_grid, save_figure, save_image,
+from .outputs import atomic_path, check_output_dir
+from .plots import (display_range, image_grid, neighbours_grid, pyplot, samples_grid, save_figure, save_image,
                     scatter_samples)
 from .samplers import SAMPLERS, sample
 from .schedules import get_schedule
@@ -228,9 +229,7 @@ def run(args) -> int:
     names = parse_denoisers(args.denoisers)
     schedule = get_schedule(args.schedule)
     device = _device(args.device)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
+    out = check_output_dir(args.out, files=("results.json", "table.md"))
     split = split_data(args.data, pool=args.pool, test=args.test, extra=REFERENCE_SETS * args.samples,
                        second_pool=args.consistency > 0, size=args.size, seed=args.seed)
     pool, test = split["pool"], split["test"]

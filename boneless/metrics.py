@@ -441,7 +441,7 @@ def fashion_classifier(*, epochs: int = 3, limit: int | None = None, seed: int =
     :func:`cache_dir`), or trained once on the Fashion-MNIST training split (first ``limit`` images, default
     all 60000), tested on the test split, and cached atomically. It only measures; it never generates."""
     from .data import load_dataset
-    from .plots import atomic_path
+    from .outputs import atomic_path
     tag = f"fashion_cnn_v{CLASSIFIER_VERSION}_e{epochs}_s{seed}" + (f"_n{limit}" if limit else "")
     path = Path(directory).expanduser() if directory is not None else cache_dir()
     path = path / f"{tag}.pt"

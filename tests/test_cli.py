@@ -139,3 +139,17 @@ def test_help_texts(capsys):
         assert e.value.code == 0
     out, _ = capsys.readouterr()
     assert "--schedule" in out and "--noise-strength" in out and "sample" in out
+
+
+@pytest.mark.parametrize("command", ["sample", "demo", "eval", "bench", "pack"])
+def test_help_states_each_default_once(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    entries = [e for e in text.split("\n  -")[1:]]  # one entry per option
+    assert entries
+    for entry in entries:
+        assert entry.count("default") <= 1, entry
+    if command == "sample":
+        for expect in ("(default: digits)", "(default 100)", "(default: 0.0)", "(default: 2048)"):
+            assert text.count(expect) == 1, expect
