@@ -16,8 +16,9 @@ from typing import Literal, NamedTuple
 import torch
 
 from . import distributed
-from .bank import Bank, FaissBank, Stats, StoredRows
+from .bank import Bank, FaissBank, Stats
 from .data import check_data
+from .rows import StoredRows
 
 Coef = float | torch.Tensor
 
@@ -114,7 +115,7 @@ class EmpiricalDenoiser:
             back-end :class:`boneless.bank.FaissBank` (inverted-file or exact search; ``neighbours`` rows per
             query plus ``tail_samples`` uniformly drawn rows, drawn from ``seed``).
 
-    ``X`` may also be a :class:`boneless.pack.MappedRows` (a memory-mapped .npy): rows are then read chunk by
+    ``X`` may also be a :class:`boneless.rows.MappedRows` (a memory-mapped .npy): rows are then read chunk by
     chunk from disk and never held in memory together.
     """
 
@@ -182,7 +183,7 @@ class EmpiricalDenoiser:
     @property
     def data(self):
         """This process's training examples as [n, *shape] (a view of the bank; all N unless sharded; a
-        :class:`~boneless.pack.MappedRows` when memory-mapped)."""
+        :class:`~boneless.rows.MappedRows` when memory-mapped)."""
         if hasattr(self.bank.X, "source"):
             return self.bank.X.source
         if isinstance(self.bank.X, StoredRows):  # held in a smaller type: the dequantised rows (a new tensor)
