@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checks import is_positive_int, one_line
 from .rows import MappedRows, array_rule, convert
 
 DATASETS = ("digits", "faces", "fashion-mnist", "moons", "spiral", "checkerboard", "circles", "gmm", "swiss-roll")
@@ -29,15 +30,6 @@ _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"
 _ARRAY_KEYS = ("x", "X", "data", "images", "samples")
 _LABEL_KEYS = ("labels", "y", "targets")
 _FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
-
-
-def _one_line(text: object, width: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= width else text[:width] + "..."
-
-
-def _is_pos_int(v: object) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
 
 
 def is_image(X: torch.Tensor) -> bool:
@@ -127,9 +119,9 @@ def _load_array_file(path: Path, name: str) -> tuple[np.ndarray | torch.Tensor, 
     except ValueError as e:
         if str(e).startswith(name):
             raise
-        raise ValueError(f"{name}: cannot read file: {_one_line(e)}") from e
+        raise ValueError(f"{name}: cannot read file: {one_line(e)}") from e
     except Exception as e:  # corrupt or foreign files: numpy, torch and safetensors raise many types
-        raise ValueError(f"{name}: cannot read file: {_one_line(e) or type(e).__name__}") from e
+        raise ValueError(f"{name}: cannot read file: {one_line(e)}") from e
     return _pick(arrays, name), _pick(arrays, name, _LABEL_KEYS, required=False)
 
 
@@ -161,7 +153,7 @@ def _read_idx(path: Path, *, limit: int | None = None) -> np.ndarray:
             count = n * math.prod(dims[1:])
             buf = f.read(count * dtype.itemsize)
     except (OSError, EOFError, ValueError, IndexError) as e:
-        raise ValueError(f"{path}: cannot read IDX file: {_one_line(e)}") from e
+        raise ValueError(f"{path}: cannot read IDX file: {one_line(e)}") from e
     if len(buf) != count * dtype.itemsize:
         raise ValueError(f"{path}: IDX file is truncated")
     return np.frombuffer(buf, dtype=dtype).astype(dtype.newbyteorder("="), copy=True).reshape([n, *dims[1:]])
@@ -369,7 +361,7 @@ def load_dataset(name_or_path: str | os.PathLike, *, split: Literal["train", "te
     if split not in ("train", "test"):
         raise ValueError(f"{display}: split must be 'train' or 'test', got {split!r}")
     for opt, v in (("limit", limit), ("size", size), ("n", n)):
-        if v is not None and not _is_pos_int(v):
+        if v is not None and not is_positive_int(v):
             raise ValueError(f"{display}: {opt} must be a positive integer, got {v!r}")
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise ValueError(f"{display}: seed must be an integer, got {seed!r}")

@@ -20,12 +20,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cli import non_negative_int
 from .data import load_dataset
-from .denoisers import DENOISERS, EmpiricalDenoiser, exact_reference, per_sample, score_from_x0
+from .denoisers import EmpiricalDenoiser, exact_reference, per_sample, score_from_x0
 from .metrics import copy_rate, nearest
+from .options import non_negative_int
 from .outputs import atomic_path, check_output_dir
 from .plots import pyplot
+from .registry import DENOISERS
 from .samplers import sample
 from .schedules import get_schedule
 

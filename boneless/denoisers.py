@@ -4,8 +4,8 @@
 estimates ``E[x0 | x_t = x]`` for ``x_t = alpha x0 + sigma eps``. Everything else is a formula of ``x0_hat``
 (SPEC §3): see :func:`eps_from_x0`, :func:`score_from_x0`, :func:`velocity_from_x0`.
 
-``DENOISERS`` maps a name to a class constructible as ``cls(X)``; every sampler, metric and command works
-with any of them.
+:mod:`boneless.registry` names every denoiser (``DENOISERS``); every sampler, metric and command works with
+any of them.
 """
 
 from __future__ import annotations
@@ -231,23 +231,3 @@ def exact_reference(X: torch.Tensor, x: torch.Tensor, alpha: Coef, sigma: Coef, 
             logits = logits + log_w
         out[b] = torch.softmax(logits / temperature, dim=0) @ X64
     return out.reshape(x.shape)
-
-
-DENOISERS: dict[str, type] = {"empirical": EmpiricalDenoiser}
-
-# closed-form denoisers that generalise (issue 4); imported at the bottom: they build on the classes above
-from .closed_form import GaussianDenoiser, GMMDenoiser, SmoothedDenoiser  # noqa: E402
-from .patches import (BlendDenoiser, CoarseToFineDenoiser, EquivariantLocalDenoiser, LocalDenoiser,  # noqa: E402
-                      LocalGaussianDenoiser, PatchCompositeDenoiser)
-
-DENOISERS.update({
-    "gaussian": GaussianDenoiser,
-    "smoothed": SmoothedDenoiser,
-    "gmm": GMMDenoiser,
-    "local": LocalDenoiser,
-    "local-equivariant": EquivariantLocalDenoiser,
-    "patch-composite": PatchCompositeDenoiser,
-    "local-gaussian": LocalGaussianDenoiser,
-    "blend": BlendDenoiser,
-    "coarse-to-fine": CoarseToFineDenoiser,
-})

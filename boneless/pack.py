@@ -125,7 +125,7 @@ def pack_folder(folder: str | os.PathLike, out: str | os.PathLike, *, size: int 
 # ---------------------------------------------------------------- command line
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli import positive_int
+    from .options import positive_int
 
     p.add_argument("folder", metavar="FOLDER", help="folder of images (png, jpg, ...)")
     p.add_argument("--out", required=True, help="the .npy file to write (atomically)")

@@ -9,7 +9,7 @@ from PIL import Image
 from boneless import demos
 from boneless.cli import main
 from boneless.data import load_dataset
-from boneless.denoisers import DENOISERS, EmpiricalDenoiser
+from boneless import DENOISERS, EmpiricalDenoiser
 
 
 @pytest.fixture(scope="module", autouse=True)
