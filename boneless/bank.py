@@ -1,6 +1,7 @@
 """The bank: softmax-weighted averages over many stored vectors, exactly. This is the hot loop.
 
-For a query ``x`` and stored rows ``x_i`` the logits are (SPEC §2.3, divided by a softmax temperature ``T``)
+For a query ``x`` and stored rows ``x_i`` the logits are (the Gaussian log-likelihood of ``x`` under
+example ``i`` plus its log prior weight, divided by a softmax temperature ``T``)
 
     l_i = (log w_i - |x - alpha x_i|^2 / (2 sigma^2)) / T,
 

@@ -26,6 +26,7 @@ from .registry import DENOISERS, make_denoiser
 from .rows import STORAGES
 from .plots import (display_range, neighbours_grid, posterior_figure, samples_grid, save_figure, save_image,
                     scatter_samples, trajectory_figure, trajectory_scatter)
+from .checkpoints import sample_resumable
 from .samplers import SAMPLERS, sample
 from .schedules import ALIASES, SCHEDULES, get_schedule
 
@@ -131,12 +132,15 @@ def _run_sample(args, rank: int, world: int, device: torch.device) -> int:
     if world > 1 and args.resume:  # every rank must resume from the same state (several nodes: a shared --out)
         size = checkpoint.stat().st_size if checkpoint.exists() else -1
         distributed.check_same([size], f"checkpoint sizes at {checkpoint} (-1: missing)", device=device)
-    res = sample(den, schedule, n=args.n, steps=args.steps, sampler=args.sampler, seed=args.seed,
-                 shape=tuple(X.shape[1:]), spacing=args.spacing, flow_scale=tuple(args.flow_scale),
-                 noise_strength=tuple(args.noise_strength), eta=args.eta, churn=args.churn, top_k=args.top_k,
-                 progress=rank == 0 and not args.no_progress, device=device,
-                 checkpoint=None if args.restart and rank else checkpoint,  # rank 0 alone writes, and deletes
-                 checkpoint_every=args.checkpoint_every, resume=args.resume)
+    options = dict(n=args.n, steps=args.steps, sampler=args.sampler, seed=args.seed, shape=tuple(X.shape[1:]),
+                   spacing=args.spacing, flow_scale=tuple(args.flow_scale), noise_strength=tuple(args.noise_strength),
+                   eta=args.eta, churn=args.churn, top_k=args.top_k, device=device,
+                   progress=rank == 0 and not args.no_progress)
+    if args.restart and rank:  # rank 0 alone writes checkpoints, and deletes the old one
+        res = sample(den, schedule, **options)
+    else:
+        res = sample_resumable(den, schedule, checkpoint=checkpoint, every=args.checkpoint_every,
+                               resume=args.resume, **options)
     if world > 1:
         distributed.check_same(distributed.fingerprint(res.samples), "final samples", device=device)
     if rank != 0:  # rank 0 alone writes the outputs
@@ -182,7 +186,7 @@ SAMPLE_OUTPUTS = ("samples.png", "samples.npz", "trajectory.png", "posterior.png
 
 
 def write_sample_outputs(out: Path, X: torch.Tensor, res, dist: torch.Tensor, idx: torch.Tensor) -> None:
-    """samples.png, samples.npz, trajectory.png, posterior.png, neighbours.png (SPEC §5)."""
+    """samples.png, samples.npz, trajectory.png, posterior.png, neighbours.png (the outputs the README lists)."""
     tr = res.trajectory.stacked()
     write_npz(out / "samples.npz", samples=res.samples.numpy(), nearest=idx[:, 0].numpy(),
                nearest_distance=dist[:, 0].numpy(), second_distance=dist[:, 1].numpy(), times=res.ts.numpy())

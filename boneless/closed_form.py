@@ -1,6 +1,6 @@
 """Whole-image closed-form denoisers that generalise: Gaussian (Wiener), smoothed CFDM, Gaussian mixture.
 
-Each follows the one protocol ``den(x, alpha, sigma) -> x0_hat`` for ``x_t = alpha x0 + sigma eps`` (SPEC §3),
+Each follows the one protocol ``den(x, alpha, sigma) -> x0_hat`` for ``x_t = alpha x0 + sigma eps``,
 is constructible as ``cls(X)`` with good defaults, and exposes ``.shape`` (one example's shape).
 
 - :class:`GaussianDenoiser` (``gaussian``): the posterior mean under ``N(mu, Sigma)`` fitted to the data, i.e. the

@@ -2,7 +2,7 @@
 
 ``x`` is ``[B, *shape]``; ``alpha`` and ``sigma`` are Python floats or tensors of shape ``[B]``; the result
 estimates ``E[x0 | x_t = x]`` for ``x_t = alpha x0 + sigma eps``. Everything else is a formula of ``x0_hat``
-(SPEC §3): see :func:`eps_from_x0`, :func:`score_from_x0`, :func:`velocity_from_x0`.
+(Tweedie's formula): see :func:`eps_from_x0`, :func:`score_from_x0`, :func:`velocity_from_x0`.
 
 :mod:`boneless.registry` names every denoiser (``DENOISERS``); every sampler, metric and command works with
 any of them.
@@ -11,7 +11,7 @@ any of them.
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 import torch
 
@@ -90,10 +90,27 @@ class Posterior(NamedTuple):
     n_eff: torch.Tensor
 
 
+@runtime_checkable
+class Denoiser(Protocol):
+    """The one protocol: ``x`` [B, *shape], ``alpha`` and ``sigma`` floats or [B] -> ``x0_hat`` [B, *shape]."""
+
+    def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class PosteriorDenoiser(Protocol):
+    """A denoiser whose estimate is a posterior over training examples, and which reports it (top-k
+    examples, weights, entropy, effective size): samplers record it, plots show it."""
+
+    def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor: ...
+
+    def posterior(self, x: torch.Tensor, alpha: Coef, sigma: Coef, k: int = 5) -> "Posterior": ...
+
+
 class EmpiricalDenoiser:
     """The exact MMSE denoiser of the (weighted) empirical distribution of ``X``:
 
-    ``x0_hat = sum_i softmax_i((log w_i - |x - alpha x_i|^2 / (2 sigma^2)) / T) x_i``   (SPEC §2.3)
+    ``x0_hat = sum_i softmax_i((log w_i - |x - alpha x_i|^2 / (2 sigma^2)) / T) x_i``   (Bayes' rule)
 
     exact to float64 precision where it matters (see :mod:`boneless.bank`), streamed over ``X`` in chunks.
 

@@ -32,6 +32,7 @@ import torch
 from . import __version__
 from .checks import one_line
 from .data import DATASETS, is_image, load_dataset
+from .denoisers import PosteriorDenoiser
 from .classifier import fashion_classifier
 from .metrics import (COPY_RATIO, PCAFeatures, WienerFilter, denoising_error, effective_examples, frechet_distance,
                       nearest, nearest_distance_stats, split_consistency)
@@ -201,7 +202,7 @@ class _Guard:
     def __init__(self, den, deadline: float, on_call):
         self.den, self.deadline, self.on_call = den, deadline, on_call
         self.shape = getattr(den, "shape", None)
-        if hasattr(den, "posterior"):
+        if isinstance(den, PosteriorDenoiser):
             self.posterior = self._posterior
 
     def _check(self):

@@ -254,7 +254,7 @@ def test_every_registered_denoiser_is_constructible_with_defaults():
 
 
 def test_blend_weights_fit_interpolate_and_select_members(X):
-    from boneless.patches import BLEND_MEMBERS, BlendDenoiser
+    from boneless.composites import BLEND_MEMBERS, BlendDenoiser
     Xv = images(8, seed=11)
     sig = (0.1, 1.0)
     onehot = torch.zeros(2, len(BLEND_MEMBERS), dtype=torch.float64)
@@ -287,7 +287,7 @@ def test_blend_weights_fit_interpolate_and_select_members(X):
 
 def test_coarse_to_fine_is_exact_above_the_switch_and_blend_below(X):
     from boneless.denoisers import EmpiricalDenoiser
-    from boneless.patches import BLEND_MEMBERS, CoarseToFineDenoiser
+    from boneless.composites import BLEND_MEMBERS, CoarseToFineDenoiser
     w = torch.rand(2, len(BLEND_MEMBERS), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     opts = {"sigmas": (0.1, 1.0), "weights": w}
     x = images(4, seed=13)
