@@ -149,7 +149,8 @@ def _run_sample(args, rank: int, world: int, device: torch.device) -> int:
     t0 = time.perf_counter()
     dist, idx = nearest(res.samples, X, k=2, chunk_size=args.chunk_size or 2048)
     copies = (dist[:, 0] < COPY_RATIO * dist[:, 1]).numpy()
-    write_sample_outputs(out, X, res, dist, idx)
+    write_sample_outputs(out, X, res, dist, idx, title=f"{args.n} samples: {args.denoiser} denoiser, {schedule.name}, "
+                                                      f"{args.sampler}, {args.steps} steps")
     timings["outputs_s"] = time.perf_counter() - t0
     report = {
         "version": __version__,
@@ -185,21 +186,23 @@ SAMPLE_OUTPUTS = ("samples.png", "samples.npz", "trajectory.png", "posterior.png
                   "checkpoint.pt")
 
 
-def write_sample_outputs(out: Path, X: torch.Tensor, res, dist: torch.Tensor, idx: torch.Tensor) -> None:
-    """samples.png, samples.npz, trajectory.png, posterior.png, neighbours.png (the outputs the README lists)."""
+def write_sample_outputs(out: Path, X: torch.Tensor, res, dist: torch.Tensor, idx: torch.Tensor, *,
+                         title: str = "samples") -> None:
+    """samples.png (under ``title``), samples.npz, trajectory.png, posterior.png, neighbours.png (the outputs the
+    README lists)."""
     tr = res.trajectory.stacked()
     write_npz(out / "samples.npz", samples=res.samples.numpy(), nearest=idx[:, 0].numpy(),
-               nearest_distance=dist[:, 0].numpy(), second_distance=dist[:, 1].numpy(), times=res.ts.numpy())
+              nearest_distance=dist[:, 0].numpy(), second_distance=dist[:, 1].numpy(), times=res.ts.numpy())
     if is_image(X):
         shown = display_range(X)  # pictures scale for display only
-        save_image(samples_grid(res.samples, value_range=shown), out / "samples.png")
+        save_image(samples_grid(res.samples, value_range=shown, title=title), out / "samples.png")
         at = tr["steps"]  # x_t and x0_hat are recorded at these steps; times and the posterior at every step
         save_image(trajectory_figure(tr["x"], tr["x0_hat"], tr["times"][at], X=X,
                                      indices=tr["indices"][at] if "indices" in tr else None, value_range=shown),
                    out / "trajectory.png")
         save_image(neighbours_grid(res.samples, X, idx[:, 0], value_range=shown), out / "neighbours.png")
     else:
-        save_figure(scatter_samples(res.samples, X, title="samples of the exact flow"), out / "samples.png")
+        save_figure(scatter_samples(res.samples, X, title=title), out / "samples.png")
         save_figure(trajectory_scatter(tr["x"], X, res.samples), out / "trajectory.png")
         save_figure(_neighbour_lines(res.samples, X, idx[:, 0]), out / "neighbours.png")
     if "weights" in tr:

@@ -297,7 +297,8 @@ def run(args) -> int:
     }
     out.mkdir(parents=True, exist_ok=True)
     if is_image(pool):
-        save_image(samples_grid(test[:args.samples]), out / "real.png")
+        save_image(samples_grid(test[:args.samples], value_range=display_range(pool), title="real held-out images"),
+                   out / "real.png")
     else:
         save_figure(scatter_samples(test[:args.samples], pool, title="held-out points"), out / "real.png")
 
@@ -475,7 +476,7 @@ def _write_sample_pictures(out: Path, name: str, samples: torch.Tensor, pool: to
         np.save(tmp, samples.float().numpy())
     if is_image(pool):
         shown = display_range(pool)
-        save_image(samples_grid(samples, value_range=shown), out / f"samples_{name}.png")
+        save_image(samples_grid(samples, value_range=shown, title=f"samples: {name}"), out / f"samples_{name}.png")
         _, idx = nearest(samples, pool, k=1)
         save_image(neighbours_grid(samples, pool, idx[:, 0], value_range=shown), out / f"neighbours_{name}.png")
     else:
