@@ -36,12 +36,16 @@ def options_of(name: str) -> tuple[str, ...]:
     return tuple(p.name for p in params if p.kind == p.KEYWORD_ONLY)
 
 
-def make_denoiser(name: str, X: torch.Tensor, **options):
+def make_denoiser(name: str, X: torch.Tensor, *, device: torch.device | str | None = None, **options):
     """``DENOISERS[name](X, **options)``; an option the class does not take is a one-line error that names the
-    options it does take (nothing is dropped in silence)."""
+    options it does take (nothing is dropped in silence). ``device``: where it computes; the CPU (or None) is
+    every denoiser's default and is not passed on, so a class built as ``cls(X)`` alone works on the CPU."""
+    if device is not None and torch.device(device).type != "cpu":
+        options["device"] = device
     cls = _class(name)
     known = options_of(name)
-    unknown = [k for k in options if k not in known]
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(cls).parameters.values())
+    unknown = [] if takes_any else [k for k in options if k not in known]
     if unknown:
         raise ValueError(f"denoiser {name!r} does not take {', '.join(unknown)}; its options: {', '.join(known)}")
     return cls(X, **options)
