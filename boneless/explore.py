@@ -170,17 +170,20 @@ def upscaled(x: torch.Tensor, *, width: int = 160) -> Image.Image:
     return image_grid([x.reshape(1, *x.shape[-3:]).clamp(-1, 1)], min_width=width, pad=0)
 
 
-def pair_figure(view: TimeView, denoiser: str) -> Image.Image:
-    """x_t beside x0_hat, titled with t, alpha and sigma."""
-    fig = _figure(6, 3.2)
-    axes = fig.subplots(1, 2)
-    for ax, img, title in ((axes[0], view.x_t, f"x_t  (t = {view.t:.3f}, alpha = {view.alpha:.3f}, "
-                                               f"sigma = {view.sigma:.3g})"),
-                           (axes[1], view.x0_hat, f"x0_hat of {denoiser}")):
+def panels(images: list[tuple[torch.Tensor, str]]) -> Image.Image:
+    """Images [1, C, H, W] (or [C, H, W]) in [-1, 1] side by side, each with its title."""
+    fig = _figure(3 * len(images), 3.2)
+    for ax, (img, title) in zip(fig.subplots(1, len(images), squeeze=False)[0], images):
         ax.imshow(upscaled(img), cmap="gray")
         ax.set_title(title, fontsize=9)
         ax.axis("off")
     return to_pil(fig)
+
+
+def pair_figure(view: TimeView, denoiser: str) -> Image.Image:
+    """x_t beside x0_hat, titled with t, alpha and sigma."""
+    return panels([(view.x_t, f"x_t  (t = {view.t:.3f}, alpha = {view.alpha:.3f}, sigma = {view.sigma:.3g})"),
+                   (view.x0_hat, f"x0_hat of {denoiser}")])
 
 
 def n_eff_figure(view: TimeView, n: int) -> Image.Image:
@@ -243,7 +246,7 @@ def neighbours_table(view: TimeView, X: torch.Tensor) -> str:
 def frame(x: torch.Tensor, x0_hat: torch.Tensor, X: torch.Tensor, t: float) -> Image.Image:
     """One frame of the sampling animation: x_t beside x0_hat (images), or the particles (2-D)."""
     if is_image(X):
-        return image_grid([torch.cat([x[:1].clamp(-1, 1), x0_hat[:1]])], min_width=320)
+        return panels([(x[:1], f"x_t, t = {t:.3f}"), (x0_hat[:1], "x0_hat")])
     fig = _figure(5, 5)
     ax = fig.subplots()
     ax.scatter(X[:, 0], X[:, 1], s=3, c="0.7", label="training data")
@@ -260,7 +263,7 @@ def final_figure(samples: torch.Tensor, X: torch.Tensor) -> Image.Image:
     """The sample beside its nearest training example (images), or particles joined to their nearest point (2-D)."""
     idx, _, copies = copy_verdict(samples, X)
     if is_image(X):
-        return image_grid([torch.cat([samples[:1], X[idx[:1]]])], min_width=320)
+        return panels([(samples[:1], "sample"), (X[idx[:1]], f"nearest training example #{int(idx[0])}")])
     fig = _figure(5, 5)
     ax = fig.subplots()
     ax.scatter(X[:, 0], X[:, 1], s=3, c="0.7", label="training data")
@@ -304,10 +307,11 @@ def build_page(*, data: str = "digits", load_options: dict | None = None):
             view = time_view(X, exact, den, schedule, float(t), index=index, seed=int(seed))
             if is_image(X):
                 picture = pair_figure(view, denoiser)
-                gallery = [(upscaled(X[i], width=96), f"#{i}: p = {w:.3f}")
+                gallery = [(upscaled(X[i], width=96), f"{w:.3f}")  # indices: the table beside it
                            for i, w in zip(view.indices.tolist(), view.weights.tolist()) if i >= 0]
             else:
                 picture, gallery = two_d_figure(view, X, exact, index=index), []
+            gallery = gr.Gallery(gallery, visible=bool(gallery))  # no pictures of neighbours for points
         except ValueError as e:
             return (gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Error:** {' '.join(str(e).split())}")
         status = (f"{name}: {len(X)} examples of shape {list(X.shape[1:])}; denoiser {denoiser}"
@@ -351,8 +355,9 @@ def build_page(*, data: str = "digits", load_options: dict | None = None):
         status = gr.Markdown(elem_id="status")
         with gr.Row():
             picture = gr.Image(label="x_t and x0_hat (2-D: density, particles, Tweedie arrows)", format="png",
-                               interactive=False, elem_id="view")
-            curve = gr.Image(label="effective number of examples", format="png", interactive=False, elem_id="neff")
+                               interactive=False, show_label=False, elem_id="view")
+            curve = gr.Image(label="effective number of examples", format="png", interactive=False, show_label=False,
+                             elem_id="neff")
         with gr.Row():
             gallery = gr.Gallery(label="top training examples (exact posterior weights)", columns=TOP_K,
                                  height=180, format="png", elem_id="neighbours")
@@ -363,9 +368,9 @@ def build_page(*, data: str = "digits", load_options: dict | None = None):
             go = gr.Button("sample", variant="primary", elem_id="sample")
         with gr.Row():
             movie = gr.Image(label="trajectory: x_t and x0_hat (2-D: particles)", format="png", interactive=False,
-                             elem_id="movie")
+                             show_label=False, elem_id="movie")
             final = gr.Image(label="sample beside its nearest training example", format="png", interactive=False,
-                             elem_id="final")
+                             show_label=False, elem_id="final")
         verdict = gr.Markdown(elem_id="verdict")
 
         view_inputs = [name, path, schedule, denoiser, t, index, seed]
