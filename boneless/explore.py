@@ -35,12 +35,13 @@ from .plots import image_grid
 from .samplers import SAMPLERS, sample
 from .schedules import SCHEDULES, get_schedule
 
-TOY_POINTS = 500  # points of a 2-D toy: the density on a grid and the arrows stay quick
+TOY_POINTS = 200  # points of a 2-D toy: the density on a grid and the arrows stay quick
 FASHION_LIMIT = 10_000  # Fashion-MNIST examples loaded by the page (the CLI's --limit sets it for --data)
 POOL = 256  # training examples behind a generalising denoiser: small, so that the page responds quickly
 TOP_K = 5  # neighbours shown
 CURVE_POINTS = 40  # times at which the n_eff curve is drawn
-PARTICLES = 200  # particles of the 2-D view and of a 2-D sampling run
+PARTICLES = 200  # particles of a 2-D sampling run
+VIEW_PARTICLES = 100  # particles (with their Tweedie arrows) in the 2-D view
 T_MIN = 0.001  # the slider's smallest t (t = 0 has sigma = 0 on most schedules: the data itself)
 FRAME_SECONDS = 0.08  # pause between frames of the sampling animation
 GRID_SIDE = 120  # density grid of the 2-D view
@@ -88,7 +89,8 @@ def noisy_example(X: torch.Tensor, schedule_name: str, t: float, *, index: int, 
 
 def n_eff_curve(exact: EmpiricalDenoiser, schedule_name: str, x0: torch.Tensor, eps: torch.Tensor,
                 times: torch.Tensor) -> torch.Tensor:
-    """``n_eff`` [T] of the exact posterior for ``x_t = alpha(t) x0 + sigma(t) eps`` at each of ``times`` (one batch)."""
+    """``n_eff`` [T] of the exact posterior for ``x_t = alpha(t) x0 + sigma(t) eps`` at each of ``times``
+    (one batch)."""
     c = get_schedule(schedule_name)(times.double())
     alpha, sigma = c.alpha.float(), c.sigma.float()
     shape = (-1,) + (1,) * (x0.ndim - 1)
@@ -127,7 +129,8 @@ def time_view(X: torch.Tensor, exact: EmpiricalDenoiser, den, schedule_name: str
                     float(post.n_eff[0]), times, n_eff_curve(exact, schedule_name, x0, eps, times))
     if not is_image(X):
         g = torch.Generator().manual_seed(int(seed) + 1)
-        view.particles = c.alpha * X[:PARTICLES] + c.sigma * torch.randn(X[:PARTICLES].shape, generator=g)
+        x0s = X[:VIEW_PARTICLES]
+        view.particles = c.alpha * x0s + c.sigma * torch.randn(x0s.shape, generator=g)
         view.particles_x0_hat = den(view.particles, c.alpha, c.sigma)
     return view
 
@@ -319,14 +322,15 @@ def build_page(*, data: str = "digits", load_options: dict | None = None):
                   + f". t = {view.t:.3f}: n_eff = {view.n_eff:.4g}")
         return picture, n_eff_figure(view, len(X)), gallery, neighbours_table(view, X), status
 
-    def on_sample(name, path, schedule, sampler, denoiser, steps, seed, progress=gr.Progress(track_tqdm=True)):
+    def on_sample(name, path, schedule, sampler, denoiser, steps, spacing, seed,
+                  progress=gr.Progress(track_tqdm=True)):
         name = chosen(name, path)
         try:
             progress(0, desc=f"loading {name} and building {denoiser}")
             X, exact, den = build(name, denoiser, **options(name))
             n = 1 if is_image(X) else PARTICLES
             res = sample(den, schedule, n=n, steps=int(steps), sampler=sampler, seed=int(seed), record_every=1,
-                         top_k=0, progress=True)
+                         spacing=None if spacing == "default" else spacing, top_k=0, progress=True)
         except ValueError as e:
             yield gr.skip(), gr.skip(), f"**Error:** {' '.join(str(e).split())}"
             return
@@ -335,7 +339,8 @@ def build_page(*, data: str = "digits", load_options: dict | None = None):
             yield frame(x, x0_hat, X, t), gr.skip(), f"sampling: t = {t:.3f}"
             time.sleep(FRAME_SECONDS)
         yield (frame(res.samples, res.samples, X, float(res.ts[-1])), final_figure(res.samples, X),
-               verdict_text(res.samples, X) + f" ({denoiser}, {schedule}, {sampler}, {int(steps)} steps, "
+               verdict_text(res.samples, X) + f" ({denoiser}, {schedule}, {sampler}, {int(steps)} steps on the "
+               f"{spacing} time grid, "
                f"{res.seconds:.2f} s)")
 
     with gr.Blocks(title="Boneless Flow explorer") as page:
@@ -365,6 +370,8 @@ def build_page(*, data: str = "digits", load_options: dict | None = None):
         gr.Markdown("## Sample")
         with gr.Row():
             steps = gr.Slider(2, 200, value=30, step=1, label="steps", elem_id="steps")
+            spacing = gr.Dropdown(["default", "uniform", "karras", "logsnr"], value="default", elem_id="spacing",
+                                  label="time grid (logsnr: fine steps near the data, where the posterior collapses)")
             go = gr.Button("sample", variant="primary", elem_id="sample")
         with gr.Row():
             movie = gr.Image(label="trajectory: x_t and x0_hat (2-D: particles)", format="png", interactive=False,
@@ -375,12 +382,16 @@ def build_page(*, data: str = "digits", load_options: dict | None = None):
 
         view_inputs = [name, path, schedule, denoiser, t, index, seed]
         view_outputs = [picture, curve, gallery, table, status]
+        one_at_a_time = {"concurrency_id": "compute"}  # denoisers are used by one request at a time
         for control in (name, schedule, denoiser, index, seed):
-            control.change(on_view, view_inputs, view_outputs)
-        path.submit(on_view, view_inputs, view_outputs)
-        t.change(on_view, view_inputs, view_outputs, trigger_mode="always_last")
-        page.load(on_view, view_inputs, view_outputs)
-        go.click(on_sample, [name, path, schedule, sampler, denoiser, steps, seed], [movie, final, verdict])
+            control.change(on_view, view_inputs, view_outputs, **one_at_a_time)
+        path.submit(on_view, view_inputs, view_outputs, **one_at_a_time)
+        t.change(on_view, view_inputs, view_outputs, trigger_mode="always_last", **one_at_a_time)
+        page.load(on_view, view_inputs, view_outputs, **one_at_a_time)
+        for control in (name, path):  # a new dataset: the last sample no longer belongs to the page
+            control.change(lambda: (None, None, ""), None, [movie, final, verdict])
+        go.click(on_sample, [name, path, schedule, sampler, denoiser, steps, spacing, seed], [movie, final, verdict],
+                 **one_at_a_time)
     return page.queue(default_concurrency_limit=1)
 
 

@@ -22,7 +22,9 @@ def test_examples_exist():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(path, monkeypatch):
     nb = nbformat.read(path, as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path.name}: commit it without outputs"
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path.name}: has outputs"
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     # a cell that raises fails the test (CellExecutionError names the cell); the timeout only stops a hung kernel
-    nbclient.NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(EXAMPLES)}}).execute()
+    client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
+                                     resources={"metadata": {"path": str(EXAMPLES)}})
+    client.execute()

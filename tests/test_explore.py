@@ -68,7 +68,7 @@ def test_two_d_view_has_particles_and_tweedie_arrows():
     X = load_dataset("moons", n=explore.TOY_POINTS)
     exact = EmpiricalDenoiser(X)
     v = explore.time_view(X, exact, exact, "rectified-flow", 0.3, index=0, seed=0)
-    assert v.particles.shape == (explore.PARTICLES, 2)
+    assert v.particles.shape == (explore.VIEW_PARTICLES, 2)
     assert torch.allclose(v.particles_x0_hat, exact(v.particles, v.alpha, v.sigma))
     assert explore.two_d_figure(v, X, exact, index=0).size[0] > 100
 
@@ -156,7 +156,8 @@ def test_page_in_a_browser(server, tmp_path):
         page.goto(server)
         view, neff, status = page.locator("#view img"), page.locator("#neff img"), page.locator("#status")
         expect(status).to_contain_text("t = 0.500", timeout=wait)
-        src_view, src_neff, n_eff_mid = view.get_attribute("src"), neff.get_attribute("src"), _n_eff(status.inner_text())
+        src_view, src_neff = view.get_attribute("src"), neff.get_attribute("src")
+        n_eff_mid = _n_eff(status.inner_text())
         gallery_first = page.locator("#neighbours img").first.get_attribute("src")
 
         # move the slider with the mouse to t near 0.3: the images change, the posterior collapses
@@ -202,7 +203,27 @@ def test_page_in_a_browser(server, tmp_path):
         number.press("Enter")
         expect(status).to_contain_text("t = 0.300", timeout=wait)
         page.screenshot(path=str(shots / "two-d.png"), full_page=True)
+        page.locator("#spacing input").click()
+        page.locator("#spacing input").fill("logsnr")
+        page.keyboard.press("Enter")
+        expect(page.locator("#spacing input")).to_have_value("logsnr")
         page.locator("#sample").click()
         expect(page.locator("#verdict")).to_contain_text("Copy rate", timeout=wait)
+        # the exact flow, finely stepped where the posterior collapses, lands most particles on training points
+        assert float(re.search(r"Copy rate ([0-9.]+)", page.locator("#verdict").inner_text()).group(1)) > 0.5
         page.screenshot(path=str(shots / "two-d-sample.png"), full_page=True)
+
+        # a denoiser that needs images, on points: an error on the page, which keeps working
+        page.locator("#denoiser input").click()
+        page.locator("#denoiser input").fill("local")
+        page.keyboard.press("Enter")
+        expect(status).to_contain_text("needs image data", timeout=wait)
+        number.fill("0.6")
+        number.press("Enter")
+        expect(page.locator("#denoiser input")).to_have_value("local")
+        page.locator("#denoiser input").click()
+        page.locator("#denoiser input").fill("gmm")
+        page.keyboard.press("Enter")
+        expect(status).to_contain_text("denoiser gmm", timeout=wait)
+        expect(status).to_contain_text("t = 0.600", timeout=wait)
         browser.close()
