@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import functools
 import io
-import math
+import os
 import time
 from dataclasses import dataclass
 
@@ -44,6 +44,7 @@ PARTICLES = 200  # particles of a 2-D sampling run
 VIEW_PARTICLES = 100  # particles (with their Tweedie arrows) in the 2-D view
 T_MIN = 0.001  # the slider's smallest t (t = 0 has sigma = 0 on most schedules: the data itself)
 FRAME_SECONDS = 0.08  # pause between frames of the sampling animation
+MAX_FRAMES = 40  # frames of the animation at most (every k-th step of a longer run)
 GRID_SIDE = 120  # density grid of the 2-D view
 
 
@@ -60,6 +61,8 @@ def load(data: str, *, split: str = "train", limit: int | None = None, size: int
     X = load_dataset(name, split=split, limit=limit, size=size, mmap=False)
     if len(X) < 2:
         raise ValueError(f"{name}: needs at least two examples, got {len(X)}")
+    if not is_image(X) and X.shape[1:] != (2,):
+        raise ValueError(f"{name}: the page shows images [N, C, H, W] or 2-D points [N, 2], got {list(X.shape)}")
     return X
 
 
@@ -282,6 +285,7 @@ def final_figure(samples: torch.Tensor, X: torch.Tensor) -> Image.Image:
 # ---------------------------------------------------------------- the page
 
 def _gradio():
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local page: nothing is sent anywhere
     try:
         import gradio
     except ImportError:
@@ -329,13 +333,14 @@ def build_page(*, data: str = "digits", load_options: dict | None = None):
             progress(0, desc=f"loading {name} and building {denoiser}")
             X, exact, den = build(name, denoiser, **options(name))
             n = 1 if is_image(X) else PARTICLES
-            res = sample(den, schedule, n=n, steps=int(steps), sampler=sampler, seed=int(seed), record_every=1,
+            res = sample(den, schedule, n=n, steps=int(steps), sampler=sampler, seed=int(seed),
+                         record_every=max(1, -(-int(steps) // MAX_FRAMES)),
                          spacing=None if spacing == "default" else spacing, top_k=0, progress=True)
         except ValueError as e:
             yield gr.skip(), gr.skip(), f"**Error:** {' '.join(str(e).split())}"
             return
         tr = res.trajectory
-        for t, x, x0_hat in zip(tr.times, tr.x, tr.x0_hat):
+        for t, x, x0_hat in zip([tr.times[i] for i in tr.steps], tr.x, tr.x0_hat):
             yield frame(x, x0_hat, X, t), gr.skip(), f"sampling: t = {t:.3f}"
             time.sleep(FRAME_SECONDS)
         yield (frame(res.samples, res.samples, X, float(res.ts[-1])), final_figure(res.samples, X),
@@ -343,7 +348,7 @@ def build_page(*, data: str = "digits", load_options: dict | None = None):
                f"{spacing} time grid, "
                f"{res.seconds:.2f} s)")
 
-    with gr.Blocks(title="Boneless Flow explorer") as page:
+    with gr.Blocks(title="Boneless Flow explorer", analytics_enabled=False) as page:
         gr.Markdown("# Boneless Flow explorer\nThe exact MMSE denoiser of a dataset and the denoisers that "
                     "generalise: move the time slider (t = 1 noise, t = 0 data), or press *sample*.")
         with gr.Row():

@@ -84,6 +84,14 @@ def test_copy_verdict_uses_the_one_third_rule(digits):
     assert "**new**" in explore.verdict_text(mid, X)
 
 
+def test_points_other_than_2d_are_refused(tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "points.npy", np.zeros((10, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="2-D points"):
+        explore.load(str(tmp_path / "points.npy"))
+
+
 def test_cli_bad_input_is_one_line(capsys):
     assert main(["explore", "--data", "/no/such/data.npy", "--port", "7999"]) == 2
     err = capsys.readouterr().err.strip()
