@@ -1,4 +1,5 @@
-"""``boneless explore``: a local web page to look inside the exact flow and the denoisers that generalise.
+"""A local web page to look inside the exact flow and the denoisers that generalise: boneless explore, then open
+the address it prints (pip install 'boneless-flow[explore]').
 
 Pick a dataset, a schedule, a sampler and a denoiser. Move the time slider: for one noisy example
 ``x_t = alpha(t) x0 + sigma(t) eps`` the page shows x_t, the denoiser's ``x0_hat``, the top-k training examples
