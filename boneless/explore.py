@@ -27,14 +27,13 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from . import (DATASETS, DENOISERS, SAMPLERS, SCHEDULES, EmpiricalDenoiser, get_schedule, load_dataset, sample,
+               score_from_x0)
 from .cli import add_data_arguments, make_denoiser
-from .data import DATASETS, TOYS, is_image, load_dataset
+from .data import TOYS, is_image
 from .demos import log_density
-from .denoisers import DENOISERS, EmpiricalDenoiser, score_from_x0
 from .metrics import COPY_RATIO, nearest
 from .plots import image_grid
-from .samplers import SAMPLERS, sample
-from .schedules import SCHEDULES, get_schedule
 
 TOY_POINTS = 200  # points of a 2-D toy: the density on a grid and the arrows stay quick
 FASHION_LIMIT = 10_000  # Fashion-MNIST examples loaded by the page (the CLI's --limit sets it for --data)
