@@ -36,6 +36,7 @@ EXTERNAL = {
     "eval": ("boneless.evaluate", "compare denoisers: held-out error, copy rate, sample quality"),
     "bench": ("boneless.bench", "time the exact denoiser against baselines and the matrix-product limit"),
     "pack": ("boneless.pack", "convert an image folder into one .npy file (fast start; memory-mapped data)"),
+    "explore": ("boneless.explore", "a local web page: step through the flow, sample, see the posterior (Gradio)"),
 }
 
 
