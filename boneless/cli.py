@@ -35,6 +35,8 @@ EXTERNAL = {
     "eval": ("boneless.evaluate", "compare denoisers: held-out error, copy rate, sample quality"),
     "bench": ("boneless.bench", "time the exact denoiser against baselines and the matrix-product limit"),
     "pack": ("boneless.pack", "convert an image folder into one .npy file (fast start; memory-mapped data)"),
+    "gap": ("boneless.gap", "how far a trained model is from the ideal denoiser, per noise level"),
+    "train-reference": ("boneless.train_reference", "train a small diffusers UNet on N images (a reference model)"),
 }
 
 
