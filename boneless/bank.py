@@ -38,7 +38,8 @@ keeps the logits, so that each query's tier and candidates are decided against t
 second reads the chunks again for the weighted sums, one product per chunk for all queries (as the two plain
 matrix products do). Queries found broad only by the screen get their float64 products in one more pass.
 
-Storage. Rows may be held as ``float16``, ``bfloat16`` or ``uint8`` (8-bit images, ``q / 127.5 - 1``):
+Storage. Rows may be held as ``float16``, ``bfloat16`` or ``uint8`` (8-bit images, ``q / 127.5 - 1``, or any data
+spread over 256 levels):
 :class:`StoredRows` dequantises each chunk exactly into float32 as it is read; the exact reference is then the
 dequantised data (:attr:`Bank.X`'s rows).
 """
@@ -124,8 +125,10 @@ class StoredRows:
     """Rows [N, D] held once in ``float16``, ``bfloat16`` or ``uint8``; ``rows[i:j]`` and ``rows[indices]`` are
     float32 [n, D], dequantised exactly (the same float32 values every time) as they are read.
 
-    uint8 holds 8-bit images: ``q = round((x + 1) * 127.5)``, read back as ``q / 127.5 - 1`` in float32 (the
-    rule of :func:`boneless.load_dataset`), so 8-bit data round-trip exactly; other data are rounded to 8 bits.
+    uint8 holds 8-bit images: ``q = round((x - lo) * a)``, read back as ``q / a + lo`` in float32. For data
+    within [-1, 1], ``a = 127.5`` and ``lo = -1`` (the rule of :func:`boneless.load_dataset`), so 8-bit images
+    round-trip exactly; data of any other range are spread over the 256 levels between their own minimum and
+    maximum. Either way the data are rounded to 8 bits, and the exact reference is the dequantised data.
     """
 
     def __init__(self, X: torch.Tensor, storage: Storage, *, device: torch.device | str | None = None):
@@ -135,10 +138,19 @@ class StoredRows:
             raise ValueError(f"StoredRows holds float16, bfloat16 or uint8, got {storage!r}")
         dtype = torch.uint8 if storage == "uint8" else getattr(torch, storage)
         self.data = torch.empty(X.shape, dtype=dtype, device=device)
+        self.lo, self.a = -1.0, 127.5  # uint8: x = q / a + lo
         step = _block_rows(X.shape[1])
+        lo, hi = (min(float(b.min()) for b in X.split(step)), max(float(b.max()) for b in X.split(step))) \
+            if len(X) else (0.0, 0.0)
+        if storage == "uint8" and (lo < -1 or hi > 1):
+            self.lo, self.a = lo, 255.0 / (hi - lo) if hi > lo else 1.0
+        elif storage != "uint8" and max(-lo, hi) > torch.finfo(dtype).max:
+            raise ValueError(f"storage {storage} holds values up to {torch.finfo(dtype).max:.4g}; the data reach "
+                             f"{max(-lo, hi):.4g} (use float32 or bfloat16)")
         for i in range(0, len(X), step):  # in blocks: no full-size float32 temporary
             block = X[i:i + step].to(device, torch.float32)
-            self.data[i:i + len(block)] = ((block + 1) * 127.5).round_().clamp_(0, 255) if storage == "uint8" else block
+            self.data[i:i + len(block)] = \
+                ((block - self.lo) * self.a).round_().clamp_(0, 255) if storage == "uint8" else block
         self.storage, self.device, self.shape = storage, device, self.data.shape
 
     def __len__(self) -> int:
@@ -146,7 +158,7 @@ class StoredRows:
 
     def _dequantise(self, raw: torch.Tensor) -> torch.Tensor:
         if self.storage == "uint8":
-            return raw.to(torch.float32).div_(127.5).sub_(1.0)
+            return raw.to(torch.float32).div_(self.a).add_(self.lo)
         return raw.to(torch.float32)
 
     def __getitem__(self, key) -> torch.Tensor:
@@ -156,7 +168,7 @@ class StoredRows:
         """Rows ``start:stop`` dequantised into ``out`` [stop - start, D] float32 (a reused buffer)."""
         out.copy_(self.data[start:stop])
         if self.storage == "uint8":
-            out.div_(127.5).sub_(1.0)
+            out.div_(self.a).add_(self.lo)
         return out
 
     def flat(self, device: torch.device | str | None = None) -> "StoredRows":
@@ -165,6 +177,7 @@ class StoredRows:
             return self
         out = object.__new__(StoredRows)
         out.storage, out.device, out.data = self.storage, torch.device(device), self.data.to(device)
+        out.lo, out.a = self.lo, self.a
         out.shape = out.data.shape
         return out
 
@@ -403,8 +416,8 @@ class Bank:
         xs = q.x64_scaled[sel] if xs is None else xs
         step = max(32, DENSE_BLOCK // max(self.dim, 1))  # at least 32 rows: no degenerate products at large D
         step = -(-len(rows) // -(-len(rows) // step))  # equal blocks: no sliver of a few rows at the end
-        if q.buf64 is None:
-            q.buf64 = torch.empty(min(step, len(rows)), self.dim, dtype=torch.float64, device=self.device)
+        if q.buf64 is None or len(q.buf64) < step:  # chunks differ in length, and so do their equal blocks
+            q.buf64 = torch.empty(step, self.dim, dtype=torch.float64, device=self.device)
         for s in range(0, len(rows), step):
             block = q.buf64[:min(step, len(rows) - s)]
             block.copy_(rows[s:s + len(block)])

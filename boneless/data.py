@@ -1,4 +1,5 @@
-"""Datasets as tensors in [-1, 1]: images ``[N, C, H, W]`` (C = 1 or 3), points ``[N, D]``.
+"""Datasets as float32 tensors: images ``[N, C, H, W]`` (pixels mapped to [-1, 1]), latents ``[N, C, h, w]`` and
+points ``[N, D]`` (any finite values, kept as they are).
 
 ``load_dataset`` reads a named dataset (bundled with scikit-learn / scikit-image, the Debian package
 ``dataset-fashion-mnist``, or a 2-D toy generated from ``seed``) or a path (a folder of images, a folder of
@@ -45,8 +46,9 @@ def is_image(X: torch.Tensor) -> bool:
 def check_data(X: torch.Tensor, *, name: str = "data") -> torch.Tensor:
     """Validate a dataset tensor and return it as contiguous float32.
 
-    Requires a floating tensor ``[N, D]`` or ``[N, C, H, W]`` with N >= 1, no empty dimension, finite values
-    within [-1, 1] (1e-6 slack). Raises a one-line ``ValueError`` starting with ``name`` otherwise.
+    Requires a floating tensor ``[N, D]`` or ``[N, C, H, W]`` with N >= 1, no empty dimension and finite
+    values, of any range (images, latents, standardised features, 2-D toys of any spread). Raises a one-line
+    ``ValueError`` starting with ``name`` otherwise.
     """
     if not isinstance(X, torch.Tensor):
         raise ValueError(f"{name}: expected a torch.Tensor, got {type(X).__name__}")
@@ -60,9 +62,6 @@ def check_data(X: torch.Tensor, *, name: str = "data") -> torch.Tensor:
     bad = int((~torch.isfinite(X)).sum())
     if bad:
         raise ValueError(f"{name}: data contains NaN or inf values ({bad} entries)")
-    lo, hi = (float(v) for v in torch.aminmax(X))
-    if lo < -1 - 1e-6 or hi > 1 + 1e-6:
-        raise ValueError(f"{name}: values range from {lo:.4g} to {hi:.4g}, outside [-1, 1]")
     return X
 
 
@@ -83,49 +82,61 @@ def _value_range(a: np.ndarray | torch.Tensor) -> tuple[float, float, int]:
     return lo, hi, bad
 
 
-def _to_tensor(a: np.ndarray | torch.Tensor, *, limit: int | None, name: str) -> torch.Tensor:
-    """Array of any supported layout/dtype -> float32 ``[N, D]`` or ``[N, C, H, W]`` in [-1, 1].
+def _channels_last(shape) -> bool:
+    """``[N, H, W, C]`` with C in {1, 3} (and not ``[N, C, H, W]``): moved to channels first when read."""
+    return len(shape) == 4 and shape[1] not in (1, 3) and shape[-1] in (1, 3)
 
-    uint8 maps by ``/127.5 - 1``; float data within [0, 1] by ``*2 - 1`` (decided on the whole array, so the
-    mapping does not depend on ``limit``); other data within [-1, 1] is kept; anything else is an error.
-    """
-    shape = list(a.shape)
-    if a.ndim < 2 or a.ndim > 4:
+
+def _is_pixel_layout(shape) -> bool:
+    """``[N, H, W]``, or four dimensions with 1 or 3 channels (first or last): the layout of images."""
+    return len(shape) == 3 or (len(shape) == 4 and (shape[1] in (1, 3) or shape[-1] in (1, 3)))
+
+
+def array_rule(a, shape, dtype, *, name: str) -> str | None:
+    """Check an array's layout and values, and decide how it maps to float32 (for :func:`_convert`):
+    ``"uint8"`` (8-bit images, ``/127.5 - 1``), ``"unit"`` (float images in [0, 1] in an image layout,
+    ``*2 - 1``, decided on the whole array so that the mapping does not depend on ``limit``) or ``None``
+    (kept as it is: latents, features and points of any finite range). ``a`` is read chunk by chunk."""
+    shape = list(shape)
+    if len(shape) < 2 or len(shape) > 4:
         raise ValueError(f"{name}: expected an array [N, D], [N, H, W], [N, C, H, W] or [N, H, W, C], "
                          f"got shape {shape}")
-    if a.shape[0] == 0 or 0 in a.shape:
+    if 0 in shape:
         raise ValueError(f"{name}: array is empty (shape {shape})")
-    if a.ndim == 4 and a.shape[1] not in (1, 3) and a.shape[-1] not in (1, 3):
-        raise ValueError(f"{name}: image arrays need 1 or 3 channels (first or last), got shape {shape}")
-    if isinstance(a, np.ndarray):
-        is_uint8, is_numeric = a.dtype == np.uint8, a.dtype.kind in "iuf"
+    if isinstance(dtype, torch.dtype):
+        is_uint8, is_numeric = dtype == torch.uint8, not (dtype.is_complex or dtype == torch.bool)
     else:
-        is_uint8, is_numeric = a.dtype == torch.uint8, not (a.is_complex() or a.dtype == torch.bool)
+        is_uint8, is_numeric = dtype == np.uint8, np.dtype(dtype).kind in "iuf"
     if not is_numeric:
-        raise ValueError(f"{name}: unsupported dtype {a.dtype}; expected uint8 or floating-point data")
-    scale = None
-    if not is_uint8:
-        lo, hi, bad = _value_range(a)
-        if bad:
-            raise ValueError(f"{name}: data contains NaN or inf values ({bad} entries)")
-        if lo >= 0 and hi <= 1:
-            scale = "unit"
-        elif lo < -1 - 1e-6 or hi > 1 + 1e-6:
-            raise ValueError(f"{name}: values range from {lo:.4g} to {hi:.4g}; data must lie in [-1, 1] or "
-                             "[0, 1], or be uint8 (it is not rescaled silently)")
-    return _convert(a[:limit] if limit is not None else a, is_uint8=is_uint8, scale=scale)
+        raise ValueError(f"{name}: unsupported dtype {dtype}; expected uint8, integer or floating-point data")
+    if is_uint8:
+        return "uint8"
+    lo, hi, bad = _value_range(a)
+    if bad:
+        raise ValueError(f"{name}: data contains NaN or inf values ({bad} entries)")
+    return "unit" if _is_pixel_layout(shape) and lo >= 0 and hi <= 1 else None
 
 
-def _convert(a: np.ndarray | torch.Tensor, *, is_uint8: bool, scale: str | None) -> torch.Tensor:
-    """Rows of a checked array -> float32 ``[n, D]`` or ``[n, C, H, W]`` in [-1, 1] (the mapping of
-    :func:`_to_tensor`; also applied chunk by chunk to memory-mapped arrays, :class:`boneless.pack.MappedRows`)."""
+def _to_tensor(a: np.ndarray | torch.Tensor, *, limit: int | None, name: str) -> torch.Tensor:
+    """Array of any supported layout/dtype -> float32 ``[N, D]`` or ``[N, C, H, W]`` (the rule of
+    :func:`array_rule`)."""
+    rule = array_rule(a, a.shape, a.dtype, name=name)
+    return _convert(a[:limit] if limit is not None else a, rule=rule)
+
+
+def _convert(a: np.ndarray | torch.Tensor, *, rule: str | None) -> torch.Tensor:
+    """Rows of a checked array -> float32 ``[n, D]`` or ``[n, C, H, W]`` by the ``rule`` of :func:`array_rule`
+    (also applied chunk by chunk to memory-mapped arrays, :class:`boneless.pack.MappedRows`)."""
     if isinstance(a, np.ndarray):
-        a = torch.from_numpy(np.array(a, dtype=np.uint8 if is_uint8 else np.float32))
+        a = torch.from_numpy(np.array(a, dtype=np.uint8 if rule == "uint8" else np.float32))
     X = a.to(torch.float32)
-    X = X.div_(127.5).sub_(1) if is_uint8 else (X * 2 - 1 if scale == "unit" else X.clamp(-1, 1))  # uint8: X is new
+    if rule == "uint8":
+        X = X.div_(127.5).sub_(1)  # X is a new tensor
+    elif rule == "unit":
+        X = X * 2 - 1
     if X.ndim == 3:
         X = X[:, None]
-    elif X.ndim == 4 and X.shape[1] not in (1, 3):
+    elif _channels_last(X.shape):
         X = X.permute(0, 3, 1, 2)  # channels-last [N, H, W, C] -> [N, C, H, W]
     return X.contiguous()
 
@@ -374,18 +385,19 @@ def _use_mmap(path: Path, mmap: bool | None, name: str) -> bool:
 def load_dataset(name_or_path: str | os.PathLike, *, split: Literal["train", "test"] = "train",
                  limit: int | None = None, size: int | None = None, n: int | None = None, seed: int = 0,
                  with_labels: bool = False, mmap: bool | None = None):
-    """Load a dataset as float32 CPU tensor in [-1, 1]: images ``[N, C, H, W]`` (C = 1 or 3) or points ``[N, D]``.
+    """Load a dataset as a float32 CPU tensor: images ``[N, C, H, W]`` (pixels in [-1, 1]), latents
+    ``[N, C, h, w]`` or points ``[N, D]`` (any finite values, as stored).
 
     Args:
         name_or_path: one of ``DATASETS`` (case-insensitive; ``_`` works for ``-``, also ``fmnist``), or a path:
             a folder of images, a folder of IDX files (``train-images-idx3-ubyte[.gz]``, Fashion-MNIST layout),
             ``.npy``, ``.npz``, ``.pt``/``.pth`` or ``.safetensors``. A ``str`` is a name first; pass a
             ``Path`` (or ``./name``) for a folder that shares a dataset's name. Array files hold ``[N, D]``,
-            ``[N, H, W]``, ``[N, C, H, W]`` or ``[N, H, W, C]`` (C in {1, 3}); in ``.npz``/``.pt``/``.safetensors``
+            ``[N, H, W]``, ``[N, C, H, W]`` (any C) or ``[N, H, W, C]`` (C in {1, 3}); in ``.npz``/``.pt``/``.safetensors``
             the data is under ``x``, ``X``, ``data``, ``images`` or ``samples`` (or is the only array), labels
-            under ``labels``, ``y`` or ``targets``. Values: uint8 -> ``/127.5 - 1``; floats within [0, 1] ->
-            ``*2 - 1`` (so [-1, 1] data that happens to be all >= 0 is rescaled too); other floats within
-            [-1, 1] kept; anything else is an error, never silently rescaled.
+            under ``labels``, ``y`` or ``targets``. Values: uint8 -> ``/127.5 - 1`` (8-bit images); floats
+            within [0, 1] in an image layout (``[N, H, W]``, or 1 or 3 channels) -> ``*2 - 1``; every other
+            array (latents ``[N, 4, h, w]``, features, points) is kept as it is, of any finite range.
         split: ``"test"`` exists only for Fashion-MNIST and IDX folders; other sources raise for it.
         limit: keep the first ``limit`` examples (after generation, before resizing).
         size: image side. Image folders: short side resized (bicubic) to ``size`` then centre-cropped,

@@ -97,7 +97,7 @@ class EmpiricalDenoiser:
     exact to float64 precision where it matters (see :mod:`boneless.bank`), streamed over ``X`` in chunks.
 
     Args:
-        X: training examples [N, *shape] in [-1, 1].
+        X: training examples [N, *shape], finite, of any range.
         weights: optional non-negative prior weights [N] (normalised internally).
         temperature: softmax temperature ``T`` on the posterior logits (1 is the exact posterior).
         chunk_size: rows per step of the streaming loop.
@@ -217,16 +217,19 @@ class EmpiricalDenoiser:
 
 def exact_reference(X: torch.Tensor, x: torch.Tensor, alpha: Coef, sigma: Coef, *, weights=None,
                     temperature: float = 1.0) -> torch.Tensor:
-    """The empirical denoiser in plain float64, difference form (B x N x D memory: for tests and checks)."""
+    """The empirical denoiser in plain float64, difference form, one query at a time (N x D memory: for tests
+    and checks)."""
     X64 = X.reshape(len(X), -1).double()
     x64 = x.reshape(len(x), -1).double()
     a, s = per_sample(alpha, len(x), "alpha"), per_sample(sigma, len(x), "sigma")
-    d = ((x64[:, None, :] - a[:, None, None] * X64[None]) ** 2).sum(-1)
-    logits = -d / (2 * s[:, None] ** 2)
-    if weights is not None:
-        logits = logits + torch.log(torch.as_tensor(weights, dtype=torch.float64))[None]
-    p = torch.softmax(logits / temperature, dim=1)
-    return (p @ X64).reshape(x.shape)
+    log_w = None if weights is None else torch.log(torch.as_tensor(weights, dtype=torch.float64).flatten())
+    out = torch.empty_like(x64)
+    for b in range(len(x64)):
+        logits = -((x64[b] - a[b] * X64) ** 2).sum(1) / (2 * s[b] ** 2)
+        if log_w is not None:
+            logits = logits + log_w
+        out[b] = torch.softmax(logits / temperature, dim=0) @ X64
+    return out.reshape(x.shape)
 
 
 DENOISERS: dict[str, type] = {"empirical": EmpiricalDenoiser}

@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .data import _convert, _image_files, _is_gray_mode, _read_image, _value_range
+from .data import _convert, _image_files, _is_gray_mode, _read_image, array_rule
 
 PackDtype = Literal["uint8", "float16"]
 
@@ -47,7 +47,7 @@ def _read_header(path: Path, name: str) -> tuple[tuple[int, ...], np.dtype, int]
 
 
 class _Raw:
-    """The stored array as rows, for :func:`boneless.data._value_range` (reads chunk by chunk)."""
+    """The stored array as rows, for :func:`boneless.data.array_rule` (read chunk by chunk)."""
 
     def __init__(self, rows: "MappedRows"):
         self.rows, self.shape = rows, (rows._n_all, *rows.raw_shape[1:])
@@ -58,12 +58,12 @@ class _Raw:
 
 
 class MappedRows:
-    """A ``.npy`` dataset on disk, read ``rows(start, stop)`` at a time as float32 in [-1, 1].
+    """A ``.npy`` dataset on disk, read ``rows(start, stop)`` at a time as float32.
 
     Array-like where the library reads data: ``len(X)``, ``X.shape`` (``[N, C, H, W]`` or ``[N, D]``, after the
     same layout rules as :func:`boneless.load_dataset`), ``X.ndim``, ``X[i:j]`` and ``X[indices]`` (float32
-    tensors), ``X.narrow(0, start, length)``. Values map exactly as for in-memory arrays (uint8 ``/127.5 - 1``;
-    floats within [0, 1] ``*2 - 1``, decided on the whole file; other floats within [-1, 1] kept).
+    tensors), ``X.narrow(0, start, length)``. Values map exactly as for in-memory arrays
+    (:func:`boneless.data.array_rule`, decided on the whole file).
 
     Each read maps only the requested rows (``np.memmap`` with an offset) and converts them, so memory and
     address space stay O(chunk): it works under ``ulimit -v`` smaller than the file. Repeated passes are served
@@ -74,27 +74,9 @@ class MappedRows:
         self.path = Path(path)
         self.name = name or str(path)
         shape, self.dtype, self.offset = _read_header(self.path, self.name)
-        if len(shape) < 2 or len(shape) > 4:
-            raise ValueError(f"{self.name}: expected an array [N, D], [N, H, W], [N, C, H, W] or [N, H, W, C], "
-                             f"got shape {list(shape)}")
-        if 0 in shape:
-            raise ValueError(f"{self.name}: array is empty (shape {list(shape)})")
-        if len(shape) == 4 and shape[1] not in (1, 3) and shape[-1] not in (1, 3):
-            raise ValueError(f"{self.name}: image arrays need 1 or 3 channels (first or last), got shape {list(shape)}")
-        if self.dtype.kind not in "iuf":
-            raise ValueError(f"{self.name}: unsupported dtype {self.dtype}; expected uint8 or floating-point data")
         self.raw_shape, self._n_all, self.start, self.stop = shape, shape[0], 0, shape[0]
         self.row_bytes = math.prod(shape[1:]) * self.dtype.itemsize
-        self.is_uint8, self.scale = self.dtype == np.uint8, None
-        if not self.is_uint8:  # the rule of boneless.data._to_tensor, on the whole file, chunk by chunk
-            lo, hi, bad = _value_range(_Raw(self))
-            if bad:
-                raise ValueError(f"{self.name}: data contains NaN or inf values ({bad} entries)")
-            if lo >= 0 and hi <= 1:
-                self.scale = "unit"
-            elif lo < -1 - 1e-6 or hi > 1 + 1e-6:
-                raise ValueError(f"{self.name}: values range from {lo:.4g} to {hi:.4g}; data must lie in [-1, 1] "
-                                 "or [0, 1], or be uint8 (it is not rescaled silently)")
+        self.rule = array_rule(_Raw(self), shape, self.dtype, name=self.name)  # boneless.load_dataset's rule
         self.item_shape = tuple(self._convert(self._read(0, 1)).shape[1:])
         self._cache: tuple[int, int, torch.Tensor] | None = None
 
@@ -156,10 +138,10 @@ class MappedRows:
                          shape=(n, *self.raw_shape[1:]))
 
     def _convert(self, raw: np.ndarray) -> torch.Tensor:
-        return _convert(raw, is_uint8=self.is_uint8, scale=self.scale)
+        return _convert(raw, rule=self.rule)
 
     def chunk(self, i: int, j: int) -> torch.Tensor:
-        """Rows ``i:j`` as float32 ``[n, *shape]`` in [-1, 1]."""
+        """Rows ``i:j`` as float32 ``[n, *shape]``."""
         return self._convert(self._read(i, j)).reshape(max(0, j - i), *self.item_shape)
 
     def rows(self, i: int, j: int) -> torch.Tensor:

@@ -256,17 +256,32 @@ def test_bad_values(tmp_path):
     x = np.zeros((4, 3), np.float32)
     x[1, 2], x[2, 0] = np.nan, np.inf
     _raises(r"NaN or inf values \(2 entries\)", load_dataset, _save(tmp_path / "nan.npy", x))
-    big = _save(tmp_path / "big.npy", np.full((4, 3), 3.0, np.float32))
-    msg = _raises(r"from 3 to 3; data must lie in \[-1, 1\] or \[0, 1\], or be uint8", load_dataset, big)
-    assert "big.npy" in msg
-    # the [0, 1] -> [-1, 1] decision is made on the whole array, independent of limit
-    y = np.array([[0.5, 0.5], [-0.5, 0.5]], np.float32)
-    torch.testing.assert_close(load_dataset(_save(tmp_path / "y.npy", y), limit=1), torch.tensor([[0.5, 0.5]]))
+    # the [0, 1] -> [-1, 1] decision of images is made on the whole array, independent of limit
+    y = np.array([[[0.5, 0.5]], [[-0.5, 0.5]]], np.float32)
+    torch.testing.assert_close(load_dataset(_save(tmp_path / "y.npy", y), limit=1), torch.tensor([[[[0.5, 0.5]]]]))
+
+
+def test_data_of_any_range_is_kept_as_it_is(tmp_path):
+    """Latents [N, 4, h, w], features and points of any finite range load unchanged; only images (uint8, or
+    floats in [0, 1] with 1 or 3 channels) are mapped to [-1, 1]."""
+    g = np.random.default_rng(0)
+    latents = (g.standard_normal((6, 4, 8, 8)) * 5 + 3).astype(np.float32)
+    points = (g.standard_normal((10, 2)) * 1e3).astype(np.float32)
+    unit_points = g.random((10, 5)).astype(np.float32)  # features in [0, 1]: not pixels, not rescaled
+    tiny = (g.standard_normal((7, 1, 4, 4)) * 1e-3).astype(np.float32)
+    for name, a in [("latents.npy", latents), ("points.npy", points), ("unit.npy", unit_points), ("tiny.npy", tiny)]:
+        X = load_dataset(_save(tmp_path / name, a))
+        assert torch.equal(X, torch.from_numpy(a)), name
+    X = load_dataset(_save(tmp_path / "unit_images.npy", unit_points.reshape(10, 1, 5, 1)))
+    torch.testing.assert_close(X, torch.from_numpy(unit_points.reshape(10, 1, 5, 1) * 2 - 1))
+    for ext in (".npz", ".pt"):
+        path = tmp_path / f"latents{ext}"
+        np.savez(path, x=latents) if ext == ".npz" else torch.save({"x": torch.from_numpy(latents)}, path)
+        assert torch.equal(load_dataset(path), torch.from_numpy(latents))
 
 
 @pytest.mark.parametrize("shape,match", [
     ((5,), "got shape"), ((2, 1, 1, 1, 1), "got shape"), ((0, 3), "empty"), ((3, 0), "empty"),
-    ((2, 4, 5, 6), "1 or 3 channels"),
 ])
 def test_bad_shapes(tmp_path, shape, match):
     _raises(match, load_dataset, _save(tmp_path / "a.npy", np.zeros(shape, np.float32)))
@@ -303,10 +318,12 @@ def test_check_data():
     out = check_data(x)
     assert out.dtype == torch.float32 and out.is_contiguous()
     assert check_data(torch.ones(2, 1, 3, 3)[..., ::2]).is_contiguous()
+    for scale in (1e-3, 1.5, 1e4):  # any finite range
+        assert torch.equal(check_data(torch.full((2, 4, 3, 3), scale)), torch.full((2, 4, 3, 3), scale))
     for bad, match in [
         (torch.zeros(3), "expected shape"), (torch.zeros(0, 2), "empty"),
         (torch.zeros(2, 3, dtype=torch.int64), "floating"),
-        (torch.tensor([[0.0, float("nan")]]), r"NaN or inf values \(1 entries\)"), (torch.full((2, 2), 1.5), "outside"),
+        (torch.tensor([[0.0, float("nan")]]), r"NaN or inf values \(1 entries\)"),
         (np.zeros((2, 2)), "torch.Tensor"),
     ]:
         _raises(f"^mine: .*{match}", check_data, bad, name="mine")
