@@ -112,6 +112,9 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                    help="save the sampler state to OUT/checkpoint.pt every K steps (atomically)")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoint.pt (same settings): the result is identical to an uninterrupted run")
+    p.add_argument("--decode", metavar="VAE_DIR",
+                   help="data are autoencoder latents: decode samples with the diffusers AutoencoderKL in VAE_DIR "
+                        "(decoded.png, decoded_neighbours.png)")
     p.add_argument("--dist-timeout", type=positive_float, default=300.0, metavar="SECONDS",
                    help="under torchrun: a rank waiting longer than this for another fails with an error (default 300)")
 
@@ -162,6 +165,10 @@ def _run_sample(args, rank: int, world: int, device: torch.device) -> int:
         distributed.check_same([len(X), *X.shape[1:], *([] if mapped else distributed.fingerprint(X))],
                                "datasets (size, shape, checksum)", device=device)
     timings["load_s"] = time.perf_counter() - t0
+    decode = None
+    if getattr(args, "decode", None):
+        from .latents import load_decoder
+        decode = load_decoder(args.decode, X)
     t0 = time.perf_counter()
     den = make_denoiser(args.denoiser, X, temperature=args.softmax_temperature, chunk_size=args.chunk_size,
                         storage=getattr(args, "storage", None), bank=getattr(args, "bank", None),
@@ -187,6 +194,9 @@ def _run_sample(args, rank: int, world: int, device: torch.device) -> int:
     dist, idx = nearest(res.samples, X, k=2, chunk_size=args.chunk_size)
     copies = (dist[:, 0] < COPY_RATIO * dist[:, 1]).numpy()
     write_sample_outputs(out, X, res, dist, idx)
+    if decode is not None:
+        from .latents import write_decoded
+        write_decoded(out, decode, res.samples, X, idx[:, 0])
     timings["outputs_s"] = time.perf_counter() - t0
     report = {
         "version": __version__,

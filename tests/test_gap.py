@@ -153,3 +153,49 @@ def test_gap_bad_model_is_one_line_and_writes_nothing(problem, random_model, hel
     err = capsys.readouterr().err.strip()
     assert err.startswith("boneless: error: --model") and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+# ---- latent data -------------------------------------------------------------------------------------------
+
+
+def tiny_autoencoder():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                                       up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8),
+                                       latent_channels=4, norm_num_groups=4, sample_size=16).eval()
+
+
+def test_sample_latents_decoded_by_an_autoencoder(tmp_path, capsys):
+    """Latents of a (random) AutoencoderKL, in its scaled convention and of any range: sampled with the exact
+    flow, decoded to images; the samples are training latents, so the decoded samples are decoded training
+    latents."""
+    vae = tiny_autoencoder()
+    vae.save_pretrained(tmp_path / "vae")
+    images = torch.rand(20, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        z = vae.encode(images).latent_dist.mean * vae.config.scaling_factor * 40  # spread beyond [-1, 1]
+    np.save(tmp_path / "latents.npy", z.numpy())
+    out = tmp_path / "out"
+    assert main(["sample", "--data", str(tmp_path / "latents.npy"), "--decode", str(tmp_path / "vae"), "-n", "4",
+                 "--steps", "40", "--out", str(out), "--no-progress"]) == 0
+    saved = np.load(out / "samples.npz")
+    assert saved["samples"].shape == (4, 4, 8, 8)
+    np.testing.assert_allclose(saved["samples"], z.numpy()[saved["nearest"]], atol=1e-3 * float(z.abs().max()))
+    from PIL import Image
+    assert Image.open(out / "decoded.png").mode == "RGB"
+    assert Image.open(out / "decoded_neighbours.png").size[0] > 0
+
+
+def test_decode_with_a_wrong_autoencoder_fails_before_sampling(tmp_path, capsys):
+    vae = tiny_autoencoder()
+    vae.save_pretrained(tmp_path / "vae")
+    np.save(tmp_path / "latents.npy", np.random.default_rng(0).normal(size=(10, 3, 8, 8)).astype(np.float32))
+    out = tmp_path / "out"
+    assert main(["sample", "--data", str(tmp_path / "latents.npy"), "--decode", str(tmp_path / "vae"),
+                 "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "4 channels" in err and len(err.splitlines()) == 1 and not out.exists()
+    assert main(["sample", "--data", str(tmp_path / "latents.npy"), "--decode", str(tmp_path / "nowhere"),
+                 "--out", str(out), "--no-progress"]) == 2
+    assert "no autoencoder there" in capsys.readouterr().err and not out.exists()
