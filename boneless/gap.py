@@ -134,7 +134,11 @@ def measure_gap(model, X: torch.Tensor, heldout: torch.Tensor, lams: list[float]
             for b0 in range(0, len(images), batch_size):
                 x0, zz = images[b0:b0 + batch_size], z[b0:b0 + batch_size]
                 x = alpha * x0 + lam * alpha * zz
-                m = model(x, alpha, lam * alpha).double()
+                try:
+                    m = model(x, alpha, lam * alpha).double()
+                except (RuntimeError, TypeError) as e:  # a network given data of another shape, and the like
+                    raise ValueError(f"the model failed on a batch of shape {list(x.shape)}: "
+                                     f"{' '.join(str(e).split())[:300]}") from None
                 if m.shape != x0.shape or not bool(torch.isfinite(m).all()):
                     raise ValueError(f"the model returned {'shape ' + str(list(m.shape)) if m.shape != x0.shape else 'NaN or inf'} "
                                      f"for a batch of shape {list(x0.shape)}")
@@ -186,10 +190,9 @@ def run(args) -> int:
     from .plots import neighbours_grid, save_figure, save_image
     from .samplers import sample
     from .schedules import get_schedule
+    from .train_reference import check_out_dir
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder")
+    out = check_out_dir(args.out)
     schedule = get_schedule(args.schedule)
     start = time.perf_counter()
     model, info = load_model(args.model)

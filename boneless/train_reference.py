@@ -38,6 +38,17 @@ def diffusers_module():
     return diffusers
 
 
+def check_out_dir(path) -> Path:
+    """``path`` as an output folder, refused at once (before any work) when it cannot be one."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise ValueError(f"--out {out}: cannot write there")
+    return out
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .cli import positive_float, positive_int
 
@@ -89,12 +100,7 @@ def settings_of(args, X: torch.Tensor) -> dict:
 
 
 def run(args) -> int:
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder")
-    if not (out.exists() and os.access(out, os.W_OK)) and not os.access(out.parent if out.parent.exists() else
-                                                                         Path("."), os.W_OK):
-        raise ValueError(f"--out {out}: cannot write there")
+    out = check_out_dir(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     X = load_dataset(args.data, limit=args.n_train, size=args.size)

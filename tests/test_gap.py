@@ -132,12 +132,15 @@ def test_gap_of_the_ideal_denoiser_is_zero(tmp_path, held_out, monkeypatch):
     assert result["samples"]["copy_rate"] == 1.0
 
 
-@pytest.mark.parametrize("problem", ["missing", "no-scheduler", "bad-json", "bad-callable"])
+@pytest.mark.parametrize("problem", ["missing", "no-scheduler", "bad-json", "bad-callable", "wrong-shape"])
 def test_gap_bad_model_is_one_line_and_writes_nothing(problem, random_model, held_out, tmp_path, capsys):
     import shutil
 
+    extra = []
     if problem == "missing":
         spec = str(tmp_path / "nowhere")
+    elif problem == "wrong-shape":  # 7 x 7 images through a UNet for 8 x 8
+        spec, extra = str(random_model), ["--size", "7", "--held-out", "digits"]
     elif problem == "bad-callable":
         spec = "boneless.denoisers:no_such_thing"
     else:
@@ -149,9 +152,10 @@ def test_gap_bad_model_is_one_line_and_writes_nothing(problem, random_model, hel
             (tmp_path / "broken" / "unet" / "config.json").write_text("{ not json")
     out = tmp_path / "out"
     assert main(["gap", "--model", spec, "--held-out", str(held_out), "--data", "digits", "--out", str(out),
-                 "--no-progress"]) == 2
+                 "--n-eval", "10", "--no-progress", *extra]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("boneless: error: --model") and len(err.splitlines()) == 1
+    assert err.startswith("boneless: error: --model" if not extra else "boneless: error: the model failed")
+    assert len(err.splitlines()) == 1
     assert not out.exists()
 
 
