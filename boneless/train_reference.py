@@ -1,4 +1,4 @@
-"""Train a small reference network (a diffusers ``UNet2DModel``) on N images, to hold against the ideal denoiser.
+"""Train a small reference network (a diffusers UNet2DModel) on N images, to hold against the ideal denoiser.
 
 ``boneless train-reference --data fashion-mnist --n-train 1000 --out DIR`` trains on the first N images of the
 training split and writes DIR as a diffusers pipeline folder (``model_index.json``, ``unet/``, ``scheduler/``:
