@@ -16,7 +16,6 @@ Outputs (written atomically to ``--out``): ``bench.json``, ``bench.md`` (tables)
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -387,8 +386,7 @@ def plots(report: dict, out: Path) -> list[str]:
 # ---------------------------------------------------------------- command
 
 def run(args) -> int:
-    from .cli import _write_json
-    from .plots import atomic_path
+    from .outputs import atomic_path, check_output_dir, write_json
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -401,7 +399,7 @@ def run(args) -> int:
         _faiss()
     cfg = QUICK if args.quick else FULL
     mem_limit = (args.mem_limit * 2**30) if args.mem_limit else _free_bytes() / 2
-    out = Path(args.out)
+    out = check_output_dir(args.out, files=("bench.json", "bench.md"))
     report = {"command": "boneless bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
               "machine": {"python": platform.python_version(), "torch": torch.__version__,
                           "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
@@ -441,7 +439,7 @@ def run(args) -> int:
         print("bench: FAISS back-end", file=sys.stderr, flush=True)
         report["faiss"] = bench_faiss(cfg["faiss_n"], cfg["faiss_shape"], B=64 if not args.quick else 16,
                                       device=torch.device("cpu"), repeats=min(args.repeats, 3), seed=args.seed)
-    _write_json(report, out / "bench.json")
+    write_json(report, out / "bench.json")
     with atomic_path(out / "bench.md") as tmp:
         Path(tmp).write_text(markdown(report))
     figures = plots(report, out)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
-import json
 import math
 import platform
 import sys
@@ -16,7 +15,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import __version__
@@ -24,7 +22,8 @@ from .data import DATASETS, is_image, load_dataset
 from .denoisers import DENOISERS
 from .distributed import DistributedError
 from .metrics import COPY_RATIO, nearest
-from .plots import (atomic_path, neighbours_grid, posterior_figure, samples_grid, save_figure, save_image,
+from .outputs import check_output_dir, write_json, write_npz
+from .plots import (display_range, neighbours_grid, posterior_figure, samples_grid, save_figure, save_image,
                     scatter_samples, trajectory_figure, trajectory_scatter)
 from .samplers import SAMPLERS, sample
 from .schedules import ALIASES, SCHEDULES, get_schedule
@@ -110,24 +109,17 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                    help="read a .npy dataset from disk chunk by chunk (default: when it exceeds 4 GiB as float32)")
     p.add_argument("--checkpoint-every", type=positive_int, metavar="K",
                    help="save the sampler state to OUT/checkpoint.pt every K steps (atomically)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from OUT/checkpoint.pt (same settings): the result is identical to an uninterrupted run")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue from OUT/checkpoint.pt (same settings): the result is identical to an "
+                            "uninterrupted run. Without --resume or --restart, a run into a folder holding a "
+                            "checkpoint refuses to start")
+    again.add_argument("--restart", action="store_true", help="start over, discarding OUT/checkpoint.pt")
     p.add_argument("--decode", metavar="VAE_DIR",
                    help="data are autoencoder latents: decode samples with the diffusers AutoencoderKL in VAE_DIR "
                         "(decoded.png, decoded_neighbours.png)")
     p.add_argument("--dist-timeout", type=positive_float, default=300.0, metavar="SECONDS",
                    help="under torchrun: a rank waiting longer than this for another fails with an error (default 300)")
-
-
-def _write_json(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(obj, indent=2) + "\n")
-
-
-def _write_npz(path: Path, **arrays) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
 
 
 def run_sample(args) -> int:
@@ -150,6 +142,7 @@ def _run_sample(args, rank: int, world: int, device: torch.device) -> int:
 
     timings = {}
     t0 = time.perf_counter()
+    out = check_output_dir(args.out, files=SAMPLE_OUTPUTS) if rank == 0 else Path(args.out)
     schedule = get_schedule(args.schedule)
     for name in ("eta", "churn"):
         if not (math.isfinite(getattr(args, name)) and getattr(args, name) >= 0):
@@ -174,8 +167,9 @@ def _run_sample(args, rank: int, world: int, device: torch.device) -> int:
                         storage=getattr(args, "storage", None), bank=getattr(args, "bank", None),
                         device=device)
     timings["build_s"] = time.perf_counter() - t0
-    out = Path(args.out)
     checkpoint = out / "checkpoint.pt"
+    if args.restart and rank == 0:
+        checkpoint.unlink(missing_ok=True)
     if world > 1 and args.resume:  # every rank must resume from the same state (several nodes: a shared --out)
         size = checkpoint.stat().st_size if checkpoint.exists() else -1
         distributed.check_same([size], f"checkpoint sizes at {checkpoint} (-1: missing)", device=device)
@@ -183,7 +177,7 @@ def _run_sample(args, rank: int, world: int, device: torch.device) -> int:
                  shape=tuple(X.shape[1:]), spacing=args.spacing, flow_scale=tuple(args.flow_scale),
                  noise_strength=tuple(args.noise_strength), eta=args.eta, churn=args.churn, top_k=args.top_k,
                  progress=rank == 0 and not args.no_progress, device=device,
-                 checkpoint=checkpoint if (args.checkpoint_every or args.resume) else None,
+                 checkpoint=None if args.restart and rank else checkpoint,  # rank 0 alone writes, and deletes
                  checkpoint_every=args.checkpoint_every, resume=args.resume)
     if world > 1:
         distributed.check_same(distributed.fingerprint(res.samples), "final samples", device=device)
@@ -220,7 +214,7 @@ def _run_sample(args, rank: int, world: int, device: torch.device) -> int:
     }
     if res.trajectory.n_eff:
         report["final_n_eff"] = [round(float(v), 4) for v in res.trajectory.n_eff[-1]]
-    _write_json(report, out / "report.json")
+    write_json(report, out / "report.json")
     if checkpoint.exists():  # the run is complete and written: its checkpoint is no longer needed
         checkpoint.unlink()
     print(f"{args.n} samples from {args.data} ({len(X)} examples, {args.denoiser}, {schedule.name}, {args.sampler}, "
@@ -228,15 +222,23 @@ def _run_sample(args, rank: int, world: int, device: torch.device) -> int:
     return 0
 
 
+SAMPLE_OUTPUTS = ("samples.png", "samples.npz", "trajectory.png", "posterior.png", "neighbours.png", "report.json",
+                  "checkpoint.pt")
+
+
 def write_sample_outputs(out: Path, X: torch.Tensor, res, dist: torch.Tensor, idx: torch.Tensor) -> None:
     """samples.png, samples.npz, trajectory.png, posterior.png, neighbours.png (SPEC §5)."""
     tr = res.trajectory.stacked()
-    _write_npz(out / "samples.npz", samples=res.samples.numpy(), nearest=idx[:, 0].numpy(),
+    write_npz(out / "samples.npz", samples=res.samples.numpy(), nearest=idx[:, 0].numpy(),
                nearest_distance=dist[:, 0].numpy(), second_distance=dist[:, 1].numpy(), times=res.ts.numpy())
     if is_image(X):
-        save_image(samples_grid(res.samples), out / "samples.png")
-        save_image(trajectory_figure(tr["x"], tr["x0_hat"], tr["times"]), out / "trajectory.png")
-        save_image(neighbours_grid(res.samples, X, idx[:, 0]), out / "neighbours.png")
+        shown = display_range(X)  # pictures scale for display only
+        save_image(samples_grid(res.samples, value_range=shown), out / "samples.png")
+        at = tr["steps"]  # x_t and x0_hat are recorded at these steps; times and the posterior at every step
+        save_image(trajectory_figure(tr["x"], tr["x0_hat"], tr["times"][at], X=X,
+                                     indices=tr["indices"][at] if "indices" in tr else None, value_range=shown),
+                   out / "trajectory.png")
+        save_image(neighbours_grid(res.samples, X, idx[:, 0], value_range=shown), out / "neighbours.png")
     else:
         save_figure(scatter_samples(res.samples, X, title="samples of the exact flow"), out / "samples.png")
         save_figure(trajectory_scatter(tr["x"], X, res.samples), out / "trajectory.png")
@@ -269,6 +271,16 @@ def _device(name: str) -> torch.device:
     return device
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """States each option's default once: appended where the help text does not already give it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or not action.option_strings or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            return text
+        return text + " (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
@@ -283,7 +295,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="generate with the exact flow and show that it copies training examples",
                        description="Generate samples with a closed-form denoiser and write samples.png, samples.npz, "
                                    "trajectory.png, posterior.png, neighbours.png and report.json to --out.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_HelpFormatter)
     add_sample_arguments(p)
     p.set_defaults(func=run_sample)
     for name, (module, help_text) in EXTERNAL.items():
@@ -292,7 +304,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             continue
         mod = importlib.import_module(module)
         q = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip().split("\n\n")[0],
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=_HelpFormatter)
         mod.add_arguments(q)
         q.set_defaults(func=mod.run)
     return parser
@@ -300,6 +312,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def _warning_line(message, category, filename, lineno, file=None, line=None):
     print(f"boneless: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def _resumable(args) -> str:
+    """What to run to continue an interrupted ``boneless sample``: its checkpoint, if one was saved."""
+    checkpoint = Path(getattr(args, "out", "")) / "checkpoint.pt"
+    if getattr(args, "command", None) != "sample" or not checkpoint.is_file():
+        return ""
+    try:
+        step = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["step"])
+    except Exception:  # whatever the file holds, the advice is the same
+        return f"; {checkpoint} holds the progress: run the same command with --resume to continue"
+    return f"; {checkpoint} holds step {step}: run the same command with --resume to continue"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"boneless: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("boneless: interrupted (outputs already written are complete; nothing half-written)", file=sys.stderr)
+        print(f"boneless: interrupted (outputs already written are complete; nothing half-written){_resumable(args)}",
+              file=sys.stderr)
         return 130
 
 

@@ -17,8 +17,8 @@ import math
 
 import torch
 
-from .data import check_data
-from .denoisers import Coef, EmpiricalDenoiser, check_query, per_sample
+from .data import REFERENCE_SPREAD, check_data, spread
+from .denoisers import Coef, EmpiricalDenoiser, check_query
 
 
 VAR_FLOOR = 1e-12  # relative floor on predictive variances (only reached at sigma = 0)
@@ -135,7 +135,8 @@ class SmoothedDenoiser:
 
     Args:
         X: training examples [N, *shape].
-        smoothing: the scale ``tau`` of the perturbation, in the units of ``x_t``.
+        smoothing: the scale ``tau`` of the perturbation, in the units of ``x_t``, for data of the reference
+            spread (:data:`boneless.data.REFERENCE_SPREAD`; scaled with the data's own spread).
         draws: number of perturbations ``M`` in the Monte-Carlo average.
         seed: seed of the perturbations' own generator.
         temperature, chunk_size, device: as for :class:`~boneless.denoisers.EmpiricalDenoiser`.
@@ -145,7 +146,7 @@ class SmoothedDenoiser:
                  temperature: float = 1.0, chunk_size: int = 2048, device: torch.device | str | None = None):
         self.exact = EmpiricalDenoiser(X, temperature=temperature, chunk_size=chunk_size, device=device)
         self.shape = self.exact.shape
-        self.smoothing = _check_nonneg(smoothing, "smoothing")
+        self.smoothing = _check_nonneg(smoothing, "smoothing") * spread(self.exact.data) / REFERENCE_SPREAD
         _check_positive_int(draws, "draws")
         g = torch.Generator().manual_seed(int(seed))
         self.eps = torch.randn(draws, *self.shape, generator=g)  # [M, *shape]

@@ -43,6 +43,19 @@ def is_image(X: torch.Tensor) -> bool:
     return X.ndim == 4
 
 
+# the spread (per-coordinate standard deviation, root-mean-square over coordinates) of the first 10000
+# Fashion-MNIST training images in [-1, 1]: the data on which the generalising denoisers' noise-level-dependent
+# settings (patch schedules, blend levels, smoothing) were calibrated; they are read at the data's own spread
+REFERENCE_SPREAD = 0.5912
+
+
+def spread(X: torch.Tensor) -> float:
+    """The data's spread: ``sqrt(mean_j var_j)`` over coordinates ``j`` (translation-invariant, scales with the
+    data), computed in float64; :data:`REFERENCE_SPREAD` for data without spread (one example, constant data)."""
+    v = float(X.reshape(len(X), -1).double().var(0, correction=0).mean().sqrt()) if len(X) > 1 else 0.0
+    return v if v > 0 else REFERENCE_SPREAD
+
+
 def check_data(X: torch.Tensor, *, name: str = "data") -> torch.Tensor:
     """Validate a dataset tensor and return it as contiguous float32.
 

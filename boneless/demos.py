@@ -2,7 +2,7 @@
 the numbers it shows: boneless demo NAME --out DIR, boneless demo all --out DIR, boneless demo --list.
 
 Every demo is a function ``demo_x(out, *, seed=0, quick=False) -> dict`` that writes its pictures into ``out``
-(through :func:`boneless.plots.atomic_path`), prints its numbers and returns them; ``quick`` makes a smaller,
+(through :func:`boneless.outputs.atomic_path`), prints its numbers and returns them; ``quick`` makes a smaller,
 faster version (fewer frames and points) for tests. ``DEMOS`` maps a name to ``(function, one-line description)``.
 Schedules, the exact denoiser, samplers and the score/velocity conversions all come from the library; the only
 formulas written here are the ones being illustrated (a Gaussian blur, the linear Wiener denoiser, a float64
@@ -24,7 +24,8 @@ from .cli import non_negative_int
 from .data import load_dataset
 from .denoisers import DENOISERS, EmpiricalDenoiser, exact_reference, per_sample, score_from_x0
 from .metrics import copy_rate, nearest
-from .plots import atomic_path, pyplot
+from .outputs import atomic_path, check_output_dir
+from .plots import pyplot
 from .samplers import sample
 from .schedules import get_schedule
 
@@ -719,9 +720,7 @@ def run(args) -> int:
         raise ValueError(f"name a demo ({', '.join(DEMOS)}) or 'all'; boneless demo --list describes them")
     if args.name != "all" and args.name not in DEMOS:
         raise ValueError(f"unknown demo {args.name!r}: choose one of {', '.join(DEMOS)}, or all")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
+    out = check_output_dir(args.out)
     names = list(DEMOS) if args.name == "all" else [args.name]
     for name in names:
         try:

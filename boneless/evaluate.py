@@ -35,7 +35,8 @@ from .data import DATASETS, is_image, load_dataset
 from .denoisers import DENOISERS
 from .metrics import (COPY_RATIO, PCAFeatures, WienerFilter, denoising_error, effective_examples,
                       fashion_classifier, frechet_distance, nearest, nearest_distance_stats, split_consistency)
-from .plots import (atomic_path, image_grid, neighbours_grid, pyplot, samples_grid, save_figure, save_image,
+from .outputs import atomic_path, check_output_dir
+from .plots import (display_range, image_grid, neighbours_grid, pyplot, samples_grid, save_figure, save_image,
                     scatter_samples)
 from .samplers import SAMPLERS, sample
 from .schedules import get_schedule
@@ -228,9 +229,7 @@ def run(args) -> int:
     names = parse_denoisers(args.denoisers)
     schedule = get_schedule(args.schedule)
     device = _device(args.device)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
+    out = check_output_dir(args.out, files=("results.json", "table.md"))
     split = split_data(args.data, pool=args.pool, test=args.test, extra=REFERENCE_SETS * args.samples,
                        second_pool=args.consistency > 0, size=args.size, seed=args.seed)
     pool, test = split["pool"], split["test"]
@@ -247,8 +246,9 @@ def run(args) -> int:
 
     # references: the Wiener filter, feature spaces, real held-out images
     wiener = WienerFilter(pool)
-    w_held = denoising_error(wiener, test, sigmas, seed=args.seed, batch_size=batch)
-    w_in = denoising_error(wiener, in_sample, sigmas, seed=args.seed + 1, batch_size=batch)
+    lo, hi = display_range(pool)
+    w_held = denoising_error(wiener, test, sigmas, seed=args.seed, batch_size=batch, peak=hi - lo)
+    w_in = denoising_error(wiener, in_sample, sigmas, seed=args.seed + 1, batch_size=batch, peak=hi - lo)
     pca = PCAFeatures(pool, dim=args.pca_dim)
     clf, clf_info = None, None
     if args.classifier == "auto" and shape == (1, 28, 28):
@@ -290,7 +290,7 @@ def run(args) -> int:
                      "pool": len(pool), "test": len(test), "test_source": split["test_source"],
                      "in_sample": len(in_sample), "second_pool": None if split["second"] is None else len(split["second"]),
                      "shape": list(shape), "copy_rule": f"nearest / second-nearest < {COPY_RATIO:.4f}",
-                     "psnr": "10 log10(2^2 / MSE), data in [-1, 1]"},
+                     "psnr": f"10 log10(peak^2 / MSE), peak {hi - lo:.4g} (the data's range; 2 for images)"},
         "wiener": {"heldout": {"mse": w_held.mse.tolist(), "psnr": w_held.psnr.tolist()},
                    "in_sample": {"mse": w_in.mse.tolist(), "psnr": w_in.psnr.tolist()}},
         "classifier": clf_info, "pca_dim": pca.dim, "real": real, "denoisers": {},
@@ -351,6 +351,8 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
     others are reported as skipped; a stage that overruns the budget is stopped (results so far are kept)."""
     pool, test = split["pool"], split["test"]
     in_sample = pool[:args.in_sample]
+    lo, hi = display_range(pool)
+    psnr_peak = hi - lo
     rec = {"status": "ok", "timings": {}}
     t0 = time.perf_counter()
     deadline = t0 + args.budget
@@ -412,7 +414,8 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
                 r = rec[key] = {"mse": [None] * len(sigmas), "psnr": [None] * len(sigmas),
                                 "ratio": [None] * len(sigmas)}
                 for i, sg in enumerate(sigmas):
-                    e = denoising_error(guard, X_eval, [sg], seed=seed, batch_size=args.batch_size)
+                    e = denoising_error(guard, X_eval, [sg], seed=seed, batch_size=args.batch_size,
+                                        peak=psnr_peak)
                     r["mse"][i], r["psnr"][i] = float(e.mse[0]), float(e.psnr[0])
                     r["ratio"][i] = float(e.mse[0] / ref.mse[i])
             elif stage == "sampling":
@@ -424,8 +427,9 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
                     raise ValueError("samples contain NaN or inf values")
                 st = nearest_distance_stats(samples, pool, heldout=test)
                 q = {k: st[k] for k in ("copy_rate", "nearest_median", "nearest_mean", "median_ratio", "ks")}
-                q["out_of_range"] = float((samples.abs() > 1.05).double().mean())
-                q.update(quality(samples.clamp(-1, 1)))
+                slack = 0.025 * (hi - lo)
+                q["out_of_range"] = float(((samples < lo - slack) | (samples > hi + slack)).double().mean())
+                q.update(quality(samples.clamp(lo, hi)))
                 eff = effective_examples(res.trajectory)
                 if eff is not None:
                     q["n_eff"] = {"times": [round(float(t), 5) for t in eff.times],
@@ -472,9 +476,10 @@ def _write_sample_pictures(out: Path, name: str, samples: torch.Tensor, pool: to
     with atomic_path(out / f"samples_{name}.npy") as tmp:  # the raw samples, for other metrics and --resume
         np.save(tmp, samples.float().numpy())
     if is_image(pool):
-        save_image(samples_grid(samples.clamp(-1, 1)), out / f"samples_{name}.png")
+        shown = display_range(pool)
+        save_image(samples_grid(samples, value_range=shown), out / f"samples_{name}.png")
         _, idx = nearest(samples, pool, k=1)
-        save_image(neighbours_grid(samples.clamp(-1, 1), pool, idx[:, 0]), out / f"neighbours_{name}.png")
+        save_image(neighbours_grid(samples, pool, idx[:, 0], value_range=shown), out / f"neighbours_{name}.png")
     else:
         save_figure(scatter_samples(samples, pool, title=f"samples: {name}"), out / f"samples_{name}.png")
 
@@ -612,10 +617,13 @@ def heldout_figure(results: dict):
 def comparison_figure(samples: dict, real: torch.Tensor, *, per_row: int = 12):
     """One row of samples per denoiser, and a last row of real held-out images, labelled."""
     plt = pyplot()
-    rows = [(name, s[:per_row].clamp(-1, 1)) for name, s in samples.items()] + [("real (held-out)", real[:per_row])]
+    shown = display_range(real)
+    rows = [(name, s[:per_row]) for name, s in samples.items()] + [("real (held-out)", real[:per_row])]
     fig, axes = plt.subplots(len(rows), 1, figsize=(per_row * 0.8, 0.95 * len(rows)), squeeze=False)
+    fig.suptitle("samples of each denoiser beside real held-out images", fontsize=10)
     for ax, (name, imgs) in zip(axes[:, 0], rows):
-        ax.imshow(image_grid([imgs], min_width=1), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.imshow(image_grid([imgs], min_width=1, value_range=shown), cmap="gray", vmin=0, vmax=255,
+                  interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)

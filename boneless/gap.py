@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .plots import atomic_path
+from .outputs import atomic_path, check_output_dir
 
 SETS = ("train", "heldout")
 
@@ -190,9 +190,7 @@ def run(args) -> int:
     from .plots import neighbours_grid, save_figure, save_image
     from .samplers import sample
     from .schedules import get_schedule
-    from .train_reference import check_out_dir
 
-    out = check_out_dir(args.out)
     schedule = get_schedule(args.schedule)
     start = time.perf_counter()
     model, info = load_model(args.model)
@@ -214,6 +212,7 @@ def run(args) -> int:
     if tuple(heldout.shape[1:]) != tuple(X.shape[1:]):
         raise ValueError(f"held-out images have shape {list(heldout.shape[1:])}, the training data "
                          f"{list(X.shape[1:])}")
+    out = check_output_dir(args.out, files=("gap.json", "gap.png", "samples.png"))  # before the long part
     lams = sorted(args.sigmas or [0.01 * (5000 ** (i / 13)) for i in range(14)])
     n_eval = min(args.n_eval, len(X))
 

@@ -107,7 +107,7 @@ class DenoisingError(NamedTuple):
     """Denoising error of one denoiser on one set of clean images, per noise level.
 
     ``sigmas`` [S]; ``mse`` [S] per-pixel mean squared error of ``x0_hat`` against the clean image;
-    ``psnr`` [S] in dB, ``10 log10(PEAK^2 / mse)`` with PEAK = 2 (data in [-1, 1]); ``per_image`` [S, n]."""
+    ``psnr`` [S] in dB, ``10 log10(peak^2 / mse)`` (peak 2 for images in [-1, 1]); ``per_image`` [S, n]."""
 
     sigmas: torch.Tensor
     mse: torch.Tensor
@@ -121,7 +121,7 @@ def noise_draw(shape: tuple[int, ...], *, seed: int) -> torch.Tensor:
 
 
 def denoising_error(den, X: torch.Tensor, sigmas, *, seed: int, alpha: float = 1.0, batch_size: int = 250,
-                    callback=None) -> DenoisingError:
+                    peak: float = PEAK, callback=None) -> DenoisingError:
     """Error of ``den`` denoising ``y = alpha x + sigma z`` for the clean images ``X`` [n, *shape].
 
     ``z = noise_draw(X.shape, seed=seed)`` is drawn once and used at every sigma, so every denoiser (and every
@@ -135,6 +135,7 @@ def denoising_error(den, X: torch.Tensor, sigmas, *, seed: int, alpha: float = 1
         seed: seed of the noise draw.
         alpha: signal scale (1: the variance-exploding form ``y = x + sigma z``).
         batch_size: images per denoiser call.
+        peak: peak-to-peak range of the data, for the PSNR (2 for images in [-1, 1]).
         callback: optional ``callback(i_sigma)`` after each noise level (progress).
 
     Returns:
@@ -163,7 +164,7 @@ def denoising_error(den, X: torch.Tensor, sigmas, *, seed: int, alpha: float = 1
         if callback is not None:
             callback(si)
     mse = per_image.mean(1)
-    return DenoisingError(torch.tensor(sig, dtype=torch.float64), mse, 10 * torch.log10(PEAK ** 2 / mse),
+    return DenoisingError(torch.tensor(sig, dtype=torch.float64), mse, 10 * torch.log10(peak ** 2 / mse),
                           per_image)
 
 
@@ -440,7 +441,7 @@ def fashion_classifier(*, epochs: int = 3, limit: int | None = None, seed: int =
     :func:`cache_dir`), or trained once on the Fashion-MNIST training split (first ``limit`` images, default
     all 60000), tested on the test split, and cached atomically. It only measures; it never generates."""
     from .data import load_dataset
-    from .plots import atomic_path
+    from .outputs import atomic_path
     tag = f"fashion_cnn_v{CLASSIFIER_VERSION}_e{epochs}_s{seed}" + (f"_n{limit}" if limit else "")
     path = Path(directory).expanduser() if directory is not None else cache_dir()
     path = path / f"{tag}.pt"

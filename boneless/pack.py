@@ -220,7 +220,7 @@ def pack_folder(folder: str | os.PathLike, out: str | os.PathLike, *, size: int 
         the shape written.
     """
     from PIL import Image
-    from .plots import atomic_path
+    from .outputs import atomic_path, check_output_file
 
     folder, out = Path(folder), Path(out)
     name = str(folder)
@@ -234,6 +234,7 @@ def pack_folder(folder: str | os.PathLike, out: str | os.PathLike, *, size: int 
         raise ValueError(f"{name}: not a folder")
     if out.suffix.lower() != ".npy":
         raise ValueError(f"--out must name a .npy file, got {str(out)!r}")
+    check_output_file(out)
     files, gray, skipped = [], [], []
     for p in _image_files(folder, name):  # pass 1: headers only (mode, readable)
         try:

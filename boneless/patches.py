@@ -24,7 +24,10 @@ over the stored patches ``{x_i[P]}`` is ``w_i = softmax_i(-|x_t[P] - alpha x_i[P
 - :class:`LocalGaussianDenoiser` (``local-gaussian``; this project's): see its docstring.
 
 Patch size follows the noise level ``lam = sigma / alpha`` through a :class:`PatchSchedule`;
-:func:`calibrate` picks it per noise level by validation denoising error, with no training.
+:func:`calibrate` picks it per noise level by validation denoising error, with no training. Noise levels in
+schedules are stated for data of the spread of the images they were calibrated on (:data:`REFERENCE_SPREAD`):
+a denoiser on data of spread ``s`` reads them at ``lam * REFERENCE_SPREAD / s``, so every patch denoiser is
+scale-equivariant (data and queries scaled by ``c`` give the estimate scaled by ``c``).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import torch
 
 from .bank import Bank
 from .closed_form import GaussianDenoiser, GMMDenoiser, _check_nonneg, _check_positive_int
-from .data import check_data
+from .data import REFERENCE_SPREAD, check_data, spread
 from .denoisers import Coef, EmpiricalDenoiser, check_query
 
 Boundary = Literal["broken", "zero"]
@@ -137,10 +140,11 @@ class _PatchDenoiser:
         self.X = X.to(self.device)
         self.shape = tuple(X.shape[1:])
         self.mean = self.X.double().mean(0).float()
+        self.unit = spread(X) / REFERENCE_SPREAD  # the data's scale relative to the calibration images
 
     def patch_size(self, lam: float) -> int:
         """The patch side used at noise level ``lam = sigma / alpha`` on this data's images."""
-        return self.schedule.size(lam, self.shape[1], odd=self.odd)
+        return self.schedule.size(lam / self.unit, self.shape[1], odd=self.odd)
 
     def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
         a, s = check_query(x, self.shape, alpha, sigma)
@@ -347,7 +351,8 @@ class LocalGaussianDenoiser(_PatchDenoiser):
             :data:`LOCAL_GAUSSIAN_SCHEDULE`).
         neighbours: ``K`` per noise level (a :class:`PatchSchedule` whose "sizes" are counts, or an int).
         passes: 1 (neighbours of the noisy square) or 2 (then neighbours of the first-pass estimate).
-        ridge: added to the diagonal of each neighbour covariance.
+        ridge: added to the diagonal of each neighbour covariance (for data of the reference spread; scaled
+            with the data's variance).
         aggregate: ``"mean"`` (default) averages overlapping squares; ``"precision"`` weights each pixel's
             estimates by the inverse of their posterior variances (measured no better, docs/DENOISERS.md).
         shift: also take the training squares up to ``shift`` pixels away as candidates ((2 shift + 1)^2 times
@@ -377,7 +382,7 @@ class LocalGaussianDenoiser(_PatchDenoiser):
 
     def _denoise(self, x, a, s, k):
         lam = float((s / a).max())
-        K = min(self.neighbours.size(lam), len(self.X))
+        K = min(self.neighbours.size(lam / self.unit), len(self.X))
         a, s = a.to(self.device), s.to(self.device)
         y = x / a.to(x.dtype)[:, None, None, None]
         lam_b = (s / a)  # [B] float64
@@ -420,7 +425,7 @@ class LocalGaussianDenoiser(_PatchDenoiser):
                 nb = rows[st.top_i.clamp(min=0)].double()  # [B, K, d]
                 mu = nb.mean(1)
                 dev = nb - mu[:, None]
-                cov = dev.transpose(1, 2) @ dev / K + self.ridge * eye
+                cov = dev.transpose(1, 2) @ dev / K + self.ridge * self.unit ** 2 * eye
                 yS = y[:, :, i:i + kh, j:j + kw].reshape(B, -1).double()
                 A = cov + (lam_b ** 2)[:, None, None] * eye
                 rhs = torch.cat([(yS - mu)[..., None], cov], 2)  # [B, d, 1 + d]
@@ -428,7 +433,7 @@ class LocalGaussianDenoiser(_PatchDenoiser):
                 est = mu + (cov @ sol[..., :1])[..., 0]
                 if self.aggregate == "precision":  # fuse by the posterior variances of each pixel
                     var = torch.diagonal(cov - cov @ sol[..., 1:], dim1=1, dim2=2).clamp(min=0)
-                    wgt = 1.0 / (var + 1e-3 * (lam_b ** 2)[:, None] + 1e-10)
+                    wgt = 1.0 / (var + 1e-3 * (lam_b ** 2)[:, None] + 1e-10 * self.unit ** 2)
                 else:
                     wgt = torch.ones_like(est)
                 total[:, :, i:i + kh, j:j + kw] += (wgt * est).reshape(B, C, kh, kw)
@@ -500,7 +505,8 @@ def calibrate(den_cls, X_train: torch.Tensor, X_val: torch.Tensor, sigmas: Seque
                                      progress=progress, **options)
     best = [sizes[int(j)] for j in table.argmin(1)]
     order = sorted(range(len(sigmas)), key=lambda i: float(sigmas[i]))
-    lam = [float(sigmas[i]) / alpha for i in order]
+    unit = spread(X_train) / REFERENCE_SPREAD  # levels stated for data of the reference spread
+    lam = [float(sigmas[i]) / alpha / unit for i in order]
     return PatchSchedule(tuple(lam), tuple(best[i] for i in order), reference=int(X_train.shape[2]))
 
 
@@ -525,7 +531,7 @@ class BlendDenoiser:
         X: training images [N, C, H, W].
         validation: clean validation images for the weights (never test images). Default: the last
             ``holdout`` images of ``X``, which the members then do not see.
-        sigmas: calibration noise levels.
+        sigmas: calibration noise levels, for data of the reference spread (scaled with the data's spread).
         holdout: validation images taken from ``X`` when ``validation`` is None.
         components: Gaussian mixture components.
         seed: seed of the validation noise and of the mixture's k-means.
@@ -543,9 +549,10 @@ class BlendDenoiser:
         if X.ndim != 4:
             raise ValueError(f"BlendDenoiser needs image data [N, C, H, W], got shape {list(X.shape)}")
         _check_positive_int(holdout, "holdout")
-        self.sigmas = tuple(sorted(float(v) for v in sigmas))
-        if not self.sigmas or any(not (math.isfinite(v) and v > 0) for v in self.sigmas):
+        sigmas = tuple(sorted(float(v) for v in sigmas))
+        if not sigmas or any(not (math.isfinite(v) and v > 0) for v in sigmas):
             raise ValueError("sigmas must be a non-empty list of positive numbers")
+        self.sigmas = tuple(v * spread(X) / REFERENCE_SPREAD for v in sigmas)  # at this data's scale
         if validation is None and weights is None:
             n_val = min(holdout, max(1, len(X) // 4))
             X, validation = (X[:-n_val], X[-n_val:]) if len(X) > n_val else (X, X)
@@ -627,7 +634,7 @@ class CoarseToFineDenoiser:
     Args:
         X: training images [N, C, H, W].
         switch: the ``sigma / alpha`` above which the exact posterior mean is used (``inf``: always ``blend``;
-            0: always exact).
+            0: always exact), for data of the reference spread (scaled with the data's spread).
         blend: options of the :class:`BlendDenoiser` (e.g. ``holdout``, ``validation``, ``weights``).
         device: where the members compute.
     """
@@ -637,7 +644,7 @@ class CoarseToFineDenoiser:
         X = check_data(X)
         if not (isinstance(switch, (int, float)) and not math.isnan(switch) and switch >= 0):
             raise ValueError(f"switch must be a number >= 0, got {switch!r}")
-        self.switch = float(switch)
+        self.switch = float(switch) * spread(X) / REFERENCE_SPREAD  # at this data's scale
         self.shape = tuple(X.shape[1:])
         self.exact = EmpiricalDenoiser(X, device=device)
         self.blend = BlendDenoiser(X, device=device, **(blend or {}))

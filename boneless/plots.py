@@ -5,32 +5,13 @@ Every writer goes through :func:`atomic_path`, so an interrupted run never leave
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside ``path``; move it into place only when the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+from .outputs import atomic_path
 
 
 def pyplot():
@@ -44,24 +25,64 @@ def pyplot():
     return plt
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[n, C, H, W] in [-1, 1] -> [n, H, W, C] uint8."""
-    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+Range = tuple[float, float]
+
+
+def display_range(X) -> Range:
+    """The values shown from black to white: [-1, 1] for data within it (the loaders map pixels there), else
+    the data's own minimum and maximum (latents, data of any range; read from the first rows). Pictures scale
+    for display only; the data keep their values."""
+    rows = X[:4096]
+    lo, hi = float(rows.min()), float(rows.max())
+    if lo >= -1 - 1e-6 and hi <= 1 + 1e-6:
+        return (-1.0, 1.0)
+    return (lo, hi) if hi > lo else (lo - 1.0, hi + 1.0)
+
+
+def to_uint8(images: torch.Tensor, value_range: Range = (-1.0, 1.0)) -> np.ndarray:
+    """[n, C, H, W] -> [n, H, W, c] uint8, ``value_range`` mapped to 0..255 (clipped). 1 or 3 channels are shown
+    as they are; more than 3 (latents) by their first three as RGB; 2 by the first."""
+    x = images.detach().float().cpu()
+    x = x[:, :3] if x.shape[1] > 3 else x[:, :1] if x.shape[1] == 2 else x
+    lo, hi = value_range
+    x = ((x - lo) / (hi - lo)).clamp(0, 1).mul(255).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).numpy()
 
 
-def image_grid(rows: list[torch.Tensor], *, min_width: int = 600, pad: int = 2) -> Image.Image:
-    """A grid with one row per tensor [m, C, H, W] (in [-1, 1]), upscaled (nearest) to at least ``min_width`` px."""
+def image_grid(rows: list[torch.Tensor], *, value_range: Range = (-1.0, 1.0), min_width: int = 600, pad: int = 2,
+               row_labels: list[str] | None = None, col_labels: list[str] | None = None,
+               title: str | None = None) -> Image.Image:
+    """A grid with one row per tensor [m, C, H, W] (``value_range`` black to white), upscaled (nearest) to at
+    least ``min_width`` px; optional labels left of the rows, above the columns, and a title."""
     cols = max(len(r) for r in rows)
-    c, h, w = rows[0].shape[1:]
+    h, w = rows[0].shape[2:]
+    c = to_uint8(rows[0][:1]).shape[-1]
     scale = max(1, -(-min_width // (cols * (w + pad))))
     grid = np.full((len(rows) * (h + pad) + pad, cols * (w + pad) + pad, c), 255, dtype=np.uint8)
     for r, imgs in enumerate(rows):
-        for j, img in enumerate(to_uint8(imgs)):
+        for j, img in enumerate(to_uint8(imgs, value_range)):
             y0, x0 = pad + r * (h + pad), pad + j * (w + pad)
             grid[y0:y0 + h, x0:x0 + w] = img
     im = Image.fromarray(grid[..., 0] if c == 1 else grid)
-    return im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    if not (row_labels or col_labels or title):
+        return im
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    text_w = lambda t: ImageDraw.Draw(im).textlength(t, font=font)  # noqa: E731
+    left = int(max(map(text_w, row_labels))) + 8 if row_labels else 0
+    top = (16 if title else 0) + (14 if col_labels else 0)
+    out = Image.new(im.mode, (im.width + left, im.height + top), 255 if im.mode == "L" else (255, 255, 255))
+    out.paste(im, (left, top))
+    draw, ink = ImageDraw.Draw(out), 0 if im.mode == "L" else (0, 0, 0)
+    if title:
+        draw.text((left + 2, 1), title, fill=ink, font=font)
+    for j, t in enumerate(col_labels or []):
+        draw.text((left + (pad + j * (w + pad)) * scale, top - 13), t, fill=ink, font=font)
+    for r, t in enumerate(row_labels or []):
+        draw.text((2, top + (pad + r * (h + pad) + h / 2) * scale - 6), t, fill=ink, font=font)
+    return out
 
 
 def save_image(im: Image.Image, path: str | os.PathLike) -> None:
@@ -75,11 +96,11 @@ def save_figure(fig, path: str | os.PathLike) -> None:
     pyplot().close(fig)
 
 
-def samples_grid(samples: torch.Tensor, *, ncols: int | None = None) -> Image.Image:
+def samples_grid(samples: torch.Tensor, *, ncols: int | None = None, value_range: Range = (-1.0, 1.0)) -> Image.Image:
     """The samples [n, C, H, W] as a near-square grid."""
     n = len(samples)
     ncols = ncols or int(np.ceil(np.sqrt(n)))
-    return image_grid([samples[i:i + ncols] for i in range(0, n, ncols)])
+    return image_grid([samples[i:i + ncols] for i in range(0, n, ncols)], value_range=value_range)
 
 
 def scatter_samples(samples: torch.Tensor, X: torch.Tensor, *, title: str = "samples"):
@@ -89,20 +110,27 @@ def scatter_samples(samples: torch.Tensor, X: torch.Tensor, *, title: str = "sam
     ax.scatter(X[:, 0], X[:, 1], s=4, c="0.7", label="training data")
     ax.scatter(samples[:, 0], samples[:, 1], s=12, c="tab:red", label="samples")
     ax.set_aspect("equal")
-    ax.set_xlim(-1.1, 1.1)
-    ax.set_ylim(-1.1, 1.1)
     ax.set_title(title)
     ax.legend(loc="upper right")
     return fig
 
 
-def trajectory_figure(traj_x: torch.Tensor, traj_x0: torch.Tensor, times, *, max_samples: int = 8):
-    """The original notebook's grid of iterates: per sample, a row of x_t and a row of x0_hat over the steps.
-    ``traj_x``, ``traj_x0`` are [R, n, C, H, W]."""
-    rows = []
+def trajectory_figure(traj_x: torch.Tensor, traj_x0: torch.Tensor, times, *, X=None, indices=None,
+                      max_samples: int = 8, value_range: Range = (-1.0, 1.0)):
+    """The original notebook's grid of iterates: per sample, a row of x_t and a row of x0_hat over the steps
+    (columns labelled by t), and, given the training data ``X`` and the recorded posterior ``indices``
+    [R, n, k], a row of the most probable training example at each step. ``traj_x``, ``traj_x0`` are
+    [R, n, C, H, W]."""
+    rows, labels = [], []
     for i in range(min(max_samples, traj_x.shape[1])):
-        rows += [traj_x[:, i].clamp(-1, 1), traj_x0[:, i]]
-    return image_grid(rows)
+        rows += [traj_x[:, i], traj_x0[:, i]]
+        labels += [f"{i}: x_t", f"{i}: x0_hat"]
+        if X is not None and indices is not None:
+            rows.append(X[indices[:, i, 0].clamp(min=0)])
+            labels.append(f"{i}: top example")
+    cols = [f"t={float(t):.2f}" for t in times]
+    return image_grid(rows, value_range=value_range, row_labels=labels, col_labels=cols,
+                      title="sampling trajectories: x_t, the denoiser's x0_hat, the most probable training example")
 
 
 def trajectory_scatter(traj_x: torch.Tensor, X: torch.Tensor, samples: torch.Tensor):
@@ -155,7 +183,8 @@ def posterior_figure(times: torch.Tensor, weights: torch.Tensor, indices: torch.
     return fig
 
 
-def neighbours_grid(samples: torch.Tensor, X: torch.Tensor, nearest_idx: torch.Tensor, *, max_pairs: int = 16):
+def neighbours_grid(samples: torch.Tensor, X: torch.Tensor, nearest_idx: torch.Tensor, *, max_pairs: int = 16,
+                    value_range: Range = (-1.0, 1.0)):
     """Each sample (top row) above its nearest training example (bottom row)."""
     m = min(max_pairs, len(samples))
-    return image_grid([samples[:m], X[nearest_idx[:m]]])
+    return image_grid([samples[:m], X[nearest_idx[:m]]], value_range=value_range)

@@ -282,6 +282,8 @@ def sample(denoiser, schedule: Schedule | str = "rectified-flow", *, n: int = 16
                 "noise_strength": list(noise_strength), "eta": float(eta), "churn": float(churn), "top_k": top_k,
                 "record_steps": sorted(record_steps), "seed": seed if generator is None else "generator",
                 "denoiser": type(denoiser).__name__, "ts": [float(t) for t in ts]}
+    if checkpoint is not None and not resume and Path(checkpoint).exists():
+        raise ValueError(_unfinished_run(checkpoint, settings))
     state = _load_checkpoint(checkpoint, settings) if resume else None
     if generator is None:
         generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
@@ -319,6 +321,7 @@ def sample(denoiser, schedule: Schedule | str = "rectified-flow", *, n: int = 16
 
 
 CHECKPOINT_VERSION = 1
+RESTART = "start over with --restart (Python: delete the file), or write elsewhere"
 
 
 def _writes_checkpoints() -> bool:
@@ -331,7 +334,7 @@ def _save_checkpoint(path, settings: dict, x, step: int, generator, rec: _Record
     """Write the sampler state after ``step`` steps to ``path`` atomically (torch.save of tensors and lists)."""
     if not _writes_checkpoints():
         return
-    from .plots import atomic_path
+    from .outputs import atomic_path
 
     tr = rec.trajectory
     state = {"version": CHECKPOINT_VERSION, "settings": settings, "x": x.detach().cpu(), "step": step,
@@ -339,6 +342,16 @@ def _save_checkpoint(path, settings: dict, x, step: int, generator, rec: _Record
              "trajectory": {f.name: list(getattr(tr, f.name)) for f in fields(tr)}}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def _unfinished_run(path, settings: dict) -> str:
+    """Why a run that would write ``path`` does not start: the file holds another run's progress."""
+    try:
+        state = _load_checkpoint(path, settings)
+    except ValueError as e:  # another run's, or not a checkpoint at all
+        return str(e)
+    return (f"checkpoint {path} holds step {int(state['step'])} of {settings['steps']} of this run: continue it "
+            "with --resume (Python: resume=True), or start over with --restart (Python: delete the file)")
 
 
 def _load_checkpoint(path, settings: dict) -> dict | None:
@@ -352,12 +365,13 @@ def _load_checkpoint(path, settings: dict) -> dict | None:
         saved = state["settings"]
         ok = state.get("version") == CHECKPOINT_VERSION and all(k in state for k in ("x", "step", "generator"))
     except Exception as e:  # torch.load raises many types for foreign or truncated files
-        raise ValueError(f"checkpoint {path}: cannot read: {' '.join(str(e).split())[:300]}") from e
+        raise ValueError(f"checkpoint {path}: cannot read: {' '.join(str(e).split())[:300]} ({RESTART})") from e
     if not ok:
-        raise ValueError(f"checkpoint {path}: not a boneless sample checkpoint (version {CHECKPOINT_VERSION})")
+        raise ValueError(f"checkpoint {path}: not a boneless sample checkpoint (version {CHECKPOINT_VERSION}; "
+                         f"{RESTART})")
     for key in settings:
         if saved.get(key) != settings[key]:
             show = lambda v: str(v) if len(str(v)) < 60 else str(v)[:60] + "..."
             raise ValueError(f"checkpoint {path} was written by a different run: {key} {show(saved.get(key))} "
-                             f"there, {show(settings[key])} now (delete it or use the same settings)")
+                             f"there, {show(settings[key])} now ({RESTART})")
     return state

@@ -25,8 +25,10 @@ from pathlib import Path
 import torch
 
 from .data import is_image, load_dataset
+from .outputs import atomic_path, check_output_dir
 
 CHECKPOINT_VERSION = 1
+OUTPUTS = ("model_index.json", "reference.json", "checkpoint.pt")
 
 
 def diffusers_module():
@@ -36,17 +38,6 @@ def diffusers_module():
     except ImportError:
         raise ValueError("this needs diffusers: pip install 'boneless-flow[adapters]'") from None
     return diffusers
-
-
-def check_out_dir(path) -> Path:
-    """``path`` as an output folder, refused at once (before any work) when it cannot be one."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder")
-    existing = next(p for p in (out, *out.parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise ValueError(f"--out {out}: cannot write there")
-    return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,7 +59,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and of every draw (default 0)")
     p.add_argument("--checkpoint-every", type=positive_int, default=250, metavar="K",
                    help="save the training state to OUT/checkpoint.pt every K steps (default 250)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (same settings)")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue from OUT/checkpoint.pt (same settings): the same network as an uninterrupted run. "
+                            "Without --resume or --restart, a run into a folder holding a checkpoint refuses to start")
+    again.add_argument("--restart", action="store_true", help="start over, discarding OUT/checkpoint.pt")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -100,7 +95,11 @@ def settings_of(args, X: torch.Tensor) -> dict:
 
 
 def run(args) -> int:
-    out = check_out_dir(args.out)
+    out = check_output_dir(args.out, files=OUTPUTS)
+    checkpoint = out / "checkpoint.pt"
+    if checkpoint.exists() and not (args.resume or args.restart):
+        raise ValueError(f"{checkpoint} exists (an interrupted run): continue it with --resume, or start over with "
+                         "--restart")
     if args.threads:
         torch.set_num_threads(args.threads)
     X = load_dataset(args.data, limit=args.n_train, size=args.size)
@@ -113,10 +112,12 @@ def run(args) -> int:
         torch.manual_seed(args.seed)
         unet = make_unet(tuple(X.shape[1:]), list(args.channels))
     scheduler = make_scheduler()
-    result = train(unet, scheduler, X, settings, checkpoint=out / "checkpoint.pt", resume=args.resume,
+    if args.restart:
+        checkpoint.unlink(missing_ok=True)
+    result = train(unet, scheduler, X, settings, checkpoint=checkpoint, resume=args.resume,
                    checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
     save_reference(out, unet, scheduler, {**settings, **result})
-    (out / "checkpoint.pt").unlink(missing_ok=True)  # the run is complete and written
+    checkpoint.unlink(missing_ok=True)  # the run is complete and written
     n_params = sum(p.numel() for p in unet.parameters())
     print(f"trained a {n_params / 1e6:.2f}M-parameter UNet on {len(X)} images of {args.data} for {args.steps} steps "
           f"in {result['seconds']:.0f} s (final loss {result['final_loss']:.4f}); wrote {out}/")
@@ -174,8 +175,6 @@ def train(unet, scheduler, X: torch.Tensor, settings: dict, *, checkpoint: Path 
 
 
 def save_checkpoint(path: Path, settings, unet, optimiser, decay, generator, step, losses, seconds) -> None:
-    from .plots import atomic_path
-
     state = {"version": CHECKPOINT_VERSION, "settings": settings, "unet": unet.state_dict(),
              "optimiser": optimiser.state_dict(), "decay": decay.state_dict(), "generator": generator.get_state(),
              "step": step, "losses": losses, "seconds": seconds}

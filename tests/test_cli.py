@@ -36,6 +36,24 @@ def test_sample_digits_end_to_end(tmp_path, capsys):
     assert "copy rate" in stdout
 
 
+@pytest.mark.parametrize("scale,offset", [(5.0, 3.0), (1e-3, 0.0)])
+def test_sample_latents_of_any_range(tmp_path, capsys, scale, offset):
+    """VAE-like latents [N, 4, h, w] far outside [-1, 1] (or of tiny scale) sample in their own scale: the exact
+    flow lands on training latents, and the pictures show them (first three channels, scaled for display)."""
+    X = (np.random.default_rng(0).standard_normal((60, 4, 6, 6)) * scale + offset).astype(np.float32)
+    np.save(tmp_path / "latents.npy", X)
+    out = tmp_path / "run"
+    code, _, err = run(["sample", "--data", str(tmp_path / "latents.npy"), "-n", "4", "--steps", "30",
+                        "--spacing", "logsnr", "--out", str(out), "--no-progress"], capsys)
+    assert code == 0, err
+    npz = np.load(out / "samples.npz")
+    assert npz["samples"].shape == (4, 4, 6, 6)
+    np.testing.assert_allclose(npz["samples"], X[npz["nearest"]], rtol=0, atol=1e-3 * scale)
+    assert json.loads((out / "report.json").read_text())["copy_rate"] == 1.0
+    im = np.asarray(Image.open(out / "samples.png"))
+    assert im.ndim == 3 and im.shape[2] == 3 and im.std() > 20  # RGB of the first three channels, not saturated
+
+
 def test_sample_points_and_other_options(tmp_path, capsys):
     out = tmp_path / "moons"
     code, _, _ = run(["sample", "--data", "moons", "-n", "16", "--steps", "20", "--schedule", "ve", "--sampler",
@@ -121,3 +139,17 @@ def test_help_texts(capsys):
         assert e.value.code == 0
     out, _ = capsys.readouterr()
     assert "--schedule" in out and "--noise-strength" in out and "sample" in out
+
+
+@pytest.mark.parametrize("command", ["sample", "demo", "eval", "bench", "pack"])
+def test_help_states_each_default_once(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    entries = [e for e in text.split("\n  -")[1:]]  # one entry per option
+    assert entries
+    for entry in entries:
+        assert entry.count("default") <= 1, entry
+    if command == "sample":
+        for expect in ("(default: digits)", "(default 100)", "(default: 0.0)", "(default: 2048)"):
+            assert text.count(expect) == 1, expect

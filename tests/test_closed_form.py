@@ -8,6 +8,7 @@ import torch
 from boneless import DENOISERS, EmpiricalDenoiser
 from boneless.closed_form import GaussianDenoiser, GMMDenoiser, SmoothedDenoiser, kmeans
 from boneless.denoisers import exact_reference
+from boneless.data import REFERENCE_SPREAD, spread
 
 
 def gaussian_data(n, *, seed=0, d=3):
@@ -108,7 +109,8 @@ def test_smoothed_zero_is_exact_and_positive_is_the_perturbation_average(cloud):
     torch.testing.assert_close(SmoothedDenoiser(cloud, smoothing=0.0)(x, 1.0, 0.05), exact(x, 1.0, 0.05))
     den = SmoothedDenoiser(cloud, smoothing=0.2, draws=3, seed=7)
     eps = torch.randn(3, 5, generator=torch.Generator().manual_seed(7))
-    ref = torch.stack([exact_reference(cloud, x + 0.2 * e, 1.0, 0.05) for e in eps]).mean(0)
+    tau = 0.2 * spread(cloud) / REFERENCE_SPREAD  # the smoothing is stated for data of the reference spread
+    ref = torch.stack([exact_reference(cloud, x + tau * e, 1.0, 0.05) for e in eps]).mean(0)
     torch.testing.assert_close(den(x, 1.0, 0.05).double(), ref, rtol=0, atol=1e-5)
     torch.testing.assert_close(den(x, 1.0, 0.05), den(x, 1.0, 0.05))  # deterministic: the draws are fixed
     torch.testing.assert_close(den(x, 0.0, 1.0), exact(x, 0.0, 1.0))  # alpha = 0: the mean, whatever the input
@@ -191,4 +193,4 @@ def test_bad_options():
     with pytest.raises(ValueError):
         SmoothedDenoiser(X, draws=0)
     with pytest.raises(ValueError):
-        GaussianDenoiser(torch.full((3, 2), 2.0))  # outside [-1, 1]
+        GaussianDenoiser(torch.full((3, 2), math.nan))

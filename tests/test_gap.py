@@ -75,6 +75,7 @@ def test_train_reference_resume_gives_the_uninterrupted_network(tmp_path, monkey
         main(["train-reference", *TINY, "--steps", "4", "--checkpoint-every", "2", "--out", str(parts)])
     assert (parts / "checkpoint.pt").exists() and not (parts / "unet").exists()
     monkeypatch.setattr(train_reference, "save_checkpoint", save)
+    assert main(["train-reference", *TINY, "--steps", "4", "--out", str(parts)]) == 2  # neither --resume nor --restart
     assert main(["train-reference", *TINY, "--steps", "4", "--checkpoint-every", "2", "--resume",
                  "--out", str(parts)]) == 0
     a = diffusers.UNet2DModel.from_pretrained(whole / "unet").state_dict()
@@ -199,7 +200,7 @@ def test_decode_with_a_wrong_autoencoder_fails_before_sampling(tmp_path, capsys)
     assert main(["sample", "--data", str(tmp_path / "latents.npy"), "--decode", str(tmp_path / "vae"),
                  "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "4 channels" in err and len(err.splitlines()) == 1 and not out.exists()
+    assert "4 channels" in err and len(err.splitlines()) == 1 and not (out / "report.json").exists()
     assert main(["sample", "--data", str(tmp_path / "latents.npy"), "--decode", str(tmp_path / "nowhere"),
                  "--out", str(out), "--no-progress"]) == 2
-    assert "no autoencoder there" in capsys.readouterr().err and not out.exists()
+    assert "no autoencoder there" in capsys.readouterr().err and not (out / "report.json").exists()

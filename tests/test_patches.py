@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from boneless import DENOISERS
 from boneless.closed_form import GaussianDenoiser
+from boneless.data import REFERENCE_SPREAD, spread
 from boneless.denoisers import exact_reference
 from boneless.patches import (EquivariantLocalDenoiser, LocalDenoiser, LocalGaussianDenoiser, PatchCompositeDenoiser,
                               PatchSchedule, calibrate, validation_errors)
@@ -206,8 +207,11 @@ def test_calibrate_picks_the_size_with_the_lowest_validation_error(X):
     Xv = images(6, seed=7)
     sizes, table = validation_errors(PatchCompositeDenoiser, X, Xv, [0.05, 2.0], sizes=(1, 2, 5), seed=1)
     sch = calibrate(PatchCompositeDenoiser, X, Xv, [2.0, 0.05], sizes=(1, 2, 5), seed=1)
-    assert sch.sigmas == (0.05, 2.0) and sch.reference == H
+    unit = spread(X) / REFERENCE_SPREAD  # levels are stated for data of the reference spread
+    assert sch.sigmas == pytest.approx((0.05 / unit, 2.0 / unit), rel=1e-12) and sch.reference == H
     assert sch.sizes == tuple(sizes[int(j)] for j in table.argmin(1))
+    den = PatchCompositeDenoiser(X, schedule=sch)  # ... and read at this data's spread: the calibrated sizes
+    assert (den.patch_size(0.05), den.patch_size(2.0)) == sch.sizes
     # the table entry is the validation MSE of that fixed size (recomputed independently)
     z = torch.randn(Xv.shape, generator=torch.Generator().manual_seed(1))
     mse = float(((PatchCompositeDenoiser(X, schedule=2)(Xv + 2.0 * z, 1.0, 2.0) - Xv).double() ** 2).mean())
@@ -263,13 +267,16 @@ def test_blend_weights_fit_interpolate_and_select_members(X):
     torch.testing.assert_close(ident, x / a.float()[:, None, None, None])
     # fitted: least squares, so on the validation images no single member does better at a calibration level
     den = BlendDenoiser(X, validation=Xv, sigmas=sig, seed=3)
+    unit = spread(X) / REFERENCE_SPREAD  # the levels are stated for data of the reference spread
+    assert den.sigmas == pytest.approx((0.1 * unit, 1.0 * unit), rel=1e-12)
+    sig = den.sigmas
     z = torch.randn(Xv.shape, generator=torch.Generator().manual_seed(4))  # the fit's noise draw (seed + 1)
     for i, sg in enumerate(sig):
         E = den.members(Xv + sg * z, 1.0, sg)
         blended = float(((torch.einsum("m,m...->...", den.weights[i], E) - Xv.double()) ** 2).mean())
         assert all(blended <= float(((e - Xv.double()) ** 2).mean()) + 1e-12 for e in E)
     # interpolation in log sigma, clamped beyond the calibration levels
-    w = den.weights_at(torch.tensor([0.1, 1.0, math.sqrt(0.1), 1e-3, 1e3], dtype=torch.float64))
+    w = den.weights_at(torch.tensor([sig[0], sig[1], math.sqrt(sig[0] * sig[1]), 1e-3, 1e3], dtype=torch.float64))
     for got, want in ((w[0], den.weights[0]), (w[1], den.weights[1]), (w[2], den.weights.mean(0)),
                       (w[3], den.weights[0]), (w[4], den.weights[1])):
         torch.testing.assert_close(got, want)
@@ -286,6 +293,7 @@ def test_coarse_to_fine_is_exact_above_the_switch_and_blend_below(X):
     s = torch.tensor([0.1, 1.0, 0.4, 1.0], dtype=torch.float64)  # sigma / alpha = 0.1, 2, 0.4, inf
     exact = EmpiricalDenoiser(X)(x, a, s)  # (batch composition changes float32 rounding: 1e-6 below)
     den = CoarseToFineDenoiser(X, switch=1.0, blend=opts)
+    assert den.switch == pytest.approx(spread(X) / REFERENCE_SPREAD) and 0.4 < den.switch < 2  # at X's spread
     blend = den.blend(x, a, s)
     got = den(x, a, s)
     coarse = torch.tensor([False, True, False, True])

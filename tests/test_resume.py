@@ -1,6 +1,5 @@
 """Resumable runs: a run interrupted after a checkpoint and resumed gives bit-identical samples and trajectory."""
 
-import warnings
 
 import numpy as np
 import pytest
@@ -121,3 +120,48 @@ def test_cli_interrupted_then_resumed(tmp_path, monkeypatch, capsys):
     assert main(args + ["--out", str(out), "--resume"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("boneless: error: checkpoint") and err.count("\n") == 1
+
+
+def test_rerun_into_a_folder_with_a_checkpoint_resumes_or_refuses(tmp_path, monkeypatch, capsys):
+    """Ctrl-C, then the same command again: it refuses (naming --resume) and keeps the checkpoint; --resume
+    continues, --restart starts over; the interrupt message itself names --resume."""
+    args = ["sample", "--data", "digits", "--limit", "300", "-n", "4", "--steps", "12", "--seed", "3",
+            "--no-progress", "--checkpoint-every", "5", "--out", str(tmp_path / "x")]
+    ck = tmp_path / "x" / "checkpoint.pt"
+    make = boneless.cli.make_denoiser
+    monkeypatch.setattr(boneless.cli, "make_denoiser", lambda *a, **k: crashing(make(*a, **k), 7, KeyboardInterrupt))
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert f"{ck} holds step 5: run the same command with --resume" in err and err.count("\n") == 1
+    saved = ck.read_bytes()
+    monkeypatch.setattr(boneless.cli, "make_denoiser", make)
+    for again in (args, args[:-4] + args[-2:]):  # the same command, with or without --checkpoint-every
+        assert main(again) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"boneless: error: checkpoint {ck} holds step 5 of 12 of this run") and "--resume" in err
+        assert err.count("\n") == 1 and ck.read_bytes() == saved  # the progress is kept
+    assert main(args + ["--resume"]) == 0
+    resumed = np.load(tmp_path / "x" / "samples.npz")["samples"]
+    # a checkpoint of other settings: refused too, naming --restart; --restart starts over and finishes
+    monkeypatch.setattr(boneless.cli, "make_denoiser", lambda *a, **k: crashing(make(*a, **k), 7, KeyboardInterrupt))
+    assert main(args) == 130
+    monkeypatch.setattr(boneless.cli, "make_denoiser", make)
+    capsys.readouterr()
+    assert main(args[:-2] + ["--steps", "13", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "different run: steps 12 there, 13 now" in err and "--restart" in err
+    assert main(args + ["--restart"]) == 0 and not ck.exists()
+    assert np.array_equal(np.load(tmp_path / "x" / "samples.npz")["samples"], resumed)
+    with pytest.raises(SystemExit) as exit_:  # one or the other (argparse's one-line error)
+        main(args + ["--resume", "--restart"])
+    assert exit_.value.code == 2 and "not allowed with argument --resume" in capsys.readouterr().err
+
+
+def test_python_api_refuses_to_overwrite_a_checkpoint(tmp_path, den):
+    ck = tmp_path / "ck.pt"
+    with pytest.raises(Interrupt):
+        sample(crashing(den, 5), n=3, steps=10, seed=1, checkpoint=ck, checkpoint_every=2)
+    saved = ck.read_bytes()
+    with pytest.raises(ValueError, match="holds step 4 of 10 of this run: continue it with --resume"):
+        sample(den, n=3, steps=10, seed=1, checkpoint=ck, checkpoint_every=2)
+    assert ck.read_bytes() == saved
