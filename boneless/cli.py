@@ -37,6 +37,8 @@ EXTERNAL = {
     "bench": ("boneless.bench", "time the exact denoiser against baselines and the matrix-product limit"),
     "pack": ("boneless.pack", "convert an image folder into one .npy file (fast start; memory-mapped data)"),
     "explore": ("boneless.explore", "a local web page: step through the flow, sample, see the posterior (Gradio)"),
+    "gap": ("boneless.gap", "how far a trained model is from the ideal denoiser, per noise level"),
+    "train-reference": ("boneless.train_reference", "train a small diffusers UNet on N images (a reference model)"),
 }
 
 
@@ -82,6 +84,9 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                             "uninterrupted run. Without --resume or --restart, a run into a folder holding a "
                             "checkpoint refuses to start")
     again.add_argument("--restart", action="store_true", help="start over, discarding OUT/checkpoint.pt")
+    p.add_argument("--decode", metavar="VAE_DIR",
+                   help="data are autoencoder latents: decode samples with the diffusers AutoencoderKL in VAE_DIR "
+                        "(decoded.png, decoded_neighbours.png)")
     p.add_argument("--dist-timeout", type=positive_float, default=300.0, metavar="SECONDS",
                    help="under torchrun: a rank waiting longer than this for another fails with an error (default 300)")
 
@@ -122,6 +127,10 @@ def _run_sample(args, rank: int, world: int, device: torch.device) -> int:
         distributed.check_same([len(X), *X.shape[1:], *([] if mapped else distributed.fingerprint(X))],
                                "datasets (size, shape, checksum)", device=device)
     timings["load_s"] = time.perf_counter() - t0
+    decode = None
+    if getattr(args, "decode", None):
+        from .latents import load_decoder
+        decode = load_decoder(args.decode, X)
     t0 = time.perf_counter()
     given = {"temperature": args.softmax_temperature, "chunk_size": args.chunk_size, "storage": args.storage,
              "bank": args.bank}  # the options given on the command line; the denoiser's own defaults otherwise
@@ -152,6 +161,9 @@ def _run_sample(args, rank: int, world: int, device: torch.device) -> int:
     copies = (dist[:, 0] < COPY_RATIO * dist[:, 1]).numpy()
     write_sample_outputs(out, X, res, dist, idx, title=f"{args.n} samples: {args.denoiser} denoiser, {schedule.name}, "
                                                       f"{args.sampler}, {args.steps} steps")
+    if decode is not None:
+        from .latents import write_decoded
+        write_decoded(out, decode, res.samples, X, idx[:, 0])
     timings["outputs_s"] = time.perf_counter() - t0
     report = {
         "version": __version__,
