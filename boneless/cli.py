@@ -35,6 +35,7 @@ EXTERNAL = {
     "eval": ("boneless.evaluate", "compare denoisers: held-out error, copy rate, sample quality"),
     "bench": ("boneless.bench", "time the exact denoiser against baselines and the matrix-product limit"),
     "pack": ("boneless.pack", "convert an image folder into one .npy file (fast start; memory-mapped data)"),
+    "single-image": ("boneless.single_image", "new images from the patches of one picture, no training (retargeting too)"),
 }
 
 
