@@ -50,6 +50,7 @@ MIN_SIDE = 8  # a smaller source is refused
 FEATURE_SEED = 0  # the seed of the fixed random feature network of :func:`sifid`
 IVF_ROWS = 4096  # search="auto": inverted lists for source scales with more patches than this
 NPROBE = 8  # lists searched per query patch
+PROBE_ROWS = 2048  # ... and at least enough lists for this many rows (small scales: a larger share of the lists)
 CHECK_QUERIES = 32  # query patches per call whose inverted-list posterior mean is checked against the exact one
 Sampler = Literal["euler", "heun", "ddim", "ddpm", "euler-maruyama"]
 Search = Literal["auto", "exact", "ivf"]
@@ -222,7 +223,7 @@ class PatchPosteriorDenoiser:
             ``sqrt(N)`` inverted lists, an approximation whose error on ``CHECK_QUERIES`` random query patches
             per call, against the exact posterior, is kept in :attr:`errors`) or ``"auto"`` (``ivf`` above
             ``IVF_ROWS`` source patches).
-        nprobe: lists searched per query patch (``ivf``).
+        nprobe: lists searched per query patch (``ivf``; at least enough lists for ``PROBE_ROWS`` rows).
         device: where the bank lives and the posteriors are computed.
     """
 
@@ -273,7 +274,8 @@ class PatchPosteriorDenoiser:
         if self.lists is None:
             m = _reduce_mean(self.bank, q, a, s)
         else:
-            m = self.lists.mean(q, a, s, nprobe=self.nprobe)
+            nprobe = max(self.nprobe, math.ceil(PROBE_ROWS * len(self.lists.banks) / len(self.lists)))
+            m = self.lists.mean(q, a, s, nprobe=nprobe)
             pick = torch.randperm(len(q), generator=self._check)[:CHECK_QUERIES].to(self.device)
             exact = _reduce_mean(self.bank, q[pick], a[pick], s[pick]).double()
             err = (m[pick].double() - exact).norm(dim=1) / exact.norm(dim=1).clamp(min=1e-12)
