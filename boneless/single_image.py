@@ -451,27 +451,24 @@ def generate(source: torch.Tensor, *, size: Sequence[int] | None = None, n: int 
 
 def nearest_patch_reshuffle(source: torch.Tensor, *, size: Sequence[int] | None = None, n: int = 4,
                             patch_size: int = PATCH_SIZE, scales: int | None = None, factor: float = FACTOR,
-                            iterations: int = 5, init_noise: float = 0.75, stride: int = 1, seed: int = 0,
+                            iterations: int = 3, stride: int = 1, seed: int = 0,
                             device: torch.device | str = "cpu") -> torch.Tensor:
     """The classical baseline: coarse-to-fine patch nearest-neighbour reshuffling in the manner of GPNN (Granot et
-    al., "Drop the GAN", CVPR 2022). The coarsest output starts from the coarsest source resized to the output and
-    perturbed by Gaussian noise of std ``init_noise`` (standardised units); at each scale ``iterations`` times every
-    patch is replaced by its nearest source patch and overlapping patches are averaged; the result is upsampled to
-    the next scale. Returns samples [n, C, h, w] in the source's units."""
+    al., "Drop the GAN", CVPR 2022), without a network or a posterior. The coarsest output starts from Gaussian
+    noise (standardised units, like our samples; GPNN's own start, the coarse source plus noise, snaps back to the
+    source here); at each scale ``iterations`` times every patch is replaced by its nearest source patch and
+    overlapping patches are averaged; the result is upsampled to the next scale. Returns samples [n, C, h, w] in
+    the source's units."""
     scales, size, src, out, _ = _check_settings(source, size, patch_size, scales, factor, 1.0, 1, stride, 1)
     device = torch.device(device)
     z_src, mean, std = standardise(source)
     z_src = z_src.to(device)
     generator = torch.Generator().manual_seed(int(seed))
-    x = None
+    x = torch.randn((n, z_src.shape[0], *out[0]), generator=generator).to(device)
     for s in range(scales):
-        ref = resize(z_src[None], src[s])[0]
-        den = PatchPosteriorDenoiser(ref, patch_size=patch_size, stride=stride, device=device)
-        if x is None:
-            noise = torch.randn((n, z_src.shape[0], *out[s]), generator=generator).to(device)
-            x = resize(ref[None], out[s]).expand(n, -1, -1, -1) + init_noise * noise
-        else:
-            x = resize(x, out[s])
+        den = PatchPosteriorDenoiser(resize(z_src[None], src[s])[0], patch_size=patch_size, stride=stride,
+                                     device=device)
+        x = resize(x, out[s])
         for _ in range(iterations):
             x = den.nearest(x)
     return (x.cpu().double() * std + mean.double()).float()
