@@ -42,6 +42,25 @@ def source_image(name: str, side: int, folder: Path) -> Path:
     return path
 
 
+ROWS = ("source", "ours", "nearest patch", "random shift")
+
+
+def label_rows(path: Path, labels=ROWS, *, tile: int, pad: int = 2, title: str | None = None) -> None:
+    """Rewrite the grid at ``path`` (rows of ``tile`` px plus ``pad``) with each row's label on its left and a
+    title on top."""
+    from PIL import ImageDraw
+    im = Image.open(path).convert("RGB")
+    left, top = 110, 22 if title else 0
+    canvas = Image.new("RGB", (im.width + left, im.height + top), "white")
+    canvas.paste(im, (left, top))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((4, 4), title, fill="black")
+    for r, text in enumerate(labels):
+        draw.text((4, top + pad + r * (tile + pad) + tile // 2 - 6), text, fill="black")
+    save_image(canvas, path)
+
+
 def scores(samples: torch.Tensor, source: torch.Tensor) -> dict:
     return {"sifid": float(np.mean([sifid(s, source) for s in samples])),
             "diversity": diversity(samples, source),
@@ -72,6 +91,8 @@ def quality(args) -> None:
         grid = image_grid([half(source[None]).expand(1, -1, -1, -1), half(ours[:k]), half(nn[:k]), half(copy[:k])],
                           min_width=0)
         save_image(grid, out / f"{name}.png")
+        label_rows(out / f"{name}.png", tile=source.shape[1] // 2,
+                   title=f"{name}: source, then {k} samples of each method (half size)")
     # retargeting: one picture at two other aspect ratios
     source, _ = load_source(source_image("coffee", 256, tmp))
     wide = generate(source, size=(128, 384), n=2, seed=args.seed).samples
