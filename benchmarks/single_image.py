@@ -2,7 +2,7 @@
 two baselines on scikit-image's bundled pictures, and its speed for 256 x 256 and 1024 x 1024 samples.
 
     OMP_NUM_THREADS=1 python benchmarks/single_image.py quality --out docs/single_image
-    python benchmarks/single_image.py speed --out docs/single_image
+    python benchmarks/single_image.py speed --out docs/single_image --threads 1
 
 Every picture is read offline from scikit-image (``skimage.data``) and resized (Lanczos) to a longer side of 256
 pixels (``quality``; the usual SinGAN/SinDDM size) or 256 and 512 (``speed``). Baselines: the source circularly
@@ -24,8 +24,8 @@ import torch
 from PIL import Image
 
 from boneless.plots import atomic_path, image_grid, save_image
-from boneless.single_image import (PatchPosteriorDenoiser, copy_share, diversity, generate, load_source,
-                                   nearest_patch_reshuffle, random_shifts, resize, sifid, standardise)
+from boneless.single_image import (copy_share, diversity, generate, load_source, nearest_patch_reshuffle,
+                                   random_shifts, resize, sifid)
 
 IMAGES = ("astronaut", "chelsea", "coffee", "immunohistochemistry", "hubble_deep_field")
 
@@ -137,23 +137,7 @@ def speed(args) -> None:
             print(json.dumps(rows[-1]), flush=True)
             if size == (1024, 1024) and threads == args.threads[0]:
                 save_image(image_grid([res.samples.clamp(-1, 1)], min_width=0), out / "astronaut_1024.png")
-    # one call of the finest-scale denoiser, exact against inverted lists, side by side (t = 0.35)
-    torch.set_num_threads(args.threads[0])
-    z, _, _ = standardise(src256)
-    g = torch.Generator().manual_seed(args.seed)
-    x = 0.65 * z[None] + 0.35 * torch.randn(z[None].shape, generator=g)
-    calls = {}
-    for search in ("exact", "ivf"):
-        den = PatchPosteriorDenoiser(z, patch_size=7, stride=3, search=search)
-        y, wall, cpu = timed(lambda: den(x, 0.65, 0.35))
-        calls[search] = {"wall_s": wall, "cpu_s": cpu, "x0_hat": y}
-    ref = calls["exact"]["x0_hat"].double()
-    rel = float((calls["ivf"]["x0_hat"].double() - ref).norm() / ref.norm())
-    one_call = {"exact": {k: v for k, v in calls["exact"].items() if k != "x0_hat"},
-                "ivf": {k: v for k, v in calls["ivf"].items() if k != "x0_hat"},
-                "relative_l2_error_of_x0_hat": rel}
-    print(json.dumps(one_call), flush=True)
-    report = {"runs": rows, "finest_scale_call_256": one_call,
+    report = {"runs": rows,
               "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
                           "load_average_at_end": os.getloadavg()}}
     with atomic_path(out / "speed.json") as t:
