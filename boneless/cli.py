@@ -39,6 +39,7 @@ EXTERNAL = {
     "explore": ("boneless.explore", "a local web page: step through the flow, sample, see the posterior (Gradio)"),
     "gap": ("boneless.gap", "how far a trained model is from the ideal denoiser, per noise level"),
     "train-reference": ("boneless.train_reference", "train a small diffusers UNet on N images (a reference model)"),
+    "single-image": ("boneless.single_image", "new images from the patches of one picture, no training (retargeting too)"),
 }
 
 
