@@ -2,7 +2,7 @@
 process: about sqrt(N) lists probed 8 at a time (the default), sqrt(N) / 2 lists by 4, sqrt(N) / 4 by 2, and the
 default again (docs/SINGLE_IMAGE.md):
 
-    OMP_NUM_THREADS=1 python benchmarks/single_image_lists.py   (needs /tmp/si/astronaut.png: skimage astronaut at 256)
+    OMP_NUM_THREADS=1 python benchmarks/single_image_lists.py
 """
 import time, torch, math
 import boneless.single_image as si
