@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def scores(samples: torch.Tensor, source: torch.Tensor) -> dict:
 def quality(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "sources"
+    tmp = Path(tempfile.gettempdir()) / "single_image_sources"  # the resized inputs, not kept
     tmp.mkdir(exist_ok=True)
     results = {}
     for name in args.images:
@@ -134,7 +135,7 @@ def timed(fn):
 def speed(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "sources"
+    tmp = Path(tempfile.gettempdir()) / "single_image_sources"  # the resized inputs, not kept
     tmp.mkdir(exist_ok=True)
     src256, _ = load_source(source_image("astronaut", 256, tmp))
     src512, _ = load_source(source_image("astronaut", 512, tmp))
