@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,15 +71,19 @@ def scores(samples: torch.Tensor, source: torch.Tensor) -> dict:
 def quality(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "sources"
+    tmp = Path(tempfile.gettempdir()) / "single_image_sources"  # the resized inputs, not kept
     tmp.mkdir(exist_ok=True)
     results = {}
     for name in args.images:
         source, _ = load_source(source_image(name, 256, tmp))
         row = {}
         t0 = time.perf_counter()
-        ours = generate(source, n=args.n, seed=args.seed).samples
+        ours = generate(source, n=args.n, seed=args.seed, start_noise=args.start_noise).samples
         row["ours"] = {**scores(ours, source), "seconds": time.perf_counter() - t0}
+        if args.only_ours:  # a variant of our settings: no baselines, no pictures
+            results[name] = row
+            print(name, json.dumps(row), flush=True)
+            continue
         t0 = time.perf_counter()
         nn = nearest_patch_reshuffle(source, n=args.n, stride=3, seed=args.seed)
         row["nearest-patch"] = {**scores(nn, source), "seconds": time.perf_counter() - t0}
@@ -93,6 +98,15 @@ def quality(args) -> None:
         save_image(grid, out / f"{name}.png")
         label_rows(out / f"{name}.png", tile=source.shape[1] // 2,
                    title=f"{name}: source, then {k} samples of each method (half size)")
+    if args.only_ours:
+        report = {"images": list(args.images), "n": args.n, "seed": args.seed, "start_noise": args.start_noise,
+                  "per_image": results,
+                  "mean": {"ours": {k: float(np.mean([results[i]["ours"][k] for i in args.images]))
+                                    for k in ("sifid", "diversity", "copy_share")}}}
+        with atomic_path(out / f"quality_start_noise_{args.start_noise}.json") as t:
+            Path(t).write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps(report["mean"], indent=2))
+        return
     # retargeting: one picture at two other aspect ratios
     source, _ = load_source(source_image("coffee", 256, tmp))
     wide = generate(source, size=(128, 384), n=2, seed=args.seed).samples
@@ -121,7 +135,7 @@ def timed(fn):
 def speed(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "sources"
+    tmp = Path(tempfile.gettempdir()) / "single_image_sources"  # the resized inputs, not kept
     tmp.mkdir(exist_ok=True)
     src256, _ = load_source(source_image("astronaut", 256, tmp))
     src512, _ = load_source(source_image("astronaut", 512, tmp))
@@ -152,6 +166,8 @@ def main():
     q.add_argument("--images", nargs="+", default=list(IMAGES))
     q.add_argument("-n", type=int, default=4)
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--start-noise", type=float, default=0.35, help="our start noise for every scale after the coarsest")
+    q.add_argument("--only-ours", action="store_true", help="only our samples (a settings variant): a json, no pictures")
     s = sub.add_parser("speed")
     s.add_argument("--out", default="docs/single_image")
     s.add_argument("--threads", type=int, nargs="+", default=[1, 2])

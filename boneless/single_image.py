@@ -24,7 +24,6 @@ in [-1, 1] and arrays of any range (autoencoder latents ``[4, h, w]``) share the
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
