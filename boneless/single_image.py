@@ -554,7 +554,7 @@ def sifid(sample: torch.Tensor, source: torch.Tensor, *, seed: int = FEATURE_SEE
 # ---------------------------------------------------------------- command line
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli import positive_float, positive_int
+    from .options import positive_float, positive_int
     p.add_argument("image", metavar="IMAGE",
                    help="the source: an image file (PNG, JPEG, ...) or a .npy array [C, H, W] of any range (latents)")
     p.add_argument("--out", required=True, help="output folder")
@@ -588,19 +588,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _check_out(out: Path) -> None:
-    """Refuse an output folder that cannot be written before any work starts."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(f"--out {out} is not writable ({e.strerror or type(e).__name__})") from None
-
-
 def _display(x: torch.Tensor, kind: str, lo: float, hi: float) -> torch.Tensor:
     """Values in [-1, 1] for pictures: images as they are; arrays' first three channels (or one) scaled by the
     source's range ``lo, hi``."""
@@ -611,18 +598,19 @@ def _display(x: torch.Tensor, kind: str, lo: float, hi: float) -> torch.Tensor:
 
 
 def run(args) -> int:
-    from .cli import _device, _write_json
-    from .plots import image_grid, samples_grid, save_image, atomic_path
+    from .options import torch_device
+    from .outputs import atomic_path, check_output_dir, write_json
+    from .plots import image_grid, samples_grid, save_image
     from . import __version__
     t_all = time.perf_counter()
     source, kind = load_source(args.image)
     out = Path(args.out)
-    device = _device(args.device)
+    device = torch_device(args.device)
     start = args.start_noise[0] if len(args.start_noise) == 1 else list(args.start_noise)
     # every setting is checked (and the output folder tried) before the long work starts
     _check_settings(source, args.size, args.patch_size, args.scales, args.factor, start, args.steps, args.stride,
                     args.source_stride)
-    _check_out(out)
+    check_output_dir(out, files=("samples.png", "report.json"))
     cpu0 = time.process_time()
     res = generate(source, size=args.size, n=args.n, patch_size=args.patch_size, scales=args.scales,
                    factor=args.factor, start_noise=start, steps=args.steps, stride=args.stride,
@@ -675,7 +663,7 @@ def run(args) -> int:
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "device": str(device)},
     }
-    _write_json(report, out / "report.json")
+    write_json(report, out / "report.json")
     print(f"{args.n} samples of {res.samples.shape[2]} x {res.samples.shape[3]} from {args.image} in {t_gen:.2f} s "
           f"({len(res.seconds)} scales); diversity {report['diversity']:.3f}, copy share "
           f"{sum(shares) / len(shares):.3f}, SIFID {sum(scores) / len(scores):.4g}; wrote {out}/")
