@@ -1,6 +1,7 @@
 """The bank: softmax-weighted averages over many stored vectors, exactly. This is the hot loop.
 
-For a query ``x`` and stored rows ``x_i`` the logits are (SPEC §2.3, divided by a softmax temperature ``T``)
+For a query ``x`` and stored rows ``x_i`` the logits are (the Gaussian log-likelihood of ``x`` under
+example ``i`` plus its log prior weight, divided by a softmax temperature ``T``)
 
     l_i = (log w_i - |x - alpha x_i|^2 / (2 sigma^2)) / T,
 
@@ -52,6 +53,8 @@ from typing import Literal, NamedTuple
 
 import torch
 
+from .rows import STORAGES, Storage, StoredRows, _block_rows
+
 U32 = 2.0 ** -24  # unit roundoff of float32
 TOL = 1e-6  # screened-out rows move x0_hat by at most TOL * r (r = max_i |x_i|) in all
 FAST_DELTA = 1e-5  # below this logit error bound the float32 logits are used as they are
@@ -62,9 +65,7 @@ SPAN_BYTES = 1 << 27  # screened float32 logits kept between the two passes over
 STORED_CHUNK_BYTES = 1 << 21  # dequantised rows per chunk of StoredRows (2 MB of float32)
 DENSE_BLOCK = 1 << 21  # elements of the reused float64 buffer of the dense tier (16 MB)
 C_MAX = 1e30  # sigma -> 0 cap on c (keeps float32 logits finite; the limit is the nearest row)
-Storage = Literal["float32", "float16", "bfloat16", "uint8"]
 Screen = Literal["float32", "tf32", "bfloat16"]
-STORAGES = ("float32", "float16", "bfloat16", "uint8")
 SCREENS = ("float32", "tf32", "bfloat16")
 # extra error of a screened dot product, in units of sum_j |x_j x_ij|: inputs rounded to the format (2 u_f),
 # and for bf16 its rounded output (u_f)
@@ -116,82 +117,12 @@ def empty_stats(batch: int, dim: int, k: int, device) -> Stats:
                  torch.full((batch, k), -math.inf, **f64), torch.full((batch, k), -1, dtype=torch.long, device=device))
 
 
-def _block_rows(dim: int, nbytes: int = 1 << 27) -> int:
-    """Rows per block so that a float64 block of ``dim`` columns stays within ``nbytes`` (128 MB)."""
-    return max(1, nbytes // (8 * max(dim, 1)))
-
-
-class StoredRows:
-    """Rows [N, D] held once in ``float16``, ``bfloat16`` or ``uint8``; ``rows[i:j]`` and ``rows[indices]`` are
-    float32 [n, D], dequantised exactly (the same float32 values every time) as they are read.
-
-    uint8 holds 8-bit images: ``q = round((x - lo) * a)``, read back as ``q / a + lo`` in float32. For data
-    within [-1, 1], ``a = 127.5`` and ``lo = -1`` (the rule of :func:`boneless.load_dataset`), so 8-bit images
-    round-trip exactly; data of any other range are spread over the 256 levels between their own minimum and
-    maximum. Either way the data are rounded to 8 bits, and the exact reference is the dequantised data.
-    """
-
-    def __init__(self, X: torch.Tensor, storage: Storage, *, device: torch.device | str | None = None):
-        X = X.reshape(X.shape[0], -1)
-        device = torch.device(device) if device is not None else X.device
-        if storage not in ("float16", "bfloat16", "uint8"):
-            raise ValueError(f"StoredRows holds float16, bfloat16 or uint8, got {storage!r}")
-        dtype = torch.uint8 if storage == "uint8" else getattr(torch, storage)
-        self.data = torch.empty(X.shape, dtype=dtype, device=device)
-        self.lo, self.a = -1.0, 127.5  # uint8: x = q / a + lo
-        step = _block_rows(X.shape[1])
-        lo, hi = (min(float(b.min()) for b in X.split(step)), max(float(b.max()) for b in X.split(step))) \
-            if len(X) else (0.0, 0.0)
-        if storage == "uint8" and (lo < -1 or hi > 1):
-            self.lo, self.a = lo, 255.0 / (hi - lo) if hi > lo else 1.0
-        elif storage != "uint8" and max(-lo, hi) > torch.finfo(dtype).max:
-            raise ValueError(f"storage {storage} holds values up to {torch.finfo(dtype).max:.4g}; the data reach "
-                             f"{max(-lo, hi):.4g} (use float32 or bfloat16)")
-        for i in range(0, len(X), step):  # in blocks: no full-size float32 temporary
-            block = X[i:i + step].to(device, torch.float32)
-            self.data[i:i + len(block)] = \
-                ((block - self.lo) * self.a).round_().clamp_(0, 255) if storage == "uint8" else block
-        self.storage, self.device, self.shape = storage, device, self.data.shape
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def _dequantise(self, raw: torch.Tensor) -> torch.Tensor:
-        if self.storage == "uint8":
-            return raw.to(torch.float32).div_(self.a).add_(self.lo)
-        return raw.to(torch.float32)
-
-    def __getitem__(self, key) -> torch.Tensor:
-        return self._dequantise(self.data[key])
-
-    def read(self, start: int, stop: int, *, out: torch.Tensor) -> torch.Tensor:
-        """Rows ``start:stop`` dequantised into ``out`` [stop - start, D] float32 (a reused buffer)."""
-        out.copy_(self.data[start:stop])
-        if self.storage == "uint8":
-            out.div_(self.a).add_(self.lo)
-        return out
-
-    def flat(self, device: torch.device | str | None = None) -> "StoredRows":
-        """These rows on ``device`` (for :class:`Bank`)."""
-        if device is None or torch.device(device) == self.device:
-            return self
-        out = object.__new__(StoredRows)
-        out.storage, out.device, out.data = self.storage, torch.device(device), self.data.to(device)
-        out.lo, out.a = self.lo, self.a
-        out.shape = out.data.shape
-        return out
-
-    def dequantised(self) -> torch.Tensor:
-        """All rows as float32 [N, D] (a new tensor: for references and tests, not the hot loop)."""
-        return self._dequantise(self.data)
-
-
 class Bank:
     """Rows ``X`` [N, D] held once, with their squared norms and optional log weights.
 
     Args:
         X: [N, *shape] float tensor; flattened to [N, D] (a view where possible, never copied per step). Or a
-            row source with ``len()`` and ``flat(device)`` (:class:`boneless.pack.MappedRows`), read per chunk.
+            row source with ``len()`` and ``flat(device)`` (:class:`boneless.rows.MappedRows`), read per chunk.
         log_weights: optional [N] log prior weights ``log w_i`` (unnormalised).
         chunk_size: rows per step of the streaming loop.
         device: where the rows live and the loop runs.
@@ -220,7 +151,7 @@ class Bank:
             X = StoredRows(X.reshape(X.shape[0], -1), storage, device=device)
         elif not isinstance(X, torch.Tensor) and storage != "float32":
             raise ValueError("storage applies to a tensor of rows; a row source keeps its own type")
-        if not isinstance(X, torch.Tensor):  # a row source (boneless.pack.MappedRows): rows stay on disk
+        if not isinstance(X, torch.Tensor):  # a row source (boneless.rows.MappedRows): rows stay on disk
             if isinstance(X, StoredRows):  # dequantised chunks small enough to stay in cache for their products
                 chunk_size = min(int(chunk_size), max(32, STORED_CHUNK_BYTES // (4 * max(X.shape[1], 1))))
             self._init_source(X, log_weights=log_weights, chunk_size=chunk_size, device=device)

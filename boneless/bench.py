@@ -39,7 +39,7 @@ QUICK = dict(grid=[(2000, (3, 8, 8)), (3000, (1, 12, 12))], batches=(1, 16, 128)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli import positive_float, positive_int
+    from .options import positive_float, positive_int
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every part in seconds")
     p.add_argument("--out", default="runs/bench", help="output folder (default runs/bench)")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")

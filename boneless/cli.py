@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import math
 import platform
 import sys
@@ -18,13 +17,16 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .data import DATASETS, is_image, load_dataset
-from .denoisers import DENOISERS
+from .data import is_image, load_dataset
 from .distributed import DistributedError
 from .metrics import COPY_RATIO, nearest
+from .options import add_data_arguments, finite_float, positive_float, positive_int, torch_device
 from .outputs import check_output_dir, write_json, write_npz
+from .registry import DENOISERS, make_denoiser
+from .rows import STORAGES
 from .plots import (display_range, neighbours_grid, posterior_figure, samples_grid, save_figure, save_image,
                     scatter_samples, trajectory_figure, trajectory_scatter)
+from .checkpoints import sample_resumable
 from .samplers import SAMPLERS, sample
 from .schedules import ALIASES, SCHEDULES, get_schedule
 
@@ -34,47 +36,10 @@ EXTERNAL = {
     "eval": ("boneless.evaluate", "compare denoisers: held-out error, copy rate, sample quality"),
     "bench": ("boneless.bench", "time the exact denoiser against baselines and the matrix-product limit"),
     "pack": ("boneless.pack", "convert an image folder into one .npy file (fast start; memory-mapped data)"),
+    "explore": ("boneless.explore", "a local web page: step through the flow, sample, see the posterior (Gradio)"),
     "gap": ("boneless.gap", "how far a trained model is from the ideal denoiser, per noise level"),
     "train-reference": ("boneless.train_reference", "train a small diffusers UNet on N images (a reference model)"),
 }
-
-
-def _number(cast, accept, what: str):
-    """An argparse ``type`` that parses with ``cast`` and keeps values for which ``accept`` holds."""
-    def parse(text: str):
-        try:
-            v = cast(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not accept(v):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return v
-    return parse
-
-
-positive_int = _number(int, lambda v: v >= 1, "a positive integer")
-non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
-positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
-finite_float = _number(float, math.isfinite, "a finite number")
-
-
-def add_data_arguments(p: argparse.ArgumentParser, *, default: str = "digits") -> None:
-    """``--data``, ``--split``, ``--limit``, ``--size``: shared by every command that reads a dataset."""
-    p.add_argument("--data", default=default, metavar="NAME|PATH",
-                   help=f"dataset name ({', '.join(DATASETS)}) or a path: image folder, .npy, .npz, .pt, "
-                        f".safetensors, folder of IDX files (default: {default})")
-    p.add_argument("--split", choices=("train", "test"), default="train", help="split, where the dataset has one")
-    p.add_argument("--limit", type=positive_int, help="use only the first LIMIT examples")
-    p.add_argument("--size", type=positive_int, help="resize + centre-crop images to SIZE x SIZE (image folders: 64)")
-
-
-def make_denoiser(name: str, X: torch.Tensor, **options):
-    """``DENOISERS[name](X, **options)``, passing only the options the class accepts."""
-    if name not in DENOISERS:
-        raise ValueError(f"unknown denoiser {name!r}: choose one of {', '.join(DENOISERS)}")
-    cls = DENOISERS[name]
-    params = inspect.signature(cls).parameters
-    return cls(X, **{k: v for k, v in options.items() if k in params and v is not None})
 
 
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:
@@ -89,8 +54,9 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", default="runs/sample", help="output folder (default runs/sample)")
     p.add_argument("--spacing", choices=("uniform", "karras", "logsnr"), help="time grid (default: per schedule)")
-    p.add_argument("--softmax-temperature", type=positive_float, default=1.0,
-                   help="temperature T on the posterior logits (1: exact posterior; >1 flatter)")
+    p.add_argument("--softmax-temperature", type=positive_float,
+                   help="temperature T on the posterior logits (default 1: the exact posterior; >1 flatter); "
+                        "denoisers with a posterior over examples (empirical, smoothed)")
     p.add_argument("--flow-scale", type=finite_float, nargs=2, default=(1.0, 1.0), metavar=("START", "END"),
                    help="the notebook's 'temperature': scales the flow, linear over the run (notebook: 0 1; default 1 1)")
     p.add_argument("--noise-strength", type=float, nargs=2, default=(0.0, 0.0), metavar=("START", "END"),
@@ -98,11 +64,14 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 deterministic, 1 = DDPM)")
     p.add_argument("--churn", type=float, default=1.0, help="euler-maruyama noise level g^2 = 2 churn sigma d_sigma")
     p.add_argument("--top-k", type=positive_int, default=5, help="posterior examples recorded per step (default 5)")
-    p.add_argument("--chunk-size", type=positive_int, default=2048, help="rows per step of the exact loop")
-    p.add_argument("--storage", choices=("float32", "float16", "bfloat16", "uint8"), default="float32",
-                   help="type the dataset is held in, dequantised exactly in the loop (uint8: 8-bit images)")
-    p.add_argument("--bank", choices=("exact", "faiss", "faiss-flat"), default="exact",
-                   help="exact (default) or the approximate FAISS back-end for large N (pip install faiss-cpu)")
+    p.add_argument("--chunk-size", type=positive_int,
+                   help="rows per step of the streaming loop (default: the denoiser's own; 2048 for empirical)")
+    p.add_argument("--storage", choices=STORAGES,
+                   help="type the dataset is held in, dequantised exactly in the loop (uint8: 8-bit images; "
+                        "default float32); empirical only")
+    p.add_argument("--bank", choices=("exact", "faiss", "faiss-flat"),
+                   help="exact (default) or the approximate FAISS back-end for large N (pip install faiss-cpu); "
+                        "empirical only")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--mmap", action=argparse.BooleanOptionalAction, default=None,
@@ -126,7 +95,7 @@ def run_sample(args) -> int:
     """``boneless sample``; under torchrun each rank holds 1/K of the data (boneless.distributed), rank 0 writes."""
     from . import distributed
 
-    rank, world, device = distributed.init_distributed(device=_device(args.device), timeout_s=args.dist_timeout)
+    rank, world, device = distributed.init_distributed(device=torch_device(args.device), timeout_s=args.dist_timeout)
     try:
         return _run_sample(args, rank, world, device)
     except ValueError as e:
@@ -163,9 +132,9 @@ def _run_sample(args, rank: int, world: int, device: torch.device) -> int:
         from .latents import load_decoder
         decode = load_decoder(args.decode, X)
     t0 = time.perf_counter()
-    den = make_denoiser(args.denoiser, X, temperature=args.softmax_temperature, chunk_size=args.chunk_size,
-                        storage=getattr(args, "storage", None), bank=getattr(args, "bank", None),
-                        device=device)
+    given = {"temperature": args.softmax_temperature, "chunk_size": args.chunk_size, "storage": args.storage,
+             "bank": args.bank}  # the options given on the command line; the denoiser's own defaults otherwise
+    den = make_denoiser(args.denoiser, X, device=device, **{k: v for k, v in given.items() if v is not None})
     timings["build_s"] = time.perf_counter() - t0
     checkpoint = out / "checkpoint.pt"
     if args.restart and rank == 0:
@@ -173,21 +142,25 @@ def _run_sample(args, rank: int, world: int, device: torch.device) -> int:
     if world > 1 and args.resume:  # every rank must resume from the same state (several nodes: a shared --out)
         size = checkpoint.stat().st_size if checkpoint.exists() else -1
         distributed.check_same([size], f"checkpoint sizes at {checkpoint} (-1: missing)", device=device)
-    res = sample(den, schedule, n=args.n, steps=args.steps, sampler=args.sampler, seed=args.seed,
-                 shape=tuple(X.shape[1:]), spacing=args.spacing, flow_scale=tuple(args.flow_scale),
-                 noise_strength=tuple(args.noise_strength), eta=args.eta, churn=args.churn, top_k=args.top_k,
-                 progress=rank == 0 and not args.no_progress, device=device,
-                 checkpoint=None if args.restart and rank else checkpoint,  # rank 0 alone writes, and deletes
-                 checkpoint_every=args.checkpoint_every, resume=args.resume)
+    options = dict(n=args.n, steps=args.steps, sampler=args.sampler, seed=args.seed, shape=tuple(X.shape[1:]),
+                   spacing=args.spacing, flow_scale=tuple(args.flow_scale), noise_strength=tuple(args.noise_strength),
+                   eta=args.eta, churn=args.churn, top_k=args.top_k, device=device,
+                   progress=rank == 0 and not args.no_progress)
+    if args.restart and rank:  # rank 0 alone writes checkpoints, and deletes the old one
+        res = sample(den, schedule, **options)
+    else:
+        res = sample_resumable(den, schedule, checkpoint=checkpoint, every=args.checkpoint_every,
+                               resume=args.resume, **options)
     if world > 1:
         distributed.check_same(distributed.fingerprint(res.samples), "final samples", device=device)
     if rank != 0:  # rank 0 alone writes the outputs
         return 0
     timings["sample_s"] = res.seconds
     t0 = time.perf_counter()
-    dist, idx = nearest(res.samples, X, k=2, chunk_size=args.chunk_size)
+    dist, idx = nearest(res.samples, X, k=2, chunk_size=args.chunk_size or 2048)
     copies = (dist[:, 0] < COPY_RATIO * dist[:, 1]).numpy()
-    write_sample_outputs(out, X, res, dist, idx)
+    write_sample_outputs(out, X, res, dist, idx, title=f"{args.n} samples: {args.denoiser} denoiser, {schedule.name}, "
+                                                      f"{args.sampler}, {args.steps} steps")
     if decode is not None:
         from .latents import write_decoded
         write_decoded(out, decode, res.samples, X, idx[:, 0])
@@ -226,21 +199,23 @@ SAMPLE_OUTPUTS = ("samples.png", "samples.npz", "trajectory.png", "posterior.png
                   "checkpoint.pt")
 
 
-def write_sample_outputs(out: Path, X: torch.Tensor, res, dist: torch.Tensor, idx: torch.Tensor) -> None:
-    """samples.png, samples.npz, trajectory.png, posterior.png, neighbours.png (SPEC §5)."""
+def write_sample_outputs(out: Path, X: torch.Tensor, res, dist: torch.Tensor, idx: torch.Tensor, *,
+                         title: str = "samples") -> None:
+    """samples.png (under ``title``), samples.npz, trajectory.png, posterior.png, neighbours.png (the outputs the
+    README lists)."""
     tr = res.trajectory.stacked()
     write_npz(out / "samples.npz", samples=res.samples.numpy(), nearest=idx[:, 0].numpy(),
-               nearest_distance=dist[:, 0].numpy(), second_distance=dist[:, 1].numpy(), times=res.ts.numpy())
+              nearest_distance=dist[:, 0].numpy(), second_distance=dist[:, 1].numpy(), times=res.ts.numpy())
     if is_image(X):
         shown = display_range(X)  # pictures scale for display only
-        save_image(samples_grid(res.samples, value_range=shown), out / "samples.png")
+        save_image(samples_grid(res.samples, value_range=shown, title=title), out / "samples.png")
         at = tr["steps"]  # x_t and x0_hat are recorded at these steps; times and the posterior at every step
         save_image(trajectory_figure(tr["x"], tr["x0_hat"], tr["times"][at], X=X,
                                      indices=tr["indices"][at] if "indices" in tr else None, value_range=shown),
                    out / "trajectory.png")
         save_image(neighbours_grid(res.samples, X, idx[:, 0], value_range=shown), out / "neighbours.png")
     else:
-        save_figure(scatter_samples(res.samples, X, title="samples of the exact flow"), out / "samples.png")
+        save_figure(scatter_samples(res.samples, X, title=title), out / "samples.png")
         save_figure(trajectory_scatter(tr["x"], X, res.samples), out / "trajectory.png")
         save_figure(_neighbour_lines(res.samples, X, idx[:, 0]), out / "neighbours.png")
     if "weights" in tr:
@@ -259,16 +234,6 @@ def _neighbour_lines(samples, X, idx):
     ax.set_title("each sample and its nearest training example")
     ax.legend(loc="upper right")
     return fig
-
-
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"unknown device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return device
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -1,6 +1,6 @@
 """Whole-image closed-form denoisers that generalise: Gaussian (Wiener), smoothed CFDM, Gaussian mixture.
 
-Each follows the one protocol ``den(x, alpha, sigma) -> x0_hat`` for ``x_t = alpha x0 + sigma eps`` (SPEC §3),
+Each follows the one protocol ``den(x, alpha, sigma) -> x0_hat`` for ``x_t = alpha x0 + sigma eps``,
 is constructible as ``cls(X)`` with good defaults, and exposes ``.shape`` (one example's shape).
 
 - :class:`GaussianDenoiser` (``gaussian``): the posterior mean under ``N(mu, Sigma)`` fitted to the data, i.e. the
@@ -17,6 +17,7 @@ import math
 
 import torch
 
+from .checks import non_negative, positive_int
 from .data import REFERENCE_SPREAD, check_data, spread
 from .denoisers import Coef, EmpiricalDenoiser, check_query
 
@@ -26,20 +27,6 @@ VAR_FLOOR = 1e-12  # relative floor on predictive variances (only reached at sig
 
 def _device(X: torch.Tensor, device) -> torch.device:
     return torch.device(device) if device is not None else X.device
-
-
-def _check_positive_int(value, name: str, *, allow_none: bool = False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def _check_nonneg(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
 
 
 def wiener_gain(lam: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -59,6 +46,9 @@ class GaussianDenoiser:
     with ``Sigma = U diag(lam) U^T`` decomposed once (float64). With ``rank=r`` only the top ``r``
     eigenvectors are kept and the remaining variance is spread evenly over the discarded directions
     (probabilistic PCA: ``lam_res`` = mean of the discarded eigenvalues), so ``rank=D`` is the full model.
+    With more dimensions than examples (``D > N``) the covariance comes from the ``N x N`` Gram matrix: rank at
+    most ``N - 1``, zero variance (gain 0, the prior mean) off the data's span. This is the project's one Wiener
+    filter, the reference of every held-out "ratio to Wiener" (:mod:`boneless.metrics`).
 
     Args:
         X: training examples [N, *shape].
@@ -68,18 +58,23 @@ class GaussianDenoiser:
 
     def __init__(self, X: torch.Tensor, *, rank: int | None = None, device: torch.device | str | None = None):
         X = check_data(X)
-        _check_positive_int(rank, "rank", allow_none=True)
+        positive_int(rank, "rank", allow_none=True)
         self.shape = tuple(X.shape[1:])
         self.device = _device(X, device)
         X64 = X.reshape(len(X), -1).to(self.device, torch.float64)
-        D = X64.shape[1]
+        N, D = X64.shape
         self.mu = X64.mean(0)
         Xc = X64 - self.mu
-        lam, U = torch.linalg.eigh(Xc.T @ Xc / len(X64))
+        if D <= N:
+            lam, U = torch.linalg.eigh(Xc.T @ Xc / N)
+        else:  # D > N: the rank <= N - 1 covariance from the N x N Gram matrix; zero variance off the data's span
+            lam, V = torch.linalg.eigh(Xc @ Xc.T / N)
+            keep = lam > lam.max() * 1e-12
+            lam, U = lam[keep], Xc.T @ V[:, keep] / (lam[keep] * N).sqrt()
         lam, U = lam.flip(0).clamp(min=0), U.flip(1)  # decreasing variance
-        r = D if rank is None else min(rank, D)
+        r = len(lam) if rank is None else min(rank, len(lam))
         self.lam, self.U = lam[:r].contiguous(), U[:, :r].contiguous()
-        self.lam_res = float(lam[r:].mean()) if r < D else 0.0
+        self.lam_res = float(lam[r:].sum()) / (D - r) if r < D else 0.0  # the discarded variance, spread evenly
         self.rank = r
 
     @property
@@ -146,8 +141,8 @@ class SmoothedDenoiser:
                  temperature: float = 1.0, chunk_size: int = 2048, device: torch.device | str | None = None):
         self.exact = EmpiricalDenoiser(X, temperature=temperature, chunk_size=chunk_size, device=device)
         self.shape = self.exact.shape
-        self.smoothing = _check_nonneg(smoothing, "smoothing") * spread(self.exact.data) / REFERENCE_SPREAD
-        _check_positive_int(draws, "draws")
+        self.smoothing = non_negative(smoothing, "smoothing") * spread(self.exact.data) / REFERENCE_SPREAD
+        positive_int(draws, "draws")
         g = torch.Generator().manual_seed(int(seed))
         self.eps = torch.randn(draws, *self.shape, generator=g)  # [M, *shape]
 
@@ -218,9 +213,9 @@ class GMMDenoiser:
     def __init__(self, X: torch.Tensor, *, components: int = 16, shrinkage: float = 64.0, iterations: int = 30,
                  seed: int = 0, device: torch.device | str | None = None):
         X = check_data(X)
-        _check_positive_int(components, "components")
-        _check_positive_int(iterations, "iterations")
-        shrinkage = _check_nonneg(shrinkage, "shrinkage")
+        positive_int(components, "components")
+        positive_int(iterations, "iterations")
+        shrinkage = non_negative(shrinkage, "shrinkage")
         self.shape = tuple(X.shape[1:])
         self.device = _device(X, device)
         X64 = X.reshape(len(X), -1).to(torch.float64)

@@ -20,6 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checks import is_positive_int, one_line
+from .rows import MappedRows, array_rule, convert
+
 DATASETS = ("digits", "faces", "fashion-mnist", "moons", "spiral", "checkerboard", "circles", "gmm", "swiss-roll")
 TOYS = ("moons", "spiral", "checkerboard", "circles", "gmm", "swiss-roll")
 _ALIASES = {"fmnist": "fashion-mnist", "swissroll": "swiss-roll"}
@@ -27,15 +30,6 @@ _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"
 _ARRAY_KEYS = ("x", "X", "data", "images", "samples")
 _LABEL_KEYS = ("labels", "y", "targets")
 _FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
-
-
-def _one_line(text: object, width: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= width else text[:width] + "..."
-
-
-def _is_pos_int(v: object) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
 
 
 def is_image(X: torch.Tensor) -> bool:
@@ -80,78 +74,11 @@ def check_data(X: torch.Tensor, *, name: str = "data") -> torch.Tensor:
 
 # ---------------------------------------------------------------- arrays (npy, npz, pt, safetensors, IDX)
 
-def _value_range(a: np.ndarray | torch.Tensor) -> tuple[float, float, int]:
-    """(min, max, count of non-finite entries) of the whole array, read in row chunks (memmap-friendly)."""
-    lo, hi, bad = math.inf, -math.inf, 0
-    step = max(1, (1 << 22) // max(1, math.prod(a.shape[1:])))
-    for i in range(0, a.shape[0], step):
-        c = a[i:i + step]
-        c = torch.from_numpy(np.array(c, dtype=np.float32)) if isinstance(c, np.ndarray) else c.float()
-        finite = torch.isfinite(c)
-        bad += int((~finite).sum())
-        c = c[finite]
-        if c.numel():
-            lo, hi = min(lo, float(c.min())), max(hi, float(c.max()))
-    return lo, hi, bad
-
-
-def _channels_last(shape) -> bool:
-    """``[N, H, W, C]`` with C in {1, 3} (and not ``[N, C, H, W]``): moved to channels first when read."""
-    return len(shape) == 4 and shape[1] not in (1, 3) and shape[-1] in (1, 3)
-
-
-def _is_pixel_layout(shape) -> bool:
-    """``[N, H, W]``, or four dimensions with 1 or 3 channels (first or last): the layout of images."""
-    return len(shape) == 3 or (len(shape) == 4 and (shape[1] in (1, 3) or shape[-1] in (1, 3)))
-
-
-def array_rule(a, shape, dtype, *, name: str) -> str | None:
-    """Check an array's layout and values, and decide how it maps to float32 (for :func:`_convert`):
-    ``"uint8"`` (8-bit images, ``/127.5 - 1``), ``"unit"`` (float images in [0, 1] in an image layout,
-    ``*2 - 1``, decided on the whole array so that the mapping does not depend on ``limit``) or ``None``
-    (kept as it is: latents, features and points of any finite range). ``a`` is read chunk by chunk."""
-    shape = list(shape)
-    if len(shape) < 2 or len(shape) > 4:
-        raise ValueError(f"{name}: expected an array [N, D], [N, H, W], [N, C, H, W] or [N, H, W, C], "
-                         f"got shape {shape}")
-    if 0 in shape:
-        raise ValueError(f"{name}: array is empty (shape {shape})")
-    if isinstance(dtype, torch.dtype):
-        is_uint8, is_numeric = dtype == torch.uint8, not (dtype.is_complex or dtype == torch.bool)
-    else:
-        is_uint8, is_numeric = dtype == np.uint8, np.dtype(dtype).kind in "iuf"
-    if not is_numeric:
-        raise ValueError(f"{name}: unsupported dtype {dtype}; expected uint8, integer or floating-point data")
-    if is_uint8:
-        return "uint8"
-    lo, hi, bad = _value_range(a)
-    if bad:
-        raise ValueError(f"{name}: data contains NaN or inf values ({bad} entries)")
-    return "unit" if _is_pixel_layout(shape) and lo >= 0 and hi <= 1 else None
-
-
 def _to_tensor(a: np.ndarray | torch.Tensor, *, limit: int | None, name: str) -> torch.Tensor:
     """Array of any supported layout/dtype -> float32 ``[N, D]`` or ``[N, C, H, W]`` (the rule of
     :func:`array_rule`)."""
     rule = array_rule(a, a.shape, a.dtype, name=name)
-    return _convert(a[:limit] if limit is not None else a, rule=rule)
-
-
-def _convert(a: np.ndarray | torch.Tensor, *, rule: str | None) -> torch.Tensor:
-    """Rows of a checked array -> float32 ``[n, D]`` or ``[n, C, H, W]`` by the ``rule`` of :func:`array_rule`
-    (also applied chunk by chunk to memory-mapped arrays, :class:`boneless.pack.MappedRows`)."""
-    if isinstance(a, np.ndarray):
-        a = torch.from_numpy(np.array(a, dtype=np.uint8 if rule == "uint8" else np.float32))
-    X = a.to(torch.float32)
-    if rule == "uint8":
-        X = X.div_(127.5).sub_(1)  # X is a new tensor
-    elif rule == "unit":
-        X = X * 2 - 1
-    if X.ndim == 3:
-        X = X[:, None]
-    elif _channels_last(X.shape):
-        X = X.permute(0, 3, 1, 2)  # channels-last [N, H, W, C] -> [N, C, H, W]
-    return X.contiguous()
+    return convert(a[:limit] if limit is not None else a, rule=rule)
 
 
 def _pick(arrays: dict, name: str, keys: tuple[str, ...] = _ARRAY_KEYS, *, required: bool = True):
@@ -192,9 +119,9 @@ def _load_array_file(path: Path, name: str) -> tuple[np.ndarray | torch.Tensor, 
     except ValueError as e:
         if str(e).startswith(name):
             raise
-        raise ValueError(f"{name}: cannot read file: {_one_line(e)}") from e
+        raise ValueError(f"{name}: cannot read file: {one_line(e)}") from e
     except Exception as e:  # corrupt or foreign files: numpy, torch and safetensors raise many types
-        raise ValueError(f"{name}: cannot read file: {_one_line(e) or type(e).__name__}") from e
+        raise ValueError(f"{name}: cannot read file: {one_line(e)}") from e
     return _pick(arrays, name), _pick(arrays, name, _LABEL_KEYS, required=False)
 
 
@@ -226,7 +153,7 @@ def _read_idx(path: Path, *, limit: int | None = None) -> np.ndarray:
             count = n * math.prod(dims[1:])
             buf = f.read(count * dtype.itemsize)
     except (OSError, EOFError, ValueError, IndexError) as e:
-        raise ValueError(f"{path}: cannot read IDX file: {_one_line(e)}") from e
+        raise ValueError(f"{path}: cannot read IDX file: {one_line(e)}") from e
     if len(buf) != count * dtype.itemsize:
         raise ValueError(f"{path}: IDX file is truncated")
     return np.frombuffer(buf, dtype=dtype).astype(dtype.newbyteorder("="), copy=True).reshape([n, *dims[1:]])
@@ -388,8 +315,6 @@ MMAP_AUTO_BYTES = 4 << 30  # .npy data above this size as float32 are memory-map
 def _use_mmap(path: Path, mmap: bool | None, name: str) -> bool:
     if mmap is not None:
         return bool(mmap)
-    from .pack import MappedRows
-
     try:
         return 4 * math.prod(MappedRows.peek_shape(path, name=name)) > MMAP_AUTO_BYTES
     except ValueError:  # unreadable: the in-memory reader reports it
@@ -419,7 +344,7 @@ def load_dataset(name_or_path: str | os.PathLike, *, split: Literal["train", "te
         n: number of points of a 2-D toy (default 2000); an error for other datasets (use ``limit``).
         seed: seed of the toy's own ``torch.Generator`` (global RNG untouched).
         with_labels: also return int64 labels ``[N]`` (None where the source has none).
-        mmap: for a ``.npy`` file, return a :class:`boneless.pack.MappedRows` (rows read from disk chunk by
+        mmap: for a ``.npy`` file, return a :class:`boneless.rows.MappedRows` (rows read from disk chunk by
             chunk, never all in memory; accepted wherever the empirical denoiser, ``nearest`` and the pictures
             take data) instead of a tensor. ``None`` (default): only when the float32 data would exceed
             ``MMAP_AUTO_BYTES``. ``size`` must then be the stored size (pack at the size you want).
@@ -436,7 +361,7 @@ def load_dataset(name_or_path: str | os.PathLike, *, split: Literal["train", "te
     if split not in ("train", "test"):
         raise ValueError(f"{display}: split must be 'train' or 'test', got {split!r}")
     for opt, v in (("limit", limit), ("size", size), ("n", n)):
-        if v is not None and not _is_pos_int(v):
+        if v is not None and not is_positive_int(v):
             raise ValueError(f"{display}: {opt} must be a positive integer, got {v!r}")
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise ValueError(f"{display}: seed must be an integer, got {seed!r}")
@@ -477,7 +402,6 @@ def load_dataset(name_or_path: str | os.PathLike, *, split: Literal["train", "te
         if mmap and not (path.is_file() and path.suffix.lower() == ".npy"):
             raise ValueError(f"{name}: memory mapping needs a .npy file (boneless pack FOLDER --out data.npy)")
         if path.is_file() and path.suffix.lower() == ".npy" and split == "train" and _use_mmap(path, mmap, name):
-            from .pack import MappedRows
 
             X = MappedRows(path, name=name)
             X = X.narrow(0, 0, min(limit, len(X))) if limit is not None else X

@@ -2,22 +2,23 @@
 
 ``x`` is ``[B, *shape]``; ``alpha`` and ``sigma`` are Python floats or tensors of shape ``[B]``; the result
 estimates ``E[x0 | x_t = x]`` for ``x_t = alpha x0 + sigma eps``. Everything else is a formula of ``x0_hat``
-(SPEC §3): see :func:`eps_from_x0`, :func:`score_from_x0`, :func:`velocity_from_x0`.
+(Tweedie's formula): see :func:`eps_from_x0`, :func:`score_from_x0`, :func:`velocity_from_x0`.
 
-``DENOISERS`` maps a name to a class constructible as ``cls(X)``; every sampler, metric and command works
-with any of them.
+:mod:`boneless.registry` names every denoiser (``DENOISERS``); every sampler, metric and command works with
+any of them.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 import torch
 
 from . import distributed
-from .bank import Bank, FaissBank, Stats, StoredRows
+from .bank import Bank, FaissBank, Stats
 from .data import check_data
+from .rows import StoredRows
 
 Coef = float | torch.Tensor
 
@@ -89,10 +90,27 @@ class Posterior(NamedTuple):
     n_eff: torch.Tensor
 
 
+@runtime_checkable
+class Denoiser(Protocol):
+    """The one protocol: ``x`` [B, *shape], ``alpha`` and ``sigma`` floats or [B] -> ``x0_hat`` [B, *shape]."""
+
+    def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class PosteriorDenoiser(Protocol):
+    """A denoiser whose estimate is a posterior over training examples, and which reports it (top-k
+    examples, weights, entropy, effective size): samplers record it, plots show it."""
+
+    def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor: ...
+
+    def posterior(self, x: torch.Tensor, alpha: Coef, sigma: Coef, k: int = 5) -> "Posterior": ...
+
+
 class EmpiricalDenoiser:
     """The exact MMSE denoiser of the (weighted) empirical distribution of ``X``:
 
-    ``x0_hat = sum_i softmax_i((log w_i - |x - alpha x_i|^2 / (2 sigma^2)) / T) x_i``   (SPEC §2.3)
+    ``x0_hat = sum_i softmax_i((log w_i - |x - alpha x_i|^2 / (2 sigma^2)) / T) x_i``   (Bayes' rule)
 
     exact to float64 precision where it matters (see :mod:`boneless.bank`), streamed over ``X`` in chunks.
 
@@ -114,7 +132,7 @@ class EmpiricalDenoiser:
             back-end :class:`boneless.bank.FaissBank` (inverted-file or exact search; ``neighbours`` rows per
             query plus ``tail_samples`` uniformly drawn rows, drawn from ``seed``).
 
-    ``X`` may also be a :class:`boneless.pack.MappedRows` (a memory-mapped .npy): rows are then read chunk by
+    ``X`` may also be a :class:`boneless.rows.MappedRows` (a memory-mapped .npy): rows are then read chunk by
     chunk from disk and never held in memory together.
     """
 
@@ -182,7 +200,7 @@ class EmpiricalDenoiser:
     @property
     def data(self):
         """This process's training examples as [n, *shape] (a view of the bank; all N unless sharded; a
-        :class:`~boneless.pack.MappedRows` when memory-mapped)."""
+        :class:`~boneless.rows.MappedRows` when memory-mapped)."""
         if hasattr(self.bank.X, "source"):
             return self.bank.X.source
         if isinstance(self.bank.X, StoredRows):  # held in a smaller type: the dequantised rows (a new tensor)
@@ -230,23 +248,3 @@ def exact_reference(X: torch.Tensor, x: torch.Tensor, alpha: Coef, sigma: Coef, 
             logits = logits + log_w
         out[b] = torch.softmax(logits / temperature, dim=0) @ X64
     return out.reshape(x.shape)
-
-
-DENOISERS: dict[str, type] = {"empirical": EmpiricalDenoiser}
-
-# closed-form denoisers that generalise (issue 4); imported at the bottom: they build on the classes above
-from .closed_form import GaussianDenoiser, GMMDenoiser, SmoothedDenoiser  # noqa: E402
-from .patches import (BlendDenoiser, CoarseToFineDenoiser, EquivariantLocalDenoiser, LocalDenoiser,  # noqa: E402
-                      LocalGaussianDenoiser, PatchCompositeDenoiser)
-
-DENOISERS.update({
-    "gaussian": GaussianDenoiser,
-    "smoothed": SmoothedDenoiser,
-    "gmm": GMMDenoiser,
-    "local": LocalDenoiser,
-    "local-equivariant": EquivariantLocalDenoiser,
-    "patch-composite": PatchCompositeDenoiser,
-    "local-gaussian": LocalGaussianDenoiser,
-    "blend": BlendDenoiser,
-    "coarse-to-fine": CoarseToFineDenoiser,
-})

@@ -24,6 +24,7 @@ import os
 import torch
 
 from .bank import Stats, rescale
+from .checks import one_line
 
 DEFAULT_TIMEOUT_S = 300.0  # a collective waiting longer than this for another rank fails (set by --dist-timeout)
 
@@ -85,7 +86,7 @@ def init_distributed(*, device: torch.device | str = "cpu", timeout_s: float = D
         _dist().init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     except (RuntimeError, ValueError) as e:
         raise DistributedError(f"rank {rank} of {world}: cannot join the process group ({backend}): "
-                               f"{_one_line(e)}") from e
+                               f"{one_line(e, 400)}") from e
     return _dist().get_rank(), _dist().get_world_size(), device
 
 
@@ -101,11 +102,6 @@ def close() -> None:
         _dist().destroy_process_group()
 
 
-def _one_line(e: object, width: int = 400) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= width else text[:width] + "..."
-
-
 def _collective(what: str, group, fn):
     """Run one collective; turn a backend failure (peer gone, timeout) into a :class:`DistributedError`."""
     try:
@@ -113,7 +109,7 @@ def _collective(what: str, group, fn):
     except RuntimeError as e:  # gloo/NCCL raise RuntimeError or its subclass DistBackendError
         rank, world = rank_and_size(group)
         raise DistributedError(f"rank {rank} of {world}: {what} failed; another rank stopped or stalled past the "
-                               f"timeout (see its own error above): {_one_line(e)}") from e
+                               f"timeout (see its own error above): {one_line(e, 400)}") from e
 
 
 def all_reduce_stats(st: Stats, group=None) -> Stats:

@@ -30,14 +30,17 @@ import numpy as np
 import torch
 
 from . import __version__
-from .cli import _device, make_denoiser, non_negative_int, positive_float, positive_int
+from .checks import one_line
 from .data import DATASETS, is_image, load_dataset
-from .denoisers import DENOISERS
-from .metrics import (COPY_RATIO, PCAFeatures, WienerFilter, denoising_error, effective_examples,
-                      fashion_classifier, frechet_distance, nearest, nearest_distance_stats, split_consistency)
+from .denoisers import PosteriorDenoiser
+from .classifier import fashion_classifier
+from .metrics import (COPY_RATIO, PCAFeatures, WienerFilter, denoising_error, effective_examples, frechet_distance,
+                      nearest, nearest_distance_stats, split_consistency)
+from .options import non_negative_int, positive_float, positive_int, torch_device
 from .outputs import atomic_path, check_output_dir
 from .plots import (display_range, image_grid, neighbours_grid, pyplot, samples_grid, save_figure, save_image,
                     scatter_samples)
+from .registry import DENOISERS, make_denoiser
 from .samplers import SAMPLERS, sample
 from .schedules import get_schedule
 
@@ -159,7 +162,7 @@ def previous_records(out: Path, settings: dict) -> dict:
         old = json.loads(path.read_text())
         old_settings, records = old["settings"], old["denoisers"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"--resume: cannot read {path} ({_one_line(e)})") from None
+        raise ValueError(f"--resume: cannot read {path} ({type(e).__name__}: {one_line(e)})") from None
     differ = [k for k in RESULT_SETTINGS if old_settings.get(k) != settings.get(k)]
     if differ:
         k = differ[0]
@@ -199,7 +202,7 @@ class _Guard:
     def __init__(self, den, deadline: float, on_call):
         self.den, self.deadline, self.on_call = den, deadline, on_call
         self.shape = getattr(den, "shape", None)
-        if hasattr(den, "posterior"):
+        if isinstance(den, PosteriorDenoiser):
             self.posterior = self._posterior
 
     def _check(self):
@@ -216,11 +219,6 @@ class _Guard:
         return self.den.posterior(x, alpha, sigma, k=k)
 
 
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or "(no message)"
-    return f"{type(e).__name__}: {text[:300]}"
-
-
 # ---------------------------------------------------------------- the run
 
 def run(args) -> int:
@@ -228,7 +226,7 @@ def run(args) -> int:
     sigmas = parse_sigmas(args.sigmas)
     names = parse_denoisers(args.denoisers)
     schedule = get_schedule(args.schedule)
-    device = _device(args.device)
+    device = torch_device(args.device)
     out = check_output_dir(args.out, files=("results.json", "table.md"))
     split = split_data(args.data, pool=args.pool, test=args.test, extra=REFERENCE_SETS * args.samples,
                        second_pool=args.consistency > 0, size=args.size, seed=args.seed)
@@ -299,7 +297,8 @@ def run(args) -> int:
     }
     out.mkdir(parents=True, exist_ok=True)
     if is_image(pool):
-        save_image(samples_grid(test[:args.samples]), out / "real.png")
+        save_image(samples_grid(test[:args.samples], value_range=display_range(pool), title="real held-out images"),
+                   out / "real.png")
     else:
         save_figure(scatter_samples(test[:args.samples], pool, title="held-out points"), out / "real.png")
 
@@ -454,7 +453,7 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 -- one denoiser must not sink the run
-        rec.update(status="failed", error=f"{stage}: {_one_line(e)}")
+        rec.update(status="failed", error=f"{stage}: {type(e).__name__}: {one_line(e)}")
     rec["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
     return rec
 
@@ -477,7 +476,7 @@ def _write_sample_pictures(out: Path, name: str, samples: torch.Tensor, pool: to
         np.save(tmp, samples.float().numpy())
     if is_image(pool):
         shown = display_range(pool)
-        save_image(samples_grid(samples, value_range=shown), out / f"samples_{name}.png")
+        save_image(samples_grid(samples, value_range=shown, title=f"samples: {name}"), out / f"samples_{name}.png")
         _, idx = nearest(samples, pool, k=1)
         save_image(neighbours_grid(samples, pool, idx[:, 0], value_range=shown), out / f"neighbours_{name}.png")
     else:

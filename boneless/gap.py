@@ -29,7 +29,7 @@ SETS = ("train", "heldout")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli import positive_float, positive_int
+    from .options import positive_float, positive_int
 
     p.add_argument("--model", required=True, metavar="SPEC",
                    help="a diffusers pipeline folder (unet/ + scheduler/; boneless train-reference writes one) or "

@@ -1,25 +1,23 @@
 """Metrics: memorisation, held-out denoising error and sample quality, for any denoiser.
 
 - :func:`denoising_error`: held-out (or in-sample) MSE / PSNR per noise level, one noise draw for every
-  denoiser; :class:`WienerFilter` is the reference of the "ratio to Wiener".
+  denoiser; :data:`WienerFilter` (the Gaussian denoiser, full rank) is the reference of the "ratio to Wiener".
 - :func:`nearest`, :func:`copy_rate`, :func:`nearest_distance_stats`: do samples copy training examples, and
   are they as far from the training set as real unseen images?
 - :func:`effective_examples`: the posterior effective number of training examples over a sampling run.
 - :func:`split_consistency`: two disjoint pools, same seeds: do they generate the same images?
 - :func:`frechet_distance` (closed form, stable square roots) in :class:`PCAFeatures` space (no training) or in
-  the feature space of a small Fashion-MNIST classifier (:func:`fashion_classifier`, trained once and cached).
+  the feature space of a small Fashion-MNIST classifier (:mod:`boneless.classifier`, trained once and cached).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import time
-import warnings
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
+
+from .closed_form import GaussianDenoiser
 
 COPY_RATIO = 1 / 3  # a sample is a copy when its nearest / second-nearest training distance ratio is below this
 
@@ -53,54 +51,7 @@ def copy_rate(samples: torch.Tensor, X: torch.Tensor, *, ratio: float = COPY_RAT
 PEAK = 2.0  # peak-to-peak range of data in [-1, 1], for PSNR
 
 
-class WienerFilter:
-    """The linear MMSE (Wiener) denoiser of ``X``: the reference of every held-out "ratio to Wiener".
-
-    With the mean ``mu`` and covariance ``C = U diag(lam) U^T`` of ``X`` (population covariance, float64),
-
-        ``x0_hat = mu + U diag(alpha lam / (alpha^2 lam + sigma^2)) U^T (x - alpha mu)``,
-
-    the posterior mean when the data are Gaussian ``N(mu, C)``. Full rank, no shrinkage: a fixed reference.
-
-    Args:
-        X: training examples [N, *shape].
-    """
-
-    def __init__(self, X: torch.Tensor):
-        from .data import check_data
-        X = check_data(X)
-        self.shape = tuple(X.shape[1:])
-        X64 = X.reshape(len(X), -1).double()
-        self.mu = X64.mean(0)
-        Xc = X64 - self.mu
-        if Xc.shape[1] <= len(X):
-            self.lam, self.U = torch.linalg.eigh(Xc.T @ Xc / len(X))  # [D], [D, D]
-        else:  # D > N: the rank <= N - 1 part from the Gram matrix (the gain is 0 off the data's span)
-            lam, V = torch.linalg.eigh(Xc @ Xc.T / len(X))
-            keep = lam > lam.max() * 1e-12
-            self.lam, V = lam[keep], V[:, keep]
-            self.U = Xc.T @ V / (self.lam * len(X)).sqrt()  # [D, r]
-        self.lam = self.lam.clamp(min=0)
-
-    def __call__(self, x: torch.Tensor, alpha, sigma) -> torch.Tensor:
-        from .denoisers import per_sample
-        a = per_sample(alpha, len(x), "alpha")[:, None]
-        s = per_sample(sigma, len(x), "sigma")[:, None]
-        if bool(((a == 0) & (s == 0)).any()):
-            raise ValueError("alpha and sigma cannot both be 0")
-        num, den = a * self.lam, a * a * self.lam + s * s  # [B, D]
-        gain = torch.where(den > 0, num / den.clamp(min=1e-300), torch.zeros_like(num))
-        y = x.reshape(len(x), -1).double().cpu() - a * self.mu
-        x0 = self.mu + ((y @ self.U) * gain) @ self.U.T
-        return x0.to(x.device, x.dtype).reshape(x.shape)
-
-    def expected_mse(self, alpha: float, sigma: float) -> float:
-        """Per-pixel MSE of this filter on data distributed as ``N(mu, C)``:
-        ``(1 / D) sum_d lam_d sigma^2 / (alpha^2 lam_d + sigma^2)``."""
-        lam = self.lam
-        den = alpha * alpha * lam + sigma * sigma
-        return float(torch.where(den > 0, lam * sigma * sigma / den.clamp(min=1e-300), lam).sum()) / math.prod(
-            self.shape)
+WienerFilter = GaussianDenoiser  # the Wiener filter of the data (full rank): the reference of "ratio to Wiener"
 
 
 class DenoisingError(NamedTuple):
@@ -352,118 +303,3 @@ class PCAFeatures:
             raise ValueError(f"PCA features: images have {x.shape[1]} values, the PCA was fitted on "
                              f"{self.components.shape[1]}")
         return (x - self.mean) @ self.components.T
-
-
-# ---------------------------------------------------------------- sample quality: a small Fashion-MNIST classifier
-
-CLASSIFIER_VERSION = 1  # bump when the network or its training changes (invalidates the cache)
-
-
-def cache_dir() -> Path:
-    """``$BONELESS_CACHE`` or ``~/.cache/boneless``."""
-    return Path(os.environ.get("BONELESS_CACHE") or Path.home() / ".cache" / "boneless").expanduser()
-
-
-def classifier_net() -> torch.nn.Module:
-    """The feature network on [n, 1, 28, 28]: two 3x3 stride-2 conv + ReLU layers (16, 32 channels; 28 -> 14
-    -> 7), a 128-unit ReLU layer (the features) and a linear layer to 10 class logits. Strided convolutions
-    instead of max-pooling: half the CPU time for the same accuracy here."""
-    nn = torch.nn
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(),
-        nn.Linear(128, 10))
-
-
-class Classifier(NamedTuple):
-    """A trained classifier: ``net`` (eval mode), its ``test_accuracy``, and where it was cached (``path``)."""
-
-    net: torch.nn.Module
-    test_accuracy: float
-    path: Path | None
-    info: dict
-
-    @torch.no_grad()
-    def features(self, images: torch.Tensor, *, batch_size: int = 1000) -> torch.Tensor:
-        """The 128 penultimate-layer features [n, 128] of images [n, 1, 28, 28] in [-1, 1]."""
-        return torch.cat([self.net[:-1](images[i:i + batch_size].float()) for i in range(0, len(images), batch_size)])
-
-    @torch.no_grad()
-    def probabilities(self, images: torch.Tensor, *, batch_size: int = 1000) -> torch.Tensor:
-        """Class probabilities [n, 10]."""
-        return torch.cat([torch.softmax(self.net(images[i:i + batch_size].float()), 1)
-                          for i in range(0, len(images), batch_size)])
-
-
-def train_classifier(X: torch.Tensor, y: torch.Tensor, *, X_test: torch.Tensor, y_test: torch.Tensor,
-                     epochs: int = 3, batch_size: int = 256, lr: float = 3e-3, seed: int = 0,
-                     progress: bool = False) -> tuple[torch.nn.Module, float]:
-    """Train :func:`classifier_net` on images ``X`` [N, 1, 28, 28] with labels ``y`` [N] (Adam, cosine learning
-    rate, seeded initialisation and shuffling from ``seed``); return the network (eval mode) and its accuracy
-    on ``X_test``, ``y_test``."""
-    g = torch.Generator().manual_seed(int(seed))
-    net = classifier_net()
-    for m in net:
-        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
-            torch.nn.init.kaiming_uniform_(m.weight, nonlinearity="relu", generator=g)
-            torch.nn.init.zeros_(m.bias)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    steps = epochs * -(-len(X) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=steps, desc="training the feature classifier (once)", unit="step", leave=False)
-    net.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(X), generator=g)
-        for i in range(0, len(X), batch_size):
-            idx = perm[i:i + batch_size]
-            loss = torch.nn.functional.cross_entropy(net(X[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    net.eval()
-    with torch.no_grad():
-        pred = torch.cat([net(X_test[i:i + 1000]).argmax(1) for i in range(0, len(X_test), 1000)])
-    return net, float((pred == y_test).double().mean())
-
-
-def fashion_classifier(*, epochs: int = 3, limit: int | None = None, seed: int = 0, directory=None,
-                       progress: bool = False) -> Classifier:
-    """The project's Fashion-MNIST feature classifier: loaded from the cache (``directory``, default
-    :func:`cache_dir`), or trained once on the Fashion-MNIST training split (first ``limit`` images, default
-    all 60000), tested on the test split, and cached atomically. It only measures; it never generates."""
-    from .data import load_dataset
-    from .outputs import atomic_path
-    tag = f"fashion_cnn_v{CLASSIFIER_VERSION}_e{epochs}_s{seed}" + (f"_n{limit}" if limit else "")
-    path = Path(directory).expanduser() if directory is not None else cache_dir()
-    path = path / f"{tag}.pt"
-    net = classifier_net()
-    if path.exists():
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            net.load_state_dict(blob["state_dict"])
-            net.eval()
-            return Classifier(net, float(blob["test_accuracy"]), path, dict(blob["info"]))
-        except Exception as e:  # a damaged cache file is retrained, not fatal
-            warnings.warn(f"ignoring unreadable classifier cache {path} ({type(e).__name__}); retraining")
-    X, y = load_dataset("fashion-mnist", split="train", limit=limit, with_labels=True)
-    X_test, y_test = load_dataset("fashion-mnist", split="test", with_labels=True)
-    start = time.perf_counter()
-    net, acc = train_classifier(X, y, X_test=X_test, y_test=y_test, epochs=epochs, seed=seed, progress=progress)
-    info = {"epochs": epochs, "train_size": len(X), "test_size": len(X_test), "seed": seed,
-            "train_seconds": round(time.perf_counter() - start, 2), "threads": torch.get_num_threads()}
-    try:
-        with atomic_path(path) as tmp:
-            torch.save({"state_dict": net.state_dict(), "test_accuracy": acc, "info": info}, tmp)
-    except OSError as e:
-        warnings.warn(f"could not cache the classifier in {path.parent} ({e.strerror}); it will be retrained")
-        path = None
-    return Classifier(net, acc, path, info)

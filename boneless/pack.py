@@ -10,7 +10,6 @@ the exact denoiser reads them chunk by chunk, converting each chunk to float32, 
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import os
 import struct
@@ -19,178 +18,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 
-from .data import _convert, _image_files, _is_gray_mode, _read_image, array_rule
+from .data import _image_files, _is_gray_mode, _read_image
 
 PackDtype = Literal["uint8", "float16"]
-
-
-def _read_header(path: Path, name: str) -> tuple[tuple[int, ...], np.dtype, int]:
-    """(shape, dtype, data offset) of a .npy file, reading only its header."""
-    try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran_order, dtype = reader(f)
-            offset = f.tell()
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{name}: cannot read file: {' '.join(str(e).split())}") from e
-    if fortran_order and len(shape) > 1:
-        raise ValueError(f"{name}: Fortran-ordered .npy cannot be streamed by rows; save it in C order")
-    if dtype.hasobject:
-        raise ValueError(f"{name}: object arrays are not supported")
-    need = offset + math.prod(shape) * dtype.itemsize
-    if path.stat().st_size < need:
-        raise ValueError(f"{name}: file is truncated ({path.stat().st_size} bytes, header says {need})")
-    return tuple(int(d) for d in shape), dtype, offset
-
-
-class _Raw:
-    """The stored array as rows, for :func:`boneless.data.array_rule` (read chunk by chunk)."""
-
-    def __init__(self, rows: "MappedRows"):
-        self.rows, self.shape = rows, (rows._n_all, *rows.raw_shape[1:])
-
-    def __getitem__(self, key: slice) -> np.ndarray:
-        start, stop, _ = key.indices(self.shape[0])
-        return self.rows._read(start - self.rows.start, stop - self.rows.start)
-
-
-class MappedRows:
-    """A ``.npy`` dataset on disk, read ``rows(start, stop)`` at a time as float32.
-
-    Array-like where the library reads data: ``len(X)``, ``X.shape`` (``[N, C, H, W]`` or ``[N, D]``, after the
-    same layout rules as :func:`boneless.load_dataset`), ``X.ndim``, ``X[i:j]`` and ``X[indices]`` (float32
-    tensors), ``X.narrow(0, start, length)``. Values map exactly as for in-memory arrays
-    (:func:`boneless.data.array_rule`, decided on the whole file).
-
-    Each read maps only the requested rows (``np.memmap`` with an offset) and converts them, so memory and
-    address space stay O(chunk): it works under ``ulimit -v`` smaller than the file. Repeated passes are served
-    by the operating system's page cache. The last chunk read is kept for index look-ups within it.
-    """
-
-    def __init__(self, path: str | os.PathLike, *, name: str | None = None):
-        self.path = Path(path)
-        self.name = name or str(path)
-        shape, self.dtype, self.offset = _read_header(self.path, self.name)
-        self.raw_shape, self._n_all, self.start, self.stop = shape, shape[0], 0, shape[0]
-        self.row_bytes = math.prod(shape[1:]) * self.dtype.itemsize
-        self.rule = array_rule(_Raw(self), shape, self.dtype, name=self.name)  # boneless.load_dataset's rule
-        self.item_shape = tuple(self._convert(self._read(0, 1)).shape[1:])
-        self._cache: tuple[int, int, torch.Tensor] | None = None
-
-    @staticmethod
-    def peek_shape(path: str | os.PathLike, *, name: str | None = None) -> tuple[int, ...]:
-        """The stored shape of a .npy file (header only)."""
-        return _read_header(Path(path), name or str(path))[0]
-
-    # ------------------------------------------------------------ array-like
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    @property
-    def shape(self) -> torch.Size:
-        return torch.Size((len(self), *self.item_shape))
-
-    @property
-    def ndim(self) -> int:
-        return 1 + len(self.item_shape)
-
-    @property
-    def dim(self) -> int:
-        return math.prod(self.item_shape)
-
-    def __repr__(self) -> str:
-        return f"MappedRows({str(self.path)!r}, shape={list(self.shape)}, stored {self.dtype})"
-
-    def narrow(self, dim: int, start: int, length: int) -> "MappedRows":
-        """Rows ``start:start + length`` (``dim`` must be 0), sharing the file; indices become local."""
-        if dim != 0 or not (0 <= start and length >= 0 and start + length <= len(self)):
-            raise ValueError(f"{self.name}: cannot narrow rows {start}:{start + length} of {len(self)}")
-        out = copy.copy(self)
-        out.start, out.stop, out._cache = self.start + start, self.start + start + length, None
-        return out
-
-    def __getitem__(self, key):
-        if isinstance(key, tuple):
-            return self[key[0]][(slice(None), *key[1:]) if not isinstance(key[0], int) else key[1:]]
-        if isinstance(key, slice):
-            start, stop, step = key.indices(len(self))
-            if step != 1:
-                return self[torch.arange(start, stop, step)]
-            return self.chunk(start, max(start, stop))
-        if isinstance(key, (int, np.integer)):
-            i = int(key) + (len(self) if key < 0 else 0)
-            if not 0 <= i < len(self):
-                raise IndexError(f"row {key} out of range for {len(self)} rows")
-            return self.chunk(i, i + 1)[0]
-        idx = torch.as_tensor(key).long().reshape(-1)
-        return self.take(idx).reshape(len(idx), *self.item_shape)
-
-    # ------------------------------------------------------------ reading
-    def _read(self, i: int, j: int) -> np.ndarray:
-        """Stored rows ``i:j`` (local indices) as a read-only memory map of just those rows."""
-        n = max(0, j - i)
-        if n == 0:
-            return np.empty((0, *self.raw_shape[1:]), dtype=self.dtype)
-        return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset + (self.start + i) * self.row_bytes,
-                         shape=(n, *self.raw_shape[1:]))
-
-    def _convert(self, raw: np.ndarray) -> torch.Tensor:
-        return _convert(raw, rule=self.rule)
-
-    def chunk(self, i: int, j: int) -> torch.Tensor:
-        """Rows ``i:j`` as float32 ``[n, *shape]``."""
-        return self._convert(self._read(i, j)).reshape(max(0, j - i), *self.item_shape)
-
-    def rows(self, i: int, j: int) -> torch.Tensor:
-        """Rows ``i:j`` as float32 ``[n, D]`` (kept for :meth:`take` look-ups within them)."""
-        out = self.chunk(i, j).reshape(max(0, j - i), self.dim)
-        self._cache = (i, j, out)
-        return out
-
-    def take(self, idx: torch.Tensor) -> torch.Tensor:
-        """Rows at local indices ``idx`` [m] as float32 ``[m, D]``; from the last chunk read when all fall in it."""
-        idx = idx.cpu().long()
-        if len(idx) and (bool((idx < 0).any()) or bool((idx >= len(self)).any())):
-            raise IndexError(f"row index out of range for {len(self)} rows")
-        if self._cache is not None and len(idx):
-            i, j, block = self._cache
-            if int(idx.min()) >= i and int(idx.max()) < j:
-                return block[idx - i]
-        uniq, inverse = torch.unique(idx, return_inverse=True)
-        if not len(uniq):
-            return torch.empty(0, self.dim)
-        lo, hi = int(uniq[0]), int(uniq[-1]) + 1
-        if hi - lo <= 4 * len(uniq):  # dense enough: one read of the span
-            block = self.chunk(lo, hi).reshape(hi - lo, self.dim)[uniq - lo]
-        else:
-            block = torch.cat([self.chunk(int(r), int(r) + 1).reshape(1, self.dim) for r in uniq])
-        return block[inverse]
-
-    def flat(self, device: torch.device | str | None = None) -> "FlatRows":
-        """This dataset as rows ``[N, D]`` on ``device``, for :class:`boneless.bank.Bank`."""
-        return FlatRows(self, torch.device(device) if device is not None else torch.device("cpu"))
-
-
-class FlatRows:
-    """``X[i:j]`` and ``X[indices]`` of a :class:`MappedRows` as float32 ``[n, D]`` on ``device`` (the bank's view)."""
-
-    def __init__(self, source: MappedRows, device: torch.device):
-        self.source, self.device = source, device
-        self.shape = torch.Size((len(source), source.dim))
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, key):
-        if isinstance(key, slice):
-            start, stop, step = key.indices(len(self))
-            if step == 1:
-                return self.source.rows(start, max(start, stop)).to(self.device)
-            key = torch.arange(start, stop, step)
-        return self.source.take(torch.as_tensor(key)).to(self.device)
 
 
 # ---------------------------------------------------------------- packing
@@ -294,7 +125,7 @@ def pack_folder(folder: str | os.PathLike, out: str | os.PathLike, *, size: int 
 # ---------------------------------------------------------------- command line
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli import positive_int
+    from .options import positive_int
 
     p.add_argument("folder", metavar="FOLDER", help="folder of images (png, jpg, ...)")
     p.add_argument("--out", required=True, help="the .npy file to write (atomically)")

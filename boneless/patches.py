@@ -38,9 +38,9 @@ from typing import Literal, NamedTuple, Sequence
 import torch
 
 from .bank import Bank
-from .closed_form import GaussianDenoiser, GMMDenoiser, _check_nonneg, _check_positive_int
+from .checks import non_negative, positive_int
 from .data import REFERENCE_SPREAD, check_data, spread
-from .denoisers import Coef, EmpiricalDenoiser, check_query
+from .denoisers import Coef, check_query
 
 Boundary = Literal["broken", "zero"]
 
@@ -88,10 +88,10 @@ def _as_schedule(schedule, default: PatchSchedule) -> PatchSchedule:
         if any(not (math.isfinite(s) and s > 0) for s in schedule.sigmas):
             raise ValueError("PatchSchedule noise levels must be positive and finite")
         for k in schedule.sizes:
-            _check_positive_int(k, "patch size")
+            positive_int(k, "patch size")
         return schedule
     if isinstance(schedule, int) and not isinstance(schedule, bool):
-        _check_positive_int(schedule, "patch size")
+        positive_int(schedule, "patch size")
         return PatchSchedule.constant(schedule)
     raise ValueError(f"schedule must be a PatchSchedule or a positive integer patch size, got {schedule!r}")
 
@@ -135,7 +135,7 @@ class _PatchDenoiser:
         if X.ndim != 4:
             raise ValueError(f"{type(self).__name__} needs image data [N, C, H, W], got shape {list(X.shape)}")
         self.schedule = _as_schedule(schedule, self.default_schedule)
-        self.chunk_size = _check_positive_int(chunk_size, "chunk_size")
+        self.chunk_size = positive_int(chunk_size, "chunk_size")
         self.device = torch.device(device) if device is not None else X.device
         self.X = X.to(self.device)
         self.shape = tuple(X.shape[1:])
@@ -147,6 +147,11 @@ class _PatchDenoiser:
         return self.schedule.size(lam / self.unit, self.shape[1], odd=self.odd)
 
     def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
+        return self._estimates(x, alpha, sigma)[0]
+
+    def _estimates(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``x0_hat`` [B, *shape], and the second estimate some machines produce on the way (the composite of
+        :class:`LocalGaussianDenoiser`; None for the others), queries grouped by patch size."""
         a, s = check_query(x, self.shape, alpha, sigma)
         xd = x.to(self.device, torch.float32)
         out = torch.empty_like(xd)
@@ -164,8 +169,7 @@ class _PatchDenoiser:
                     by_product = out.clone()
                 by_product[idx] = extra
             out[idx] = res
-        self.last_by_product = None if by_product is None else by_product.to(x.device, x.dtype)
-        return out.to(x.device, x.dtype)
+        return out.to(x.device, x.dtype), None if by_product is None else by_product.to(x.device, x.dtype)
 
     def _bank(self, rows: torch.Tensor) -> Bank:
         return Bank(rows, chunk_size=self.chunk_size, device=self.device, fast_delta=self.fast_delta)
@@ -342,7 +346,7 @@ class LocalGaussianDenoiser(_PatchDenoiser):
     neighbours are searched again around the first-pass estimate ``x1``, a cleaner query than the noisy square
     (NL-Bayes' second step): the ``K`` training squares nearest to ``x1[S]``. The neighbour search is the top-k
     of the project's bank (:meth:`boneless.bank.Bank.reduce` with ``k=K``), which also yields the PSPC posterior
-    mean of the same square at no extra cost (``self.last_composite``). Background squares whose neighbours are
+    mean of the same square at no extra cost (:meth:`with_composite` returns both). Background squares whose neighbours are
     all identical (e.g. Fashion-MNIST's -1 background) get zero covariance and are restored exactly.
 
     Args:
@@ -371,8 +375,7 @@ class LocalGaussianDenoiser(_PatchDenoiser):
         if passes not in (1, 2):
             raise ValueError(f"passes must be 1 or 2, got {passes!r}")
         self.passes = passes
-        self.ridge = _check_nonneg(ridge, "ridge")
-        self.last_by_product = None
+        self.ridge = non_negative(ridge, "ridge")
         if aggregate not in ("mean", "precision"):
             raise ValueError(f"aggregate must be 'mean' or 'precision', got {aggregate!r}")
         self.aggregate = aggregate
@@ -391,10 +394,11 @@ class LocalGaussianDenoiser(_PatchDenoiser):
             est, _ = self._pass(x, y, a, s, lam_b, k, K, est)
         return est, comp
 
-    @property
-    def last_composite(self) -> torch.Tensor | None:
-        """The PSPC posterior mean (first pass, same patch sizes) of the last call's batch [B, *shape]."""
-        return getattr(self, "last_by_product", None)
+    def with_composite(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x0_hat`` and, computed on the way, the PSPC posterior mean (first pass, same patch sizes) [B, *shape]
+        (the data mean for queries at ``alpha = 0``, like ``x0_hat``)."""
+        x0_hat, composite = self._estimates(x, alpha, sigma)
+        return x0_hat, x0_hat if composite is None else composite
 
     def _candidates(self, i, j, kh, kw):
         """Training squares [n, d] at (i, j) and at the locations up to ``shift`` pixels away."""
@@ -475,7 +479,7 @@ def validation_errors(den_cls, X_train: torch.Tensor, X_val: torch.Tensor, sigma
         raise ValueError(f"alpha must be a positive number, got {alpha!r}")
     sizes = tuple(sizes) if sizes is not None else _default_sizes(den_cls, *X_train.shape[2:])
     for k in sizes:
-        _check_positive_int(k, "patch size")
+        positive_int(k, "patch size")
     z = torch.randn(X_val.shape, generator=torch.Generator().manual_seed(int(seed)))
     table = torch.empty(len(sigmas), len(sizes), dtype=torch.float64)
     bar = None
@@ -508,153 +512,3 @@ def calibrate(den_cls, X_train: torch.Tensor, X_val: torch.Tensor, sigmas: Seque
     unit = spread(X_train) / REFERENCE_SPREAD  # levels stated for data of the reference spread
     lam = [float(sigmas[i]) / alpha / unit for i in order]
     return PatchSchedule(tuple(lam), tuple(best[i] for i in order), reference=int(X_train.shape[2]))
-
-
-BLEND_SIGMAS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-BLEND_MEMBERS = ("local-gaussian", "composite", "local", "gmm", "gaussian", "identity")
-
-
-class BlendDenoiser:
-    """Noise-level-dependent blend of closed-form estimates, fitted on a validation split: this project's design.
-
-    ``x0_hat = sum_m w_m(lam) e_m(x)`` with the members ``e_m``: the :class:`LocalGaussianDenoiser` estimate
-    (``local-gaussian``), its first pass's PSPC posterior mean (``composite``, at no extra cost), the local score
-    machine (``local``, :class:`LocalDenoiser`), the Gaussian mixture (``gmm``), the Wiener filter (``gaussian``)
-    and the noisy input itself (``identity``, ``x / alpha``).
-    The weights are fitted, per calibration level ``sigma`` in ``sigmas``, by least squares of the blended
-    estimate against clean validation images noised as ``x + sigma z`` (training-free, like a patch-size
-    calibration: six numbers per level), and interpolated linearly in ``log(sigma / alpha)`` in between
-    (the end levels' weights beyond). Different members fail differently (Dirac mixtures of patches are sharp
-    but mosaic-like, Gaussians are smooth but blurred), so the blend beats each member at most levels.
-
-    Args:
-        X: training images [N, C, H, W].
-        validation: clean validation images for the weights (never test images). Default: the last
-            ``holdout`` images of ``X``, which the members then do not see.
-        sigmas: calibration noise levels, for data of the reference spread (scaled with the data's spread).
-        holdout: validation images taken from ``X`` when ``validation`` is None.
-        components: Gaussian mixture components.
-        seed: seed of the validation noise and of the mixture's k-means.
-        weights: skip the fit and use these ``[len(sigmas), len(BLEND_MEMBERS)]`` weights.
-        local_gaussian: options of the local Gaussian member (e.g. ``schedule``, ``neighbours``, ``shift``).
-        local: options of the local score member (e.g. ``schedule``).
-        device: where the members compute.
-    """
-
-    def __init__(self, X: torch.Tensor, *, validation: torch.Tensor | None = None,
-                 sigmas: Sequence[float] = BLEND_SIGMAS, holdout: int = 32, components: int = 16, seed: int = 0,
-                 weights: torch.Tensor | None = None, local_gaussian: dict | None = None, local: dict | None = None,
-                 device: torch.device | str | None = None):
-        X = check_data(X)
-        if X.ndim != 4:
-            raise ValueError(f"BlendDenoiser needs image data [N, C, H, W], got shape {list(X.shape)}")
-        _check_positive_int(holdout, "holdout")
-        sigmas = tuple(sorted(float(v) for v in sigmas))
-        if not sigmas or any(not (math.isfinite(v) and v > 0) for v in sigmas):
-            raise ValueError("sigmas must be a non-empty list of positive numbers")
-        self.sigmas = tuple(v * spread(X) / REFERENCE_SPREAD for v in sigmas)  # at this data's scale
-        if validation is None and weights is None:
-            n_val = min(holdout, max(1, len(X) // 4))
-            X, validation = (X[:-n_val], X[-n_val:]) if len(X) > n_val else (X, X)
-        self.shape = tuple(X.shape[1:])
-        self.mean = X.double().mean(0).float()
-        self.local_gaussian = LocalGaussianDenoiser(X, device=device, **(local_gaussian or {}))
-        self.local = LocalDenoiser(X, device=device, **(local or {}))
-        self.gmm = GMMDenoiser(X, components=min(components, len(X)), seed=seed, device=device)
-        self.gauss = GaussianDenoiser(X, device=device)
-        if weights is not None:
-            w = torch.as_tensor(weights, dtype=torch.float64)
-            if w.shape != (len(self.sigmas), len(BLEND_MEMBERS)) or not bool(torch.isfinite(w).all()):
-                raise ValueError(f"weights must be finite with shape [{len(self.sigmas)}, {len(BLEND_MEMBERS)}]")
-            self.weights = w
-        else:
-            self.weights = self.fit(check_data(validation, name="validation"), seed=seed)
-
-    def members(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
-        """The member estimates [M, B, *shape] (float64), in the order of ``BLEND_MEMBERS``."""
-        a, s = check_query(x, self.shape, alpha, sigma)
-        lg = self.local_gaussian(x, a, s)
-        comp = self.local_gaussian.last_composite
-        comp = lg if comp is None else comp  # (every query at alpha = 0: both are the data mean)
-        ident = x.double() / a.clamp(min=1e-300).to(x.device)[:, None, None, None]
-        out = [lg, comp, self.local(x, a, s), self.gmm(x, a, s), self.gauss(x, a, s), ident]
-        return torch.stack([e.double().cpu() for e in out])
-
-    def fit(self, V: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
-        """Least-squares weights [len(sigmas), M] of the members on the clean images ``V`` noised at each level."""
-        if tuple(V.shape[1:]) != self.shape:
-            raise ValueError(f"validation images must have shape [n, {', '.join(map(str, self.shape))}]")
-        z = torch.randn(V.shape, generator=torch.Generator().manual_seed(int(seed) + 1))
-        W = []
-        for sig in self.sigmas:
-            E = self.members(V + sig * z, 1.0, sig).reshape(len(BLEND_MEMBERS), -1).T  # [n D, M]
-            sol = torch.linalg.lstsq(E, V.double().reshape(-1, 1), driver="gelsd").solution[:, 0]
-            W.append(sol)
-        return torch.stack(W)
-
-    def weights_at(self, lam: torch.Tensor) -> torch.Tensor:
-        """Blend weights [B, M] at noise levels ``lam`` [B] (linear in log lam between calibration levels)."""
-        if len(self.sigmas) == 1:
-            return self.weights[0].expand(len(lam), -1)
-        logs = torch.log(torch.tensor(self.sigmas, dtype=torch.float64))
-        t = torch.log(lam.clamp(min=1e-300)).clamp(float(logs[0]), float(logs[-1]))
-        hi = torch.searchsorted(logs, t).clamp(1, len(logs) - 1)
-        lo = hi - 1
-        f = ((t - logs[lo]) / (logs[hi] - logs[lo])).clamp(0, 1)[:, None]
-        return (1 - f) * self.weights[lo] + f * self.weights[hi]
-
-    def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
-        a, s = check_query(x, self.shape, alpha, sigma)
-        out = self.mean.to(x.device, x.dtype).expand_as(x).clone()
-        keep = a > 0  # alpha = 0: the posterior is the prior, its mean the data mean
-        if bool(keep.any()):
-            idx = torch.nonzero(keep)[:, 0]
-            E = self.members(x[idx.to(x.device)], a[idx], s[idx])  # [M, b, *shape]
-            w = self.weights_at(s[idx] / a[idx])  # [b, M]
-            out[idx.to(x.device)] = torch.einsum("bm,mb...->b...", w, E).to(x.device, x.dtype)
-        return out
-
-
-# the switch of CoarseToFineDenoiser: sigma / alpha = t / (1 - t) at t = 0.7 of the rectified flow, chosen on
-# validation samples (training images 10000-10499, never test images; see docs/DENOISERS.md)
-COARSE_TO_FINE_SWITCH = 0.7 / 0.3
-
-
-class CoarseToFineDenoiser:
-    """Global structure from the whole-image posterior at high noise, detail from patches at low noise: this
-    project's design for generation.
-
-    ``x0_hat = E[x0 | x]`` under the empirical distribution of ``X`` (:class:`EmpiricalDenoiser`, exact) while
-    ``sigma / alpha > switch``, and the :class:`BlendDenoiser` estimate below it. At high noise the exact posterior
-    is spread over many training images (its effective size is still in the tens to thousands), so it sets a
-    coherent global layout without choosing one image; the patch-based blend then takes over before the posterior
-    would collapse onto a single training image (copying), and adds detail that no training image has to supply.
-    On held-out denoising it equals ``blend`` at every noise level below the switch.
-
-    Args:
-        X: training images [N, C, H, W].
-        switch: the ``sigma / alpha`` above which the exact posterior mean is used (``inf``: always ``blend``;
-            0: always exact), for data of the reference spread (scaled with the data's spread).
-        blend: options of the :class:`BlendDenoiser` (e.g. ``holdout``, ``validation``, ``weights``).
-        device: where the members compute.
-    """
-
-    def __init__(self, X: torch.Tensor, *, switch: float = COARSE_TO_FINE_SWITCH, blend: dict | None = None,
-                 device: torch.device | str | None = None):
-        X = check_data(X)
-        if not (isinstance(switch, (int, float)) and not math.isnan(switch) and switch >= 0):
-            raise ValueError(f"switch must be a number >= 0, got {switch!r}")
-        self.switch = float(switch) * spread(X) / REFERENCE_SPREAD  # at this data's scale
-        self.shape = tuple(X.shape[1:])
-        self.exact = EmpiricalDenoiser(X, device=device)
-        self.blend = BlendDenoiser(X, device=device, **(blend or {}))
-
-    def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
-        a, s = check_query(x, self.shape, alpha, sigma)
-        coarse = s >= self.switch * a  # per query (alpha = 0 is infinite noise; switch = inf: never)
-        out = torch.empty_like(x)
-        for mask, member in ((coarse, self.exact), (~coarse, self.blend)):
-            if bool(mask.any()):
-                idx = torch.nonzero(mask)[:, 0]
-                out[idx.to(x.device)] = member(x[idx.to(x.device)], a[idx], s[idx]).to(x.dtype)
-        return out

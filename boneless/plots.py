@@ -96,11 +96,12 @@ def save_figure(fig, path: str | os.PathLike) -> None:
     pyplot().close(fig)
 
 
-def samples_grid(samples: torch.Tensor, *, ncols: int | None = None, value_range: Range = (-1.0, 1.0)) -> Image.Image:
-    """The samples [n, C, H, W] as a near-square grid."""
+def samples_grid(samples: torch.Tensor, *, ncols: int | None = None, value_range: Range = (-1.0, 1.0),
+                 title: str | None = "samples") -> Image.Image:
+    """The samples [n, C, H, W] as a near-square grid, under ``title``."""
     n = len(samples)
     ncols = ncols or int(np.ceil(np.sqrt(n)))
-    return image_grid([samples[i:i + ncols] for i in range(0, n, ncols)], value_range=value_range)
+    return image_grid([samples[i:i + ncols] for i in range(0, n, ncols)], value_range=value_range, title=title)
 
 
 def scatter_samples(samples: torch.Tensor, X: torch.Tensor, *, title: str = "samples"):
@@ -143,7 +144,7 @@ def trajectory_scatter(traj_x: torch.Tensor, X: torch.Tensor, samples: torch.Ten
         ax.plot(path[:, 0], path[:, 1], lw=0.8, alpha=0.7)
     ax.scatter(samples[:, 0], samples[:, 1], s=12, c="tab:red", zorder=3)
     ax.set_aspect("equal")
-    ax.set_title("trajectories of the exact flow (noise -> data)")
+    ax.set_title("sampling trajectories (noise -> data)")
     return fig
 
 
@@ -185,6 +186,7 @@ def posterior_figure(times: torch.Tensor, weights: torch.Tensor, indices: torch.
 
 def neighbours_grid(samples: torch.Tensor, X: torch.Tensor, nearest_idx: torch.Tensor, *, max_pairs: int = 16,
                     value_range: Range = (-1.0, 1.0)):
-    """Each sample (top row) above its nearest training example (bottom row)."""
+    """Each sample (top row) above its nearest training example (bottom row), rows labelled."""
     m = min(max_pairs, len(samples))
-    return image_grid([samples[:m], X[nearest_idx[:m]]], value_range=value_range)
+    return image_grid([samples[:m], X[nearest_idx[:m]]], value_range=value_range,
+                      row_labels=["sample", "nearest training"], title="each sample above its nearest training example")

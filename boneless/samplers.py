@@ -7,22 +7,21 @@ update (the notebook's "temperature", 0 -> 1 there) and ``noise_strength`` adds 
 it (Gaussian noise added to the flow, 1 -> 0 there). The true softmax temperature on the posterior logits is
 an option of :class:`~boneless.EmpiricalDenoiser`.
 
-:func:`sample` runs a sampler from pure noise and records trajectories (x_t, x0_hat, posterior top-k).
+:func:`sample` runs a sampler from pure noise and records trajectories (x_t, x0_hat, posterior top-k): a
+:class:`Run` made by :func:`start`, moved on by :func:`advance` (any part of the grid), closed by :func:`finish`
+(:mod:`boneless.checkpoints` saves and resumes runs between parts).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
-import warnings
-from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Callable, Literal
 
 import torch
 
-from .denoisers import velocity_from_x0
+from .denoisers import PosteriorDenoiser, velocity_from_x0
 from .schedules import Schedule, Spacing, get_schedule, time_grid
 
 
@@ -51,10 +50,12 @@ def _coeffs(schedule: Schedule, t: float):
 
 
 def _denoise(denoiser, x, schedule, t, callback, i):
-    """The main denoiser call of step ``i`` (a recorder's ``step_call`` sees which step it is)."""
+    """The main denoiser call of step ``i`` (a :class:`_Recorder` sees which step it is)."""
     c = _coeffs(schedule, t)
-    step_call = getattr(denoiser, "step_call", None)
-    x0_hat = step_call(i, float(t), x, c.alpha, c.sigma) if step_call else denoiser(x, c.alpha, c.sigma)
+    if isinstance(denoiser, _Recorder):
+        x0_hat = denoiser.step_call(i, float(t), x, c.alpha, c.sigma)
+    else:
+        x0_hat = denoiser(x, c.alpha, c.sigma)
     if callback is not None:
         callback({"i": i, "t": float(t), "x": x, "x0_hat": x0_hat, "alpha": c.alpha, "sigma": c.sigma})
     return c, x0_hat
@@ -190,7 +191,7 @@ class _Recorder:
     def __init__(self, denoiser, record_steps: set[int], k: int, progress):
         self.denoiser, self.record_steps, self.k, self.progress = denoiser, record_steps, k, progress
         self.trajectory, self.calls = Trajectory(), 0
-        self.has_posterior = k > 0 and hasattr(denoiser, "posterior")
+        self.has_posterior = k > 0 and isinstance(denoiser, PosteriorDenoiser)
         self.offset = 0  # index of the sampler's step 0 in the whole run (runs resumed or split in segments)
 
     def __call__(self, x, alpha, sigma):
@@ -220,39 +221,38 @@ class _Recorder:
         return x0_hat
 
 
-def sample(denoiser, schedule: Schedule | str = "rectified-flow", *, n: int = 16, steps: int = 100,
-           sampler: SamplerName = "euler", seed: int | None = 0, generator: torch.Generator | None = None,
-           shape: tuple[int, ...] | None = None, spacing: Spacing | None = None, t_max: float = 1.0,
-           flow_scale: tuple[float, float] = (1.0, 1.0), noise_strength: tuple[float, float] = (0.0, 0.0),
-           eta: float = 0.0, churn: float = 1.0, record_every: int | None = None,
-           record_steps: list[int] | None = None, top_k: int = 5,
-           progress: bool = False, device: torch.device | str = "cpu", checkpoint: str | os.PathLike | None = None,
-           checkpoint_every: int | None = None, resume: bool = False) -> SampleResult:
-    """Generate ``n`` samples from pure noise with ``denoiser`` under ``schedule``.
+@dataclass
+class Run:
+    """A sampling run between steps: the grid and options it follows, and where it stands (``x`` after
+    ``step`` of ``steps`` steps, the generator, the recorder with the trajectory so far, seconds spent).
+    Made by :func:`start`, moved on by :func:`advance`, closed by :func:`finish`; :mod:`boneless.checkpoints`
+    saves and restores it between steps."""
 
-    Args:
-        denoiser: any callable ``denoiser(x, alpha, sigma) -> x0_hat``.
-        schedule: a schedule or its name.
-        n, steps: number of samples and of steps.
-        sampler: ``euler`` (the original notebook's), ``heun``, ``ddim`` (``eta``), ``ddpm``, ``euler-maruyama``
-            (``churn``).
-        seed / generator: the randomness (the library never seeds globally).
-        shape: the shape of one sample (default: ``denoiser.shape``).
-        spacing: time grid (``uniform``, ``karras``, ``logsnr``; default per schedule).
-        flow_scale, noise_strength: the notebook's two knobs as (start, end) linear schedules.
-        record_every: record x_t and x0_hat every this many steps (default: about 10 frames), plus the last.
-        record_steps: or record them at exactly these step indices (0 .. steps - 1).
-        top_k: posterior top-k recorded at every step, when the denoiser has ``posterior`` (0: off).
-        progress: show a progress bar.
-        checkpoint, checkpoint_every: save the state (x, step, generator state, trajectory so far) to the file
-            ``checkpoint`` atomically every ``checkpoint_every`` steps (only rank 0 writes under torch.distributed).
-        resume: continue from ``checkpoint`` when it exists (refused if it was written with other settings): the
-            remaining grid runs from the saved ``x`` with the saved generator state, so the result is
-            bit-identical to an uninterrupted run (same machine, same denoiser). The file is left in place.
+    denoiser: Callable
+    schedule: Schedule
+    sampler: str
+    ts: torch.Tensor
+    knobs: Knobs
+    options: dict
+    settings: dict  # what makes two runs the same run (a checkpoint is only resumed by the same run)
+    x: torch.Tensor
+    generator: torch.Generator
+    recorder: "_Recorder"
+    step: int = 0
+    seconds: float = 0.0
 
-    Returns:
-        :class:`SampleResult` with ``samples`` [n, *shape] in data space.
-    """
+    @property
+    def steps(self) -> int:
+        return len(self.ts) - 1
+
+
+def start(denoiser, schedule: Schedule | str = "rectified-flow", *, n: int = 16, steps: int = 100,
+          sampler: SamplerName = "euler", seed: int | None = 0, generator: torch.Generator | None = None,
+          shape: tuple[int, ...] | None = None, spacing: Spacing | None = None, t_max: float = 1.0,
+          flow_scale: tuple[float, float] = (1.0, 1.0), noise_strength: tuple[float, float] = (0.0, 0.0),
+          eta: float = 0.0, churn: float = 1.0, record_every: int | None = None,
+          record_steps: list[int] | None = None, top_k: int = 5, device: torch.device | str = "cpu") -> Run:
+    """A run of :func:`sample` at step 0: options checked, the time grid made, ``x`` drawn from the prior."""
     schedule = get_schedule(schedule) if isinstance(schedule, str) else schedule
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
@@ -272,106 +272,83 @@ def sample(denoiser, schedule: Schedule | str = "rectified-flow", *, n: int = 16
     else:
         record_every = record_every or max(1, steps // 10)
         record_steps = set(range(0, steps, record_every)) | {steps - 1}
-    if checkpoint_every is not None and not (isinstance(checkpoint_every, int) and checkpoint_every >= 1):
-        raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
-    if (checkpoint_every or resume) and checkpoint is None:
-        raise ValueError("checkpoint_every and resume need a checkpoint path")
-    rec = _Recorder(denoiser, record_steps, top_k, None)
     settings = {"n": n, "steps": steps, "sampler": sampler, "schedule": schedule.name, "shape": list(shape),
                 "spacing": spacing, "t_max": float(t_max), "flow_scale": list(flow_scale),
                 "noise_strength": list(noise_strength), "eta": float(eta), "churn": float(churn), "top_k": top_k,
                 "record_steps": sorted(record_steps), "seed": seed if generator is None else "generator",
                 "denoiser": type(denoiser).__name__, "ts": [float(t) for t in ts]}
-    if checkpoint is not None and not resume and Path(checkpoint).exists():
-        raise ValueError(_unfinished_run(checkpoint, settings))
-    state = _load_checkpoint(checkpoint, settings) if resume else None
     if generator is None:
         generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
-    if state is None:
-        c0 = schedule(float(ts[0]))
-        x = (c0.sigma * torch.randn((n, *shape), generator=generator)).to(device)
-        i, spent = 0, 0.0
-    else:
-        x, i, spent = state["x"].to(device), int(state["step"]), float(state["seconds"])
-        generator.set_state(state["generator"])
-        rec.trajectory, rec.calls = Trajectory(**state["trajectory"]), int(state["calls"])
-    if progress:
-        from tqdm.auto import tqdm
-        rec.progress = tqdm(total=steps, initial=i, desc=f"{sampler} {schedule.name}", unit="step", leave=False)
-
-    kwargs = {"eta": eta} if sampler == "ddim" else {"churn": churn} if sampler == "euler-maruyama" else {}
-    start = time.perf_counter()
-    knobs = Knobs(tuple(flow_scale), tuple(noise_strength), total=steps)
-    every = checkpoint_every if checkpoint is not None and checkpoint_every else steps
-    while i < steps:  # segments of the grid between checkpoints; samplers are stateless over ts[i:j + 1]
-        j = min((i // every + 1) * every, steps)
-        rec.offset = i
-        x = SAMPLERS[sampler](rec, schedule, x, ts[i:j + 1], knobs=replace(knobs, offset=i), generator=generator,
-                              **kwargs)
-        i = j
-        if checkpoint is not None and checkpoint_every and i < steps:
-            _save_checkpoint(checkpoint, settings, x, i, generator, rec, spent + time.perf_counter() - start)
-    c_end = schedule(float(ts[-1]))
-    if c_end.sigma > 0:  # a grid ending above sigma = 0 (e.g. VE's sigma_min): take the final denoised estimate
-        x = denoiser(x, c_end.alpha, c_end.sigma)
-    seconds = spent + time.perf_counter() - start
-    if rec.progress is not None:
-        rec.progress.close()
-    return SampleResult(x.cpu(), ts, rec.trajectory, seconds, rec.calls)
+    x = (schedule(float(ts[0])).sigma * torch.randn((n, *shape), generator=generator)).to(device)
+    options = {"eta": eta} if sampler == "ddim" else {"churn": churn} if sampler == "euler-maruyama" else {}
+    return Run(denoiser, schedule, sampler, ts, Knobs(tuple(flow_scale), tuple(noise_strength), total=steps),
+               options, settings, x, generator, _Recorder(denoiser, record_steps, top_k, None))
 
 
-CHECKPOINT_VERSION = 1
-RESTART = "start over with --restart (Python: delete the file), or write elsewhere"
+def advance(run: Run, until: int) -> Run:
+    """Run the sampler from ``run.step`` to step ``until`` (the grid ``ts[step:until + 1]``; samplers are
+    stateless over any part of the grid, so a run split into parts equals the whole)."""
+    begin = time.perf_counter()
+    until = min(until, run.steps)
+    if run.step < until:
+        run.recorder.offset = run.step
+        run.x = SAMPLERS[run.sampler](run.recorder, run.schedule, run.x, run.ts[run.step:until + 1],
+                                      knobs=replace(run.knobs, offset=run.step), generator=run.generator,
+                                      **run.options)
+        run.step = until
+    run.seconds += time.perf_counter() - begin
+    return run
 
 
-def _writes_checkpoints() -> bool:
-    """Rank 0 alone writes (all ranks hold the same state); every process without torch.distributed."""
-    import torch.distributed as dist
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+def finish(run: Run) -> SampleResult:
+    """The samples of a run at its last step: a grid ending above sigma = 0 (e.g. VE's sigma_min) takes the
+    final denoised estimate."""
+    begin = time.perf_counter()
+    x, c_end = run.x, run.schedule(float(run.ts[-1]))
+    if c_end.sigma > 0:
+        x = run.denoiser(x, c_end.alpha, c_end.sigma)
+    run.seconds += time.perf_counter() - begin
+    return SampleResult(x.cpu(), run.ts, run.recorder.trajectory, run.seconds, run.recorder.calls)
 
 
-def _save_checkpoint(path, settings: dict, x, step: int, generator, rec: _Recorder, seconds: float) -> None:
-    """Write the sampler state after ``step`` steps to ``path`` atomically (torch.save of tensors and lists)."""
-    if not _writes_checkpoints():
-        return
-    from .outputs import atomic_path
-
-    tr = rec.trajectory
-    state = {"version": CHECKPOINT_VERSION, "settings": settings, "x": x.detach().cpu(), "step": step,
-             "generator": generator.get_state(), "calls": rec.calls, "seconds": seconds,
-             "trajectory": {f.name: list(getattr(tr, f.name)) for f in fields(tr)}}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _unfinished_run(path, settings: dict) -> str:
-    """Why a run that would write ``path`` does not start: the file holds another run's progress."""
-    try:
-        state = _load_checkpoint(path, settings)
-    except ValueError as e:  # another run's, or not a checkpoint at all
-        return str(e)
-    return (f"checkpoint {path} holds step {int(state['step'])} of {settings['steps']} of this run: continue it "
-            "with --resume (Python: resume=True), or start over with --restart (Python: delete the file)")
-
-
-def _load_checkpoint(path, settings: dict) -> dict | None:
-    """The state saved at ``path``, or None (with a warning) when there is none; refuses other settings."""
-    path = Path(path)
-    if not path.exists():
-        warnings.warn(f"no checkpoint at {path}: starting from step 0", stacklevel=3)
+def progress_bar(run: Run, enabled: bool):
+    """A progress bar over the run's steps (from where it stands), or None."""
+    if not enabled:
         return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        saved = state["settings"]
-        ok = state.get("version") == CHECKPOINT_VERSION and all(k in state for k in ("x", "step", "generator"))
-    except Exception as e:  # torch.load raises many types for foreign or truncated files
-        raise ValueError(f"checkpoint {path}: cannot read: {' '.join(str(e).split())[:300]} ({RESTART})") from e
-    if not ok:
-        raise ValueError(f"checkpoint {path}: not a boneless sample checkpoint (version {CHECKPOINT_VERSION}; "
-                         f"{RESTART})")
-    for key in settings:
-        if saved.get(key) != settings[key]:
-            show = lambda v: str(v) if len(str(v)) < 60 else str(v)[:60] + "..."
-            raise ValueError(f"checkpoint {path} was written by a different run: {key} {show(saved.get(key))} "
-                             f"there, {show(settings[key])} now ({RESTART})")
-    return state
+    from tqdm.auto import tqdm
+    run.recorder.progress = tqdm(total=run.steps, initial=run.step, desc=f"{run.sampler} {run.schedule.name}",
+                                 unit="step", leave=False)
+    return run.recorder.progress
+
+
+def sample(denoiser, schedule: Schedule | str = "rectified-flow", *, progress: bool = False, **options) -> SampleResult:
+    """Generate ``n`` samples from pure noise with ``denoiser`` under ``schedule``.
+
+    Args:
+        denoiser: any callable ``denoiser(x, alpha, sigma) -> x0_hat``.
+        schedule: a schedule or its name.
+        progress: show a progress bar.
+        **options: the options of :func:`start`:
+            ``n``, ``steps``: number of samples and of steps (16, 100).
+            ``sampler``: ``euler`` (the original notebook's), ``heun``, ``ddim`` (``eta``), ``ddpm``,
+            ``euler-maruyama`` (``churn``).
+            ``seed`` / ``generator``: the randomness (the library never seeds globally).
+            ``shape``: the shape of one sample (default: ``denoiser.shape``).
+            ``spacing``: time grid (``uniform``, ``karras``, ``logsnr``; default per schedule); ``t_max``.
+            ``flow_scale``, ``noise_strength``: the notebook's two knobs as (start, end) linear schedules.
+            ``record_every``: record x_t and x0_hat every this many steps (default: about 10 frames), plus the
+            last; ``record_steps``: or at exactly these step indices (0 .. steps - 1).
+            ``top_k``: posterior top-k recorded at every step, when the denoiser has a posterior (0: off).
+            ``device``: where ``x`` lives.
+
+    Returns:
+        :class:`SampleResult` with ``samples`` [n, *shape] in data space.
+
+    A run that must survive interruption: :func:`boneless.checkpoints.sample_resumable`.
+    """
+    run = start(denoiser, schedule, **options)
+    bar = progress_bar(run, progress)
+    advance(run, run.steps)
+    if bar is not None:
+        bar.close()
+    return finish(run)

@@ -41,7 +41,7 @@ def diffusers_module():
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli import positive_float, positive_int
+    from .options import positive_float, positive_int
 
     p.add_argument("--data", default="fashion-mnist", metavar="NAME|PATH",
                    help="image dataset: a name (fashion-mnist, digits, faces) or a path (default: fashion-mnist)")

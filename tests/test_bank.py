@@ -6,7 +6,8 @@ import torch
 
 import boneless.bank as bank_mod
 from boneless import EmpiricalDenoiser
-from boneless.bank import Bank, StoredRows, merge
+from boneless.bank import Bank, merge
+from boneless.rows import StoredRows
 from boneless.denoisers import exact_reference
 
 RATIOS = (1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1e3)  # sigma / alpha: the contract's range

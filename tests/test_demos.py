@@ -8,8 +8,12 @@ from PIL import Image
 
 from boneless import demos
 from boneless.cli import main
+from boneless.closed_form import GaussianDenoiser
 from boneless.data import load_dataset
-from boneless.denoisers import DENOISERS, EmpiricalDenoiser
+from boneless.demos._common import GIF_FRAMES, _animate, _log_density64
+from boneless.demos.blur import _gaussian_blur
+from boneless.denoisers import EmpiricalDenoiser
+from boneless.plots import pyplot
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,7 +46,7 @@ def test_vp_ve(out, capsys):
     assert r["max_rescaling_error"] < 1e-10  # x_VE = x_VP / alpha with the same eps
     assert r["max_denoiser_rescaling_error"] < 1e-5  # E[x0 | x, alpha, sigma] = E[x0 | x / alpha, 1, sigma / alpha]
     assert _wide(out / "vp-ve.gif", frames=r["frames"]) and _wide(out / "snr.png")
-    assert demos.GIF_FRAMES >= 40
+    assert GIF_FRAMES >= 40
     assert "max |x_VP / alpha - x_VE|" in capsys.readouterr().out
 
 
@@ -63,7 +67,7 @@ def test_log_density_matches_float64_formula():
     y = torch.randn(20, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     for alpha, sigma in ((0.0, 1.0), (0.5, 0.5), (0.97, 0.03), (1.0, 3.0)):
         got = demos.log_density(den, y.float(), alpha, sigma)
-        ref = demos._log_density64(X, y.float().double(), alpha, sigma)
+        ref = _log_density64(X, y.float().double(), alpha, sigma)
         assert torch.allclose(got, ref, rtol=0, atol=1e-4)
 
 
@@ -125,8 +129,10 @@ def test_posterior(out):
 # ---------------------------------------------------------------- helpers against their formulas
 
 def test_wiener_closed_form():
+    """The blur demo's linear denoiser (the library's Gaussian one) is the Wiener formula, also for a singular
+    covariance (40 examples in 64 dimensions)."""
     X = load_dataset("faces")[:40, :, :8, :8] * 0.9
-    den = demos._wiener(X)
+    den = GaussianDenoiser(X)
     P = X.reshape(40, -1).double()
     mu = P.mean(0)
     S = (P - mu).T @ (P - mu) / 40
@@ -137,32 +143,24 @@ def test_wiener_closed_form():
         assert torch.allclose(den(x.reshape(3, 1, 8, 8), a, s).reshape(3, -1), ref, atol=1e-10)
 
 
-@pytest.mark.skipif("gaussian" not in DENOISERS, reason="the library's Gaussian denoiser is not registered")
-def test_wiener_matches_registered_gaussian():
-    X = load_dataset("faces")[:60]
-    x = torch.randn(4, *X.shape[1:], generator=torch.Generator().manual_seed(0))
-    ref = demos._wiener(X)(x, 0.8, 0.6)
-    assert torch.allclose(DENOISERS["gaussian"](X)(x, 0.8, 0.6).double(), ref.double(), atol=1e-4)
-
-
 def test_gaussian_blur_is_an_average():
     g = torch.Generator().manual_seed(0)
     const = torch.full((1, 1, 12, 12), 0.3, dtype=torch.float64)
-    assert torch.allclose(demos._gaussian_blur(const, 1.5), const)  # weights sum to one
+    assert torch.allclose(_gaussian_blur(const, 1.5), const)  # weights sum to one
     x = torch.randn(1, 1, 12, 12, generator=g, dtype=torch.float64)
-    assert demos._gaussian_blur(x, 1.0).std() < x.std()
-    assert demos._gaussian_blur(x, 1.0).shape == x.shape
+    assert _gaussian_blur(x, 1.0).std() < x.std()
+    assert _gaussian_blur(x, 1.0).shape == x.shape
 
 
 def test_animate_frames(tmp_path):
-    plt = demos.pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.2, 1), dpi=100)
     (line,) = ax.plot([0, 1], [0, 0])
 
     def draw(i):
         line.set_ydata([0, i / 40])
 
-    written = demos._animate(fig, draw, 40, tmp_path / "a.gif", fps=20)
+    written = _animate(fig, draw, 40, tmp_path / "a.gif", fps=20)
     assert written[0] == tmp_path / "a.gif"
     assert _wide(tmp_path / "a.gif", frames=40)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)  # no temporary files left

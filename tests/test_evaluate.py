@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from boneless.cli import main
-from boneless.denoisers import DENOISERS
+from boneless import DENOISERS
 from boneless.metrics import WienerFilter
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -165,7 +165,7 @@ def test_guard_stops_a_denoiser_past_its_deadline():
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="Fashion-MNIST (dataset-fashion-mnist) not installed")
 def test_eval_on_fashion_mnist_with_the_classifier(tmp_path, monkeypatch):
     import boneless.evaluate as E
-    from boneless.metrics import fashion_classifier
+    from boneless.classifier import fashion_classifier
     tiny = fashion_classifier(epochs=1, limit=1000, directory=tmp_path / "cache")
     monkeypatch.setattr(E, "fashion_classifier", lambda **kw: tiny)
     out = tmp_path / "fm"

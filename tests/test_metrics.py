@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from boneless import EmpiricalDenoiser, load_dataset, sample
+from boneless.classifier import fashion_classifier
 from boneless.metrics import (PEAK, PCAFeatures, WienerFilter, copy_rate, denoising_error, effective_examples,
-                              fashion_classifier, frechet_distance, gaussian_frechet, ks_distance, mean_cov,
-                              nearest, nearest_distance_stats, noise_draw, paired_similarity, split_consistency)
+                              frechet_distance, gaussian_frechet, ks_distance, mean_cov, nearest,
+                              nearest_distance_stats, noise_draw, paired_similarity, split_consistency)
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -267,7 +268,7 @@ def test_classifier_trains_caches_and_reloads(tmp_path, monkeypatch):
     p = clf.probabilities(X)
     assert torch.allclose(p.sum(1), torch.ones(40), atol=1e-5)
 
-    import boneless.metrics as M
+    import boneless.classifier as M
 
     def no_training(*args, **kwargs):
         raise AssertionError("the cached classifier should be loaded, not retrained")

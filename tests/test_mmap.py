@@ -13,7 +13,8 @@ from PIL import Image
 from boneless import EmpiricalDenoiser, load_dataset, sample
 from boneless.cli import main
 from boneless.metrics import nearest
-from boneless.pack import MappedRows, pack_folder
+from boneless.pack import pack_folder
+from boneless.rows import MappedRows
 
 
 def arrays():

@@ -166,12 +166,14 @@ def test_local_gaussian_with_all_neighbours_and_whole_image_is_gaussian(X, queri
     x, a, s = queries
     den = LocalGaussianDenoiser(X, schedule=max(H, W), neighbours=N, passes=1, ridge=0.0)
     torch.testing.assert_close(den(x, a, s), GaussianDenoiser(X)(x, a, s), rtol=0, atol=1e-4)
-    # its by-product is the composite (here: the exact denoiser)
-    torch.testing.assert_close(den.last_composite.double(), exact_reference(X, x, a, s), rtol=0, atol=2e-5)
+    # its by-product is the composite (here: the exact denoiser), returned beside x0_hat
+    x0_hat, composite = den.with_composite(x, a, s)
+    torch.testing.assert_close(x0_hat, den(x, a, s), rtol=0, atol=0)
+    torch.testing.assert_close(composite.double(), exact_reference(X, x, a, s), rtol=0, atol=2e-5)
     sch = PatchSchedule((0.25, 1.0), (2, 3), reference=0)  # a batch with two patch sizes
     den = LocalGaussianDenoiser(X, schedule=sch, neighbours=10)
-    den(x, a, s)
-    torch.testing.assert_close(den.last_composite, PatchCompositeDenoiser(X, schedule=sch)(x, a, s), rtol=0, atol=1e-6)
+    torch.testing.assert_close(den.with_composite(x, a, s)[1], PatchCompositeDenoiser(X, schedule=sch)(x, a, s),
+                               rtol=0, atol=1e-6)
 
 
 def test_local_gaussian_restores_constant_background_exactly():
@@ -252,7 +254,7 @@ def test_every_registered_denoiser_is_constructible_with_defaults():
 
 
 def test_blend_weights_fit_interpolate_and_select_members(X):
-    from boneless.patches import BLEND_MEMBERS, BlendDenoiser
+    from boneless.composites import BLEND_MEMBERS, BlendDenoiser
     Xv = images(8, seed=11)
     sig = (0.1, 1.0)
     onehot = torch.zeros(2, len(BLEND_MEMBERS), dtype=torch.float64)
@@ -285,7 +287,7 @@ def test_blend_weights_fit_interpolate_and_select_members(X):
 
 def test_coarse_to_fine_is_exact_above_the_switch_and_blend_below(X):
     from boneless.denoisers import EmpiricalDenoiser
-    from boneless.patches import BLEND_MEMBERS, CoarseToFineDenoiser
+    from boneless.composites import BLEND_MEMBERS, CoarseToFineDenoiser
     w = torch.rand(2, len(BLEND_MEMBERS), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     opts = {"sigmas": (0.1, 1.0), "weights": w}
     x = images(4, seed=13)

@@ -7,6 +7,7 @@ import torch
 
 import boneless.cli
 from boneless import EmpiricalDenoiser, load_dataset, sample
+from boneless.checkpoints import sample_resumable
 from boneless.cli import main
 
 
@@ -62,40 +63,42 @@ def test_resumed_equals_uninterrupted(tmp_path, den, case):
     ref = sample(den, schedule, **kw)
     ck = tmp_path / "ck.pt"
     # checkpointing alone changes nothing
-    assert same_result(ref, sample(den, schedule, checkpoint=ck, checkpoint_every=4, **kw))
+    assert same_result(ref, sample_resumable(den, schedule, checkpoint=ck, every=4, **kw))
     for every, crash_after in [(4, 6), (1, 3)]:
         ck.unlink(missing_ok=True)
         with pytest.raises(Interrupt):
-            sample(crashing(den, crash_after), schedule, checkpoint=ck, checkpoint_every=every, **kw)
+            sample_resumable(crashing(den, crash_after), schedule, checkpoint=ck, every=every, **kw)
         saved = torch.load(ck, weights_only=True)
         assert saved["step"] == crash_after // every * every  # the last checkpoint before the crash
-        resumed = sample(crashing(den, 10 ** 6), schedule, checkpoint=ck, checkpoint_every=every, resume=True, **kw)
+        resumed = sample_resumable(crashing(den, 10 ** 6), schedule, checkpoint=ck, every=every, resume=True, **kw)
         assert same_result(ref, resumed)
         # resuming twice from the same checkpoint is just as exact
-        assert same_result(ref, sample(den, schedule, checkpoint=ck, resume=True, **kw))
+        assert same_result(ref, sample_resumable(den, schedule, checkpoint=ck, resume=True, **kw))
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # atomic writes leave no temporary files
 
 
 def test_checkpoint_of_another_run_is_refused(tmp_path, den):
     ck = tmp_path / "ck.pt"
     with pytest.raises(Interrupt):
-        sample(crashing(den, 5), n=3, steps=10, seed=1, checkpoint=ck, checkpoint_every=2)
+        sample_resumable(crashing(den, 5), n=3, steps=10, seed=1, checkpoint=ck, every=2)
     with pytest.raises(ValueError, match="different run: steps 10 there, 12 now"):
-        sample(den, n=3, steps=12, seed=1, checkpoint=ck, resume=True)
+        sample_resumable(den, n=3, steps=12, seed=1, checkpoint=ck, resume=True)
     with pytest.raises(ValueError, match="different run: seed 1 there, 2 now"):
-        sample(den, n=3, steps=10, seed=2, checkpoint=ck, resume=True)
+        sample_resumable(den, n=3, steps=10, seed=2, checkpoint=ck, resume=True)
     ck.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot read"):
-        sample(den, n=3, steps=10, seed=1, checkpoint=ck, resume=True)
+        sample_resumable(den, n=3, steps=10, seed=1, checkpoint=ck, resume=True)
 
 
 def test_resume_without_checkpoint_starts_over_with_a_warning(tmp_path, den):
     with pytest.warns(UserWarning, match="no checkpoint"):
-        r = sample(den, n=3, steps=6, seed=1, checkpoint=tmp_path / "none.pt", resume=True)
+        r = sample_resumable(den, n=3, steps=6, seed=1, checkpoint=tmp_path / "none.pt", resume=True)
     assert torch.equal(r.samples, sample(den, n=3, steps=6, seed=1).samples)
-    for bad in (dict(checkpoint_every=0, checkpoint=tmp_path / "c.pt"), dict(checkpoint_every=3), dict(resume=True)):
-        with pytest.raises(ValueError):
-            sample(den, n=3, steps=6, **bad)
+    for every in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="every must be a positive integer"):
+            sample_resumable(den, n=3, steps=6, checkpoint=tmp_path / "c.pt", every=every)
+    with pytest.raises(TypeError):  # checkpointing is sample_resumable's; sample() has no such option
+        sample(den, n=3, steps=6, checkpoint=tmp_path / "c.pt")
 
 
 def test_cli_interrupted_then_resumed(tmp_path, monkeypatch, capsys):
@@ -160,8 +163,8 @@ def test_rerun_into_a_folder_with_a_checkpoint_resumes_or_refuses(tmp_path, monk
 def test_python_api_refuses_to_overwrite_a_checkpoint(tmp_path, den):
     ck = tmp_path / "ck.pt"
     with pytest.raises(Interrupt):
-        sample(crashing(den, 5), n=3, steps=10, seed=1, checkpoint=ck, checkpoint_every=2)
+        sample_resumable(crashing(den, 5), n=3, steps=10, seed=1, checkpoint=ck, every=2)
     saved = ck.read_bytes()
     with pytest.raises(ValueError, match="holds step 4 of 10 of this run: continue it with --resume"):
-        sample(den, n=3, steps=10, seed=1, checkpoint=ck, checkpoint_every=2)
+        sample_resumable(den, n=3, steps=10, seed=1, checkpoint=ck, every=2)
     assert ck.read_bytes() == saved

@@ -1,0 +1,172 @@
+"""Composites: denoisers built from other denoisers.
+
+- :class:`BlendDenoiser` (``blend``; this project's): a noise-level-dependent least-squares blend of
+  generalising members (local Gaussian, its patch composite, local score, Gaussian mixture, Gaussian, identity),
+  fitted on validation images.
+- :class:`CoarseToFineDenoiser` (``coarse-to-fine``; this project's): the exact whole-image posterior mean at
+  high noise, the blend below a switch.
+
+Members are called through their public methods and return what they compute; no composite reads state that a
+member kept from an earlier call.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from .checks import positive_int
+from .closed_form import GaussianDenoiser, GMMDenoiser
+from .data import REFERENCE_SPREAD, check_data, spread
+from .denoisers import Coef, EmpiricalDenoiser, check_query
+from .patches import LocalDenoiser, LocalGaussianDenoiser
+
+
+BLEND_SIGMAS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+BLEND_MEMBERS = ("local-gaussian", "composite", "local", "gmm", "gaussian", "identity")
+
+
+class BlendDenoiser:
+    """Noise-level-dependent blend of closed-form estimates, fitted on a validation split: this project's design.
+
+    ``x0_hat = sum_m w_m(lam) e_m(x)`` with the members ``e_m``: the :class:`LocalGaussianDenoiser` estimate
+    (``local-gaussian``), its first pass's PSPC posterior mean (``composite``, at no extra cost), the local score
+    machine (``local``, :class:`LocalDenoiser`), the Gaussian mixture (``gmm``), the Wiener filter (``gaussian``)
+    and the noisy input itself (``identity``, ``x / alpha``).
+    The weights are fitted, per calibration level ``sigma`` in ``sigmas``, by least squares of the blended
+    estimate against clean validation images noised as ``x + sigma z`` (training-free, like a patch-size
+    calibration: six numbers per level), and interpolated linearly in ``log(sigma / alpha)`` in between
+    (the end levels' weights beyond). Different members fail differently (Dirac mixtures of patches are sharp
+    but mosaic-like, Gaussians are smooth but blurred), so the blend beats each member at most levels.
+
+    Args:
+        X: training images [N, C, H, W].
+        validation: clean validation images for the weights (never test images). Default: the last
+            ``holdout`` images of ``X``, which the members then do not see.
+        sigmas: calibration noise levels, for data of the reference spread (scaled with the data's spread).
+        holdout: validation images taken from ``X`` when ``validation`` is None.
+        components: Gaussian mixture components.
+        seed: seed of the validation noise and of the mixture's k-means.
+        weights: skip the fit and use these ``[len(sigmas), len(BLEND_MEMBERS)]`` weights.
+        local_gaussian: options of the local Gaussian member (e.g. ``schedule``, ``neighbours``, ``shift``).
+        local: options of the local score member (e.g. ``schedule``).
+        device: where the members compute.
+    """
+
+    def __init__(self, X: torch.Tensor, *, validation: torch.Tensor | None = None,
+                 sigmas: Sequence[float] = BLEND_SIGMAS, holdout: int = 32, components: int = 16, seed: int = 0,
+                 weights: torch.Tensor | None = None, local_gaussian: dict | None = None, local: dict | None = None,
+                 device: torch.device | str | None = None):
+        X = check_data(X)
+        if X.ndim != 4:
+            raise ValueError(f"BlendDenoiser needs image data [N, C, H, W], got shape {list(X.shape)}")
+        positive_int(holdout, "holdout")
+        sigmas = tuple(sorted(float(v) for v in sigmas))
+        if not sigmas or any(not (math.isfinite(v) and v > 0) for v in sigmas):
+            raise ValueError("sigmas must be a non-empty list of positive numbers")
+        self.sigmas = tuple(v * spread(X) / REFERENCE_SPREAD for v in sigmas)  # at this data's scale
+        if validation is None and weights is None:
+            n_val = min(holdout, max(1, len(X) // 4))
+            X, validation = (X[:-n_val], X[-n_val:]) if len(X) > n_val else (X, X)
+        self.shape = tuple(X.shape[1:])
+        self.mean = X.double().mean(0).float()
+        self.local_gaussian = LocalGaussianDenoiser(X, device=device, **(local_gaussian or {}))
+        self.local = LocalDenoiser(X, device=device, **(local or {}))
+        self.gmm = GMMDenoiser(X, components=min(components, len(X)), seed=seed, device=device)
+        self.gauss = GaussianDenoiser(X, device=device)
+        if weights is not None:
+            w = torch.as_tensor(weights, dtype=torch.float64)
+            if w.shape != (len(self.sigmas), len(BLEND_MEMBERS)) or not bool(torch.isfinite(w).all()):
+                raise ValueError(f"weights must be finite with shape [{len(self.sigmas)}, {len(BLEND_MEMBERS)}]")
+            self.weights = w
+        else:
+            self.weights = self.fit(check_data(validation, name="validation"), seed=seed)
+
+    def members(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
+        """The member estimates [M, B, *shape] (float64), in the order of ``BLEND_MEMBERS``."""
+        a, s = check_query(x, self.shape, alpha, sigma)
+        lg, comp = self.local_gaussian.with_composite(x, a, s)
+        ident = x.double() / a.clamp(min=1e-300).to(x.device)[:, None, None, None]
+        out = [lg, comp, self.local(x, a, s), self.gmm(x, a, s), self.gauss(x, a, s), ident]
+        return torch.stack([e.double().cpu() for e in out])
+
+    def fit(self, V: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
+        """Least-squares weights [len(sigmas), M] of the members on the clean images ``V`` noised at each level."""
+        if tuple(V.shape[1:]) != self.shape:
+            raise ValueError(f"validation images must have shape [n, {', '.join(map(str, self.shape))}]")
+        z = torch.randn(V.shape, generator=torch.Generator().manual_seed(int(seed) + 1))
+        W = []
+        for sig in self.sigmas:
+            E = self.members(V + sig * z, 1.0, sig).reshape(len(BLEND_MEMBERS), -1).T  # [n D, M]
+            sol = torch.linalg.lstsq(E, V.double().reshape(-1, 1), driver="gelsd").solution[:, 0]
+            W.append(sol)
+        return torch.stack(W)
+
+    def weights_at(self, lam: torch.Tensor) -> torch.Tensor:
+        """Blend weights [B, M] at noise levels ``lam`` [B] (linear in log lam between calibration levels)."""
+        if len(self.sigmas) == 1:
+            return self.weights[0].expand(len(lam), -1)
+        logs = torch.log(torch.tensor(self.sigmas, dtype=torch.float64))
+        t = torch.log(lam.clamp(min=1e-300)).clamp(float(logs[0]), float(logs[-1]))
+        hi = torch.searchsorted(logs, t).clamp(1, len(logs) - 1)
+        lo = hi - 1
+        f = ((t - logs[lo]) / (logs[hi] - logs[lo])).clamp(0, 1)[:, None]
+        return (1 - f) * self.weights[lo] + f * self.weights[hi]
+
+    def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
+        a, s = check_query(x, self.shape, alpha, sigma)
+        out = self.mean.to(x.device, x.dtype).expand_as(x).clone()
+        keep = a > 0  # alpha = 0: the posterior is the prior, its mean the data mean
+        if bool(keep.any()):
+            idx = torch.nonzero(keep)[:, 0]
+            E = self.members(x[idx.to(x.device)], a[idx], s[idx])  # [M, b, *shape]
+            w = self.weights_at(s[idx] / a[idx])  # [b, M]
+            out[idx.to(x.device)] = torch.einsum("bm,mb...->b...", w, E).to(x.device, x.dtype)
+        return out
+
+
+# the switch of CoarseToFineDenoiser: sigma / alpha = t / (1 - t) at t = 0.7 of the rectified flow, chosen on
+# validation samples (training images 10000-10499, never test images; see docs/DENOISERS.md)
+COARSE_TO_FINE_SWITCH = 0.7 / 0.3
+
+
+class CoarseToFineDenoiser:
+    """Global structure from the whole-image posterior at high noise, detail from patches at low noise: this
+    project's design for generation.
+
+    ``x0_hat = E[x0 | x]`` under the empirical distribution of ``X`` (:class:`EmpiricalDenoiser`, exact) while
+    ``sigma / alpha > switch``, and the :class:`BlendDenoiser` estimate below it. At high noise the exact posterior
+    is spread over many training images (its effective size is still in the tens to thousands), so it sets a
+    coherent global layout without choosing one image; the patch-based blend then takes over before the posterior
+    would collapse onto a single training image (copying), and adds detail that no training image has to supply.
+    On held-out denoising it equals ``blend`` at every noise level below the switch.
+
+    Args:
+        X: training images [N, C, H, W].
+        switch: the ``sigma / alpha`` above which the exact posterior mean is used (``inf``: always ``blend``;
+            0: always exact), for data of the reference spread (scaled with the data's spread).
+        blend: options of the :class:`BlendDenoiser` (e.g. ``holdout``, ``validation``, ``weights``).
+        device: where the members compute.
+    """
+
+    def __init__(self, X: torch.Tensor, *, switch: float = COARSE_TO_FINE_SWITCH, blend: dict | None = None,
+                 device: torch.device | str | None = None):
+        X = check_data(X)
+        if not (isinstance(switch, (int, float)) and not math.isnan(switch) and switch >= 0):
+            raise ValueError(f"switch must be a number >= 0, got {switch!r}")
+        self.switch = float(switch) * spread(X) / REFERENCE_SPREAD  # at this data's scale
+        self.shape = tuple(X.shape[1:])
+        self.exact = EmpiricalDenoiser(X, device=device)
+        self.blend = BlendDenoiser(X, device=device, **(blend or {}))
+
+    def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
+        a, s = check_query(x, self.shape, alpha, sigma)
+        coarse = s >= self.switch * a  # per query (alpha = 0 is infinite noise; switch = inf: never)
+        out = torch.empty_like(x)
+        for mask, member in ((coarse, self.exact), (~coarse, self.blend)):
+            if bool(mask.any()):
+                idx = torch.nonzero(mask)[:, 0]
+                out[idx.to(x.device)] = member(x[idx.to(x.device)], a[idx], s[idx]).to(x.dtype)
+        return out

@@ -1,0 +1,54 @@
+"""Command-line options shared by the commands: number types for argparse, the dataset options, the device.
+
+Each command module (``boneless/cli.py`` for ``sample``, and every module in ``boneless.cli.EXTERNAL``) builds
+its own parser from these; a bad value is argparse's one-line error and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+
+from .data import DATASETS
+
+
+def _number(cast, accept, what: str):
+    """An argparse ``type`` that parses with ``cast`` and keeps values for which ``accept`` holds."""
+    def parse(text: str):
+        try:
+            v = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not accept(v):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return v
+    return parse
+
+
+positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
+finite_float = _number(float, math.isfinite, "a finite number")
+
+
+def add_data_arguments(p: argparse.ArgumentParser, *, default: str = "digits") -> None:
+    """``--data``, ``--split``, ``--limit``, ``--size``: shared by every command that reads a dataset."""
+    p.add_argument("--data", default=default, metavar="NAME|PATH",
+                   help=f"dataset name ({', '.join(DATASETS)}) or a path: image folder, .npy, .npz, .pt, "
+                        f".safetensors, folder of IDX files (default: {default})")
+    p.add_argument("--split", choices=("train", "test"), default="train", help="split, where the dataset has one")
+    p.add_argument("--limit", type=positive_int, help="use only the first LIMIT examples")
+    p.add_argument("--size", type=positive_int, help="resize + centre-crop images to SIZE x SIZE (image folders: 64)")
+
+
+def torch_device(name: str) -> torch.device:
+    """The torch device ``name`` (``cpu``, ``cuda``, ``cuda:1``), or a one-line error when it does not exist here."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device
