@@ -118,7 +118,7 @@ def _load_diffusers_folder(path: Path):
 def measure_gap(model, X: torch.Tensor, heldout: torch.Tensor, lams: list[float], *, n_eval: int, seed: int,
                 batch_size: int = 250, progress=None) -> dict:
     """Per noise level ``lam`` (queried as ``alpha = 1 / sqrt(1 + lam^2)``, ``sigma = lam alpha``), for the first
-    ``n_eval`` training images ``X`` and held-out images: per-pixel mean squared ``model - ideal`` (the gap) and
+    ``n_eval`` training images ``X`` (all when fewer) and held-out images: per-pixel mean squared ``model - ideal`` (the gap) and
     the errors against the clean image of the model, the ideal denoiser and the Wiener filter of ``X``."""
     from .denoisers import EmpiricalDenoiser
     from .metrics import WienerFilter, noise_draw
@@ -214,14 +214,13 @@ def run(args) -> int:
                          f"{list(X.shape[1:])}")
     out = check_output_dir(args.out, files=("gap.json", "gap.png", "samples.png"))  # before the long part
     lams = sorted(args.sigmas or [0.01 * (5000 ** (i / 13)) for i in range(14)])
-    n_eval = min(args.n_eval, len(X))
 
     bar = tqdm(total=2 * len(lams) + args.steps, desc="gap", unit="step", disable=args.no_progress)
     result = {"model": args.model, "data": str(data), "n_train": len(X), "shape": list(X.shape[1:]),
-              "n_eval": n_eval, "seed": args.seed, "sigmas": lams,
+              "n_eval": args.n_eval, "seed": args.seed, "sigmas": lams,
               "sigma_note": "noise level sigma / alpha; queried as alpha = 1 / sqrt(1 + lam^2), sigma = lam alpha",
               "mse_note": "per-pixel mean squared difference; gap = model x0_hat against the ideal x0_hat"}
-    result.update(measure_gap(model, X, heldout, lams, n_eval=n_eval, seed=args.seed,
+    result.update(measure_gap(model, X, heldout, lams, n_eval=args.n_eval, seed=args.seed,
                               batch_size=args.batch_size, progress=bar))
     shape = tuple(X.shape[1:])
 
