@@ -118,8 +118,9 @@ def _load_diffusers_folder(path: Path):
 def measure_gap(model, X: torch.Tensor, heldout: torch.Tensor, lams: list[float], *, n_eval: int, seed: int,
                 batch_size: int = 250, progress=None) -> dict:
     """Per noise level ``lam`` (queried as ``alpha = 1 / sqrt(1 + lam^2)``, ``sigma = lam alpha``), for the first
-    ``n_eval`` training images ``X`` and held-out images: per-pixel mean squared ``model - ideal`` (the gap) and
-    the errors against the clean image of the model, the ideal denoiser and the Wiener filter of ``X``."""
+    ``n_eval`` training images ``X`` (all when fewer) and held-out images: per-pixel mean squared ``model - ideal``
+    (the gap) and the errors against the clean image of the model, the ideal denoiser and the Wiener filter of
+    ``X``."""
     from .denoisers import EmpiricalDenoiser
     from .metrics import WienerFilter, noise_draw
 
@@ -139,9 +140,10 @@ def measure_gap(model, X: torch.Tensor, heldout: torch.Tensor, lams: list[float]
                 except (RuntimeError, TypeError) as e:  # a network given data of another shape, and the like
                     raise ValueError(f"the model failed on a batch of shape {list(x.shape)}: "
                                      f"{' '.join(str(e).split())[:300]}") from None
-                if m.shape != x0.shape or not bool(torch.isfinite(m).all()):
-                    raise ValueError(f"the model returned {'shape ' + str(list(m.shape)) if m.shape != x0.shape else 'NaN or inf'} "
-                                     f"for a batch of shape {list(x0.shape)}")
+                if m.shape != x0.shape:
+                    raise ValueError(f"the model returned shape {list(m.shape)} for a batch of shape {list(x0.shape)}")
+                if not bool(torch.isfinite(m).all()):
+                    raise ValueError(f"the model returned NaN or inf at sigma / alpha = {lam:.3g}")
                 i, w = ideal(x, alpha, lam * alpha).double(), wiener(x, alpha, lam * alpha).double()
                 for key, (a, b) in {"gap": (m, i), "model_mse": (m, x0), "ideal_mse": (i, x0),
                                     "wiener_mse": (w, x0)}.items():
@@ -161,10 +163,9 @@ def gap_figure(result: dict, title: str):
     lams = result["sigmas"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, style in (("train", "-"), ("heldout", "--")):
-        r = result[name]
-        left.loglog(lams, r["gap"], style, marker="o", ms=3, label=f"{'training' if name == 'train' else 'held-out'} images")
-        right.loglog(lams, r["model_mse"], style, c="tab:blue", marker="o", ms=3,
-                     label=f"model, {'training' if name == 'train' else 'held-out'}")
+        r, which = result[name], "training" if name == "train" else "held-out"
+        left.loglog(lams, r["gap"], style, marker="o", ms=3, label=f"{which} images")
+        right.loglog(lams, r["model_mse"], style, c="tab:blue", marker="o", ms=3, label=f"model, {which}")
     right.loglog(lams, result["heldout"]["ideal_mse"], "--", c="tab:red", label="ideal (exact), held-out")
     right.loglog(lams, result["heldout"]["wiener_mse"], "--", c="tab:green", label="Wiener, held-out")
     left.set_title("gap: mean (model x0_hat - ideal x0_hat)^2 per pixel")
@@ -214,14 +215,13 @@ def run(args) -> int:
                          f"{list(X.shape[1:])}")
     out = check_output_dir(args.out, files=("gap.json", "gap.png", "samples.png"))  # before the long part
     lams = sorted(args.sigmas or [0.01 * (5000 ** (i / 13)) for i in range(14)])
-    n_eval = min(args.n_eval, len(X))
 
     bar = tqdm(total=2 * len(lams) + args.steps, desc="gap", unit="step", disable=args.no_progress)
     result = {"model": args.model, "data": str(data), "n_train": len(X), "shape": list(X.shape[1:]),
-              "n_eval": n_eval, "seed": args.seed, "sigmas": lams,
+              "n_eval": args.n_eval, "seed": args.seed, "sigmas": lams,
               "sigma_note": "noise level sigma / alpha; queried as alpha = 1 / sqrt(1 + lam^2), sigma = lam alpha",
               "mse_note": "per-pixel mean squared difference; gap = model x0_hat against the ideal x0_hat"}
-    result.update(measure_gap(model, X, heldout, lams, n_eval=n_eval, seed=args.seed,
+    result.update(measure_gap(model, X, heldout, lams, n_eval=args.n_eval, seed=args.seed,
                               batch_size=args.batch_size, progress=bar))
     shape = tuple(X.shape[1:])
 

@@ -61,8 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="save the training state to OUT/checkpoint.pt every K steps (default 250)")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true",
-                       help="continue from OUT/checkpoint.pt (same settings): the same network as an uninterrupted run. "
-                            "Without --resume or --restart, a run into a folder holding a checkpoint refuses to start")
+                       help="continue from OUT/checkpoint.pt (same settings): the same network as an uninterrupted "
+                            "run. Without --resume or --restart, a run into a folder holding a checkpoint refuses to "
+                            "start")
     again.add_argument("--restart", action="store_true", help="start over, discarding OUT/checkpoint.pt")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

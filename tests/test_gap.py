@@ -104,6 +104,7 @@ def test_gap_of_a_random_unet(random_model, held_out, tmp_path, capsys):
                  "--no-progress"]) == 0
     result = json.loads((out / "gap.json").read_text())
     assert result["n_train"] == 40 and result["sigmas"] == [0.1, 1.0, 10.0]
+    assert result["train"]["n"] == 30 and result["heldout"]["n"] == 30
     for name in ("train", "heldout"):
         for key in ("gap", "model_mse", "ideal_mse", "wiener_mse"):
             assert len(result[name][key]) == 3 and all(np.isfinite(result[name][key]))
@@ -123,9 +124,10 @@ def test_gap_of_the_ideal_denoiser_is_zero(tmp_path, held_out, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "gap"
     assert main(["gap", "--model", "ideal_model:make", "--data", "digits", "--n-train", "40",
-                 "--held-out", str(held_out), "--out", str(out), "--n-eval", "40", "--sigmas", "0.05", "0.5", "5",
+                 "--held-out", str(held_out), "--out", str(out), "--n-eval", "50", "--sigmas", "0.05", "0.5", "5",
                  "--samples", "8", "--steps", "30", "--no-progress"]) == 0
     result = json.loads((out / "gap.json").read_text())
+    assert result["train"]["n"] == 40 and result["heldout"]["n"] == 50  # all 40 training images, 50 held-out
     for name in ("train", "heldout"):
         assert max(result[name]["gap"]) < 1e-10
         np.testing.assert_allclose(result[name]["model_mse"], result[name]["ideal_mse"], rtol=1e-6)
