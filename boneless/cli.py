@@ -20,7 +20,8 @@ from . import __version__
 from .data import is_image, load_dataset
 from .distributed import DistributedError
 from .metrics import COPY_RATIO, nearest
-from .options import add_data_arguments, finite_float, positive_float, positive_int, torch_device
+from .options import (add_data_arguments, add_resume_arguments, finite_float, positive_float, positive_int,
+                      torch_device)
 from .outputs import check_output_dir, write_json, write_npz
 from .registry import DENOISERS, make_denoiser
 from .rows import STORAGES
@@ -79,12 +80,7 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                    help="read a .npy dataset from disk chunk by chunk (default: when it exceeds 4 GiB as float32)")
     p.add_argument("--checkpoint-every", type=positive_int, metavar="K",
                    help="save the sampler state to OUT/checkpoint.pt every K steps (atomically)")
-    again = p.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true",
-                       help="continue from OUT/checkpoint.pt (same settings): the result is identical to an "
-                            "uninterrupted run. Without --resume or --restart, a run into a folder holding a "
-                            "checkpoint refuses to start")
-    again.add_argument("--restart", action="store_true", help="start over, discarding OUT/checkpoint.pt")
+    add_resume_arguments(p, result="the result is identical to an uninterrupted run")
     p.add_argument("--decode", metavar="VAE_DIR",
                    help="data are autoencoder latents: decode samples with the diffusers AutoencoderKL in VAE_DIR "
                         "(decoded.png, decoded_neighbours.png)")

@@ -43,6 +43,16 @@ def add_data_arguments(p: argparse.ArgumentParser, *, default: str = "digits") -
     p.add_argument("--size", type=positive_int, help="resize + centre-crop images to SIZE x SIZE (image folders: 64)")
 
 
+def add_resume_arguments(p: argparse.ArgumentParser, *, result: str) -> None:
+    """``--resume`` / ``--restart`` (one or the other) for a command that checkpoints to ``OUT/checkpoint.pt``;
+    ``result``: what a resumed run gives (said in the help)."""
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help=f"continue from OUT/checkpoint.pt (same settings): {result}. Without --resume or "
+                            "--restart, a run into a folder holding a checkpoint refuses to start")
+    again.add_argument("--restart", action="store_true", help="start over, discarding OUT/checkpoint.pt")
+
+
 def torch_device(name: str) -> torch.device:
     """The torch device ``name`` (``cpu``, ``cuda``, ``cuda:1``), or a one-line error when it does not exist here."""
     try:

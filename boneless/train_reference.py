@@ -41,7 +41,7 @@ def diffusers_module():
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .options import positive_float, positive_int
+    from .options import add_resume_arguments, positive_float, positive_int
 
     p.add_argument("--data", default="fashion-mnist", metavar="NAME|PATH",
                    help="image dataset: a name (fashion-mnist, digits, faces) or a path (default: fashion-mnist)")
@@ -59,12 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and of every draw (default 0)")
     p.add_argument("--checkpoint-every", type=positive_int, default=250, metavar="K",
                    help="save the training state to OUT/checkpoint.pt every K steps (default 250)")
-    again = p.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true",
-                       help="continue from OUT/checkpoint.pt (same settings): the same network as an uninterrupted "
-                            "run. Without --resume or --restart, a run into a folder holding a checkpoint refuses to "
-                            "start")
-    again.add_argument("--restart", action="store_true", help="start over, discarding OUT/checkpoint.pt")
+    add_resume_arguments(p, result="the same network as an uninterrupted run")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
