@@ -30,9 +30,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .denoisers import per_sample
-
-Denoiser = Callable[[torch.Tensor, object, object], torch.Tensor]
+from .denoisers import Denoiser, per_sample
 
 
 def _diffusers():
