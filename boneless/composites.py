@@ -66,7 +66,8 @@ class BlendDenoiser:
         sigmas = tuple(sorted(float(v) for v in sigmas))
         if not sigmas or any(not (math.isfinite(v) and v > 0) for v in sigmas):
             raise ValueError("sigmas must be a non-empty list of positive numbers")
-        self.sigmas = tuple(v * spread(X) / REFERENCE_SPREAD for v in sigmas)  # at this data's scale
+        unit = spread(X) / REFERENCE_SPREAD  # the levels at this data's scale (spread computed once, not per level)
+        self.sigmas = tuple(v * unit for v in sigmas)
         if validation is None and weights is None:
             n_val = min(holdout, max(1, len(X) // 4))
             X, validation = (X[:-n_val], X[-n_val:]) if len(X) > n_val else (X, X)

@@ -121,8 +121,8 @@ class StoredRows:
         self.data = torch.empty(X.shape, dtype=dtype, device=device)
         self.lo, self.a = -1.0, 127.5  # uint8: x = q / a + lo
         step = _block_rows(X.shape[1])
-        lo, hi = (min(float(b.min()) for b in X.split(step)), max(float(b.max()) for b in X.split(step))) \
-            if len(X) else (0.0, 0.0)
+        ranges = [torch.aminmax(b) for b in X.split(step)]  # one pass over the data for both ends
+        lo, hi = (min(float(r.min) for r in ranges), max(float(r.max) for r in ranges)) if ranges else (0.0, 0.0)
         if storage == "uint8" and (lo < -1 or hi > 1):
             self.lo, self.a = lo, 255.0 / (hi - lo) if hi > lo else 1.0
         elif storage != "uint8" and max(-lo, hi) > torch.finfo(dtype).max:
