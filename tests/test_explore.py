@@ -148,6 +148,13 @@ def server():
         proc.kill()
 
 
+def choose(page, element: str, value: str) -> None:
+    """Pick ``value`` in the page's dropdown ``#element`` as a user does: click, type, Enter."""
+    page.locator(f"#{element} input").click()
+    page.locator(f"#{element} input").fill(value)
+    page.keyboard.press("Enter")
+
+
 def _n_eff(text: str) -> float:
     return float(re.search(r"n_eff = ([0-9.e+-]+)", text).group(1))
 
@@ -203,17 +210,13 @@ def test_page_in_a_browser(server, tmp_path):
         expect(view).not_to_have_attribute("src", before, timeout=wait)
 
         # 2-D data: density, particles and Tweedie arrows; sampling the particles
-        page.locator("#dataset input").click()
-        page.locator("#dataset input").fill("moons")
-        page.keyboard.press("Enter")
+        choose(page, "dataset", "moons")
         expect(status).to_contain_text("moons", timeout=wait)
         number.fill("0.3")
         number.press("Enter")
         expect(status).to_contain_text("t = 0.300", timeout=wait)
         page.screenshot(path=str(shots / "two-d.png"), full_page=True)
-        page.locator("#spacing input").click()
-        page.locator("#spacing input").fill("logsnr")
-        page.keyboard.press("Enter")
+        choose(page, "spacing", "logsnr")
         expect(page.locator("#spacing input")).to_have_value("logsnr")
         page.locator("#sample").click()
         expect(page.locator("#verdict")).to_contain_text("Copy rate", timeout=wait)
@@ -222,16 +225,12 @@ def test_page_in_a_browser(server, tmp_path):
         page.screenshot(path=str(shots / "two-d-sample.png"), full_page=True)
 
         # a denoiser that needs images, on points: an error on the page, which keeps working
-        page.locator("#denoiser input").click()
-        page.locator("#denoiser input").fill("local")
-        page.keyboard.press("Enter")
+        choose(page, "denoiser", "local")
         expect(status).to_contain_text("needs image data", timeout=wait)
         number.fill("0.6")
         number.press("Enter")
         expect(page.locator("#denoiser input")).to_have_value("local")
-        page.locator("#denoiser input").click()
-        page.locator("#denoiser input").fill("gmm")
-        page.keyboard.press("Enter")
+        choose(page, "denoiser", "gmm")
         expect(status).to_contain_text("denoiser gmm", timeout=wait)
         expect(status).to_contain_text("t = 0.600", timeout=wait)
         browser.close()
