@@ -195,9 +195,11 @@ class Bank:
         return self.X[start:stop]
 
     def reduce(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, *, temperature: float = 1.0,
-               k: int = 0, start: int = 0, stop: int | None = None) -> Stats:
+               k: int = 0, start: int = 0, stop: int | None = None, entropy: bool = True) -> Stats:
         """Softmax statistics of rows ``start:stop`` for queries ``x`` [B, D] at per-query ``alpha``,
-        ``sigma`` [B] (float64). Row indices in ``top_i`` are global (offset by ``start``).
+        ``sigma`` [B] (float64). Row indices in ``top_i`` are global (offset by ``start``). ``entropy=False``
+        skips the entropy and effective-size sums ``u`` and ``q`` (returned as zeros), which cost as much as the
+        products when rows are short (patches).
 
         Per span of rows (all rows unless ``B x rows`` float32 logits would exceed ``SPAN_BYTES``), pass 1
         screens every chunk (float64 products instead for queries already known to be broad), keeping the
@@ -285,8 +287,9 @@ class Bank:
             for j0 in range(s0, s1, self.chunk_size):  # pass 2: weighted sums
                 j1 = min(j0 + self.chunk_size, s1)
                 acc.addmm_(p[:, j0 - s0:j1 - s0], read(j0, j1))
-            st = merge(st, Stats(m, p.sum(1, dtype=torch.float64), acc, (p * z).sum(1, dtype=torch.float64),
-                                 (p * p).sum(1, dtype=torch.float64), *self._top(z, m, k, s0)))
+            u, q2 = ((p * z).sum(1, dtype=torch.float64), (p * p).sum(1, dtype=torch.float64)) if entropy else \
+                (torch.zeros_like(m), torch.zeros_like(m))
+            st = merge(st, Stats(m, p.sum(1, dtype=torch.float64), acc, u, q2, *self._top(z, m, k, s0)))
         return st
 
     def _tiers(self, q: "_Queries", sel: torch.Tensor, l32: torch.Tensor, s0: int, dense: torch.Tensor):
@@ -538,7 +541,7 @@ class FaissBank:
         return idx.clamp(min=0), rows_top, l_top, rows_tail, l_tail
 
     def reduce(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, *, temperature: float = 1.0,
-               k: int = 0, start: int = 0, stop: int | None = None) -> Stats:
+               k: int = 0, start: int = 0, stop: int | None = None, entropy: bool = True) -> Stats:
         """:meth:`Bank.reduce`'s statistics, estimated from the neighbours and the tail sample (all rows only)."""
         if start != 0 or (stop is not None and stop != len(self)):
             raise ValueError("the FAISS bank reduces over all its rows")
