@@ -65,6 +65,7 @@ SPAN_BYTES = 1 << 27  # screened float32 logits kept between the two passes over
 STORED_CHUNK_BYTES = 1 << 21  # dequantised rows per chunk of StoredRows (2 MB of float32)
 DENSE_BLOCK = 1 << 21  # elements of the reused float64 buffer of the dense tier (16 MB)
 DENSE_MIN_ROWS = 192  # but at least this many rows per block (at D = 49152: 0.46 of float32's speed against 0.29 at 42)
+REST_FLOOR = 1e-6  # rescoring: a remainder of the sums below this share of the total is their rounding
 UNION_DELTA = 0.5  # float64 products for many candidates only where their expanded-form error delta 2^-29 <= 1e-9
 C_MAX = 1e30  # sigma -> 0 cap on c (keeps float32 logits finite; the limit is the nearest row)
 Screen = Literal["float32", "tf32", "bfloat16"]
@@ -151,8 +152,9 @@ class Bank:
         if isinstance(X, torch.Tensor) and storage != "float32":
             device = torch.device(device) if device is not None else X.device
             X = StoredRows(X.reshape(X.shape[0], -1), storage, device=device)
-        elif not isinstance(X, torch.Tensor) and storage != "float32":
-            raise ValueError("storage applies to a tensor of rows; a row source keeps its own type")
+        elif not isinstance(X, torch.Tensor) and storage != "float32":  # a row source (on disk) held in memory
+            device = torch.device(device) if device is not None else torch.device("cpu")
+            X = StoredRows(X.flat(device) if hasattr(X, "flat") else X, storage, device=device)
         if not isinstance(X, torch.Tensor):  # a row source (boneless.rows.MappedRows): rows stay on disk
             if isinstance(X, StoredRows):  # dequantised chunks small enough to stay in cache for their products
                 chunk_size = min(int(chunk_size), max(32, STORED_CHUNK_BYTES // (4 * max(X.shape[1], 1))))
@@ -266,12 +268,19 @@ class Bank:
                 self._screen_bias(q, ss, l32[:, done:], s0 + done, s1)
             z_sel, m_sel = None, None
             if len(sel):
-                z_sel, m_sel, broad = self._tiers(q, sel, l32, s0)
+                z_sel, m_sel, broad, order_sel = self._tiers(q, sel, l32, s0, k)
                 dense[sel[broad]] = True  # broad posteriors: float64 products from the start in later spans
             if len(d):
                 m_d = l64.max(1).values
                 z_d = l64.sub_(m_d[:, None]).float()
                 del l64
+            ranked = None  # the top-k rows, ranked by logits before the caps and floors below
+            if k:
+                ranked = torch.empty(B, min(k, n), dtype=torch.long, device=self.device)
+                if len(sel):
+                    ranked[sel] = order_sel
+                if len(d):
+                    ranked[d] = z_d.topk(min(k, n), dim=1).indices
             if not len(d):
                 z, m = z_sel, m_sel
             elif not len(sel):
@@ -289,13 +298,55 @@ class Bank:
                 acc.addmm_(p[:, j0 - s0:j1 - s0], read(j0, j1))
             u, q2 = ((p * z).sum(1, dtype=torch.float64), (p * p).sum(1, dtype=torch.float64)) if entropy else \
                 (torch.zeros_like(m), torch.zeros_like(m))
-            st = merge(st, Stats(m, p.sum(1, dtype=torch.float64), acc, u, q2, *self._top(z, m, k, s0)))
+            st = merge(st, Stats(m, p.sum(1, dtype=torch.float64), acc, u, q2, *self._top(z, m, k, s0, ranked)))
         return st
 
-    def _tiers(self, q: "_Queries", sel: torch.Tensor, l32: torch.Tensor, s0: int):
+    def rescore(self, st: Stats, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, exact, *,
+                temperature: float = 1.0) -> Stats:
+        """The statistics ``st`` of a stored bank (rows held in float16/bfloat16/uint8) with its top rows
+        (``st.top_i``, from :meth:`reduce` with ``k`` > 0) rescored against the ``exact`` rows (float32
+        [N, D], a tensor or a row source such as a memory-mapped file): their logits recomputed in float64 in
+        difference form from the exact rows, their stored weights and rows in the sums replaced by these. The
+        other rows keep their stored values: the result is exact where the top rows carry the posterior (sharp
+        posteriors), and off by at most the storage's rounding times the mass outside them elsewhere."""
+        valid = st.top_i >= 0
+        B, k = st.top_i.shape
+        if not k:
+            return st
+        idx = st.top_i.clamp(min=0)
+        q = _Queries(self, x, alpha, sigma, temperature, n_rows=max(len(self), 1))
+        rows_new = exact[idx.reshape(-1).to(exact.device if isinstance(exact, torch.Tensor) else "cpu")]
+        rows_new = rows_new.to(self.device, torch.float64).reshape(B, k, -1)
+        rows_old = self.X[idx.reshape(-1)].to(torch.float64).reshape(B, k, -1)
+        diff = q.x64[:, None] - q.alpha[:, None, None] * rows_new
+        l_new = q.c[:, None] * (q.x_sq[:, None] - (diff * diff).sum(2))
+        if self.log_w is not None:
+            l_new = l_new + self.log_w[idx] / temperature
+        l_new = l_new.masked_fill(~valid, -math.inf)
+        z_old = (st.top_l - st.m[:, None]).masked_fill(~valid, -math.inf)
+        w_old = torch.exp(z_old)
+        # the other rows: the sums less the top rows' stored terms; a remainder below the rounding of the float32
+        # sums (REST_FLOOR of the total) is that rounding, not rows, and is dropped
+        s_rest = st.s - w_old.sum(1)
+        rest = s_rest > REST_FLOOR * st.s
+        keep = rest.to(torch.float64)
+        st = rescale(Stats(torch.where(rest, st.m, torch.full_like(st.m, -math.inf)), s_rest * keep,
+                           (st.acc.double() - torch.einsum("bk,bkd->bd", w_old, rows_old)) * keep[:, None],
+                           (st.u - (w_old * z_old.nan_to_num(neginf=0.0)).sum(1)) * keep,
+                           (st.q - (w_old * w_old).sum(1)) * keep, st.top_l, st.top_i),
+                     torch.maximum(torch.where(rest, st.m, torch.full_like(st.m, -math.inf)), l_new.max(1).values))
+        m = st.m
+        w_new = torch.exp(l_new - m[:, None])
+        z_new = (l_new - m[:, None]).nan_to_num(neginf=0.0)
+        top_l, order = l_new.sort(1, descending=True)
+        return Stats(m, st.s + w_new.sum(1), (st.acc + torch.einsum("bk,bkd->bd", w_new, rows_new)).float(),
+                     st.u + (w_new * z_new).sum(1), st.q + (w_new * w_new).sum(1), top_l, st.top_i.gather(1, order))
+
+    def _tiers(self, q: "_Queries", sel: torch.Tensor, l32: torch.Tensor, s0: int, k: int = 0):
         """Given the screened logits ``l32`` [b, n] of the queries ``sel`` on the span starting at ``s0``: their
         shifted logits ``z`` (float32 [b, n], candidates recomputed in float64), the shift ``m`` (float64 [b]),
-        and which of them are broad (more than ``PILOT_FRACTION`` of the span as candidates).
+        which of them are broad (more than ``PILOT_FRACTION`` of the span as candidates), and their top ``k``
+        rows (indices [b, min(k, n)], ranked before screened-out rows are capped at ``-margin``).
 
         Candidates are recomputed in float64 in difference form, pair by pair, or, for a query with more than
         ``DENSE_FRACTION`` of the span as candidates (and ``delta <= UNION_DELTA``, where the expanded float64
@@ -303,8 +354,10 @@ class Bank:
         candidate rows."""
         m32 = l32.max(1).values.double()
         slow = q.slow[sel]
+        top = (lambda z: z.topk(min(k, z.shape[1]), dim=1).indices if k else None)
         if not bool(slow.any()):
-            return l32.sub_(m32.float()[:, None]), m32, torch.zeros_like(slow)
+            z = l32.sub_(m32.float()[:, None])
+            return z, m32, torch.zeros_like(slow), top(z)
         n = l32.shape[1]
         cand = (l32 >= (m32 - q.window[sel]).float()[:, None]) & slow[:, None]
         massed = (cand.sum(1) > DENSE_FRACTION * n) & (q.delta[sel] <= UNION_DELTA)
@@ -328,11 +381,13 @@ class Bank:
             l64[~few] = lu[local[bb[~few]], pos[jj[~few]]]
         m = torch.where(slow, torch.full_like(m32, -math.inf), m32).scatter_reduce(0, bb, l64, reduce="amax")
         z = l32.sub_(m.float()[:, None])
+        z[bb, jj] = (l64 - m[bb]).float()
+        order = top(z)
         # screened-out rows of slow queries: provably more than `margin` below the top (module docstring); those
         # chosen by mass keep their screened logits (off by at most delta <= UNION_DELTA)
-        z = torch.where((slow & ~massed)[:, None], torch.minimum(z, -q.margin[sel, None].float()), z)
-        z[bb, jj] = (l64 - m[bb]).float()
-        return z, m, count > PILOT_FRACTION * n
+        capped = (slow & ~massed)[:, None] & ~cand
+        z = torch.where(capped, torch.minimum(z, -q.margin[sel, None].float()), z)
+        return z, m, count > PILOT_FRACTION * n, order
 
     @staticmethod
     def _by_mass(q: "_Queries", sel: torch.Tensor, l32: torch.Tensor, m32: torch.Tensor) -> torch.Tensor:
@@ -428,12 +483,14 @@ class Bank:
         return out
 
     @staticmethod
-    def _top(z: torch.Tensor, m: torch.Tensor, k: int, offset: int):
+    def _top(z: torch.Tensor, m: torch.Tensor, k: int, offset: int, order: torch.Tensor | None = None):
+        """The ``k`` largest logits ``z + m`` and their global row indices; ``order``: the rows, when ranked
+        before ``z`` was capped (their logits are read from ``z``, as the sums used them)."""
         if not k:
             return z.new_zeros(z.shape[0], 0, dtype=torch.float64), z.new_zeros(z.shape[0], 0, dtype=torch.long)
         kk = min(k, z.shape[1])
-        val, idx = z.topk(kk, dim=1)
-        top_l, top_i = val.double() + m[:, None], idx + offset
+        idx = z.topk(kk, dim=1).indices if order is None else order
+        top_l, top_i = z.gather(1, idx).double() + m[:, None], idx + offset
         if kk < k:  # pad a short chunk
             pad = k - kk
             top_l = torch.cat([top_l, top_l.new_full((z.shape[0], pad), -math.inf)], 1)
