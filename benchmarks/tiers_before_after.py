@@ -1,11 +1,11 @@
 """Side by side in one process: the bank before this session's tier changes (790740b) and after, against the
 two plain float32 products, at D = 49152 over the noise levels; interleaved repeats, minimum time."""
 import sys, time, torch
-sys.path.insert(0, "/tmp/oldpkg")
+sys.path.insert(0, "/tmp/oldpkg")  # made by: git archive 790740b boneless | tar -x -C /tmp/oldpkg, then renamed boneless_old
 from boneless_old.bank import Bank as OldBank
 from boneless.bank import Bank
 from boneless.bench import synthetic_images, _coeffs
-threads, N, B = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+threads, N, B = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])  # e.g. 1 6000 16
 torch.set_num_threads(threads)
 X = synthetic_images(N, (3, 128, 128), seed=0).reshape(N, -1).float()
 D = X.shape[1]
