@@ -49,7 +49,6 @@ EXPERTS = {
     "local-gaussian": LocalGaussianDenoiser,
 }
 DEFAULT_EXPERTS = ("patch-composite", "gmm", "gaussian", "identity")
-SIMPLEX_ITERATIONS = 300  # projected-gradient steps of the weights (a few-dimensional convex quadratic)
 
 
 def project_simplex(v: torch.Tensor) -> torch.Tensor:
@@ -64,19 +63,34 @@ def project_simplex(v: torch.Tensor) -> torch.Tensor:
     return (v - theta).clamp(min=0)
 
 
-def simplex_quadratic(A: torch.Tensor, b: torch.Tensor, *, iterations: int = SIMPLEX_ITERATIONS) -> torch.Tensor:
-    """``argmin_w w^T A w + 2 b^T w`` over the simplex, batched: ``A`` [..., M, M] symmetric positive
-    semi-definite, ``b`` [..., M] (float64). Projected gradient with step ``1 / (2 lambda_max(A))``, started
-    from the best single expert (so it never does worse than the best vertex)."""
+def simplex_quadratic(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``argmin_w w^T A w + 2 b^T w`` over the simplex, exactly, batched: ``A`` [..., M, M] symmetric positive
+    semi-definite, ``b`` [..., M] (float64). The minimiser of a convex quadratic on the simplex is, on its support
+    ``S``, the minimiser on the affine hull of ``S`` (Karush-Kuhn-Tucker): every non-empty ``S`` (``2^M - 1``
+    of them; M is a handful of experts) is solved by its linear KKT system (least squares, so coinciding experts
+    are fine), infeasible solutions (a negative weight) are dropped, and the best feasible one is kept (a vertex
+    always is)."""
     M = A.shape[-1]
-    if M == 1:
-        return torch.ones_like(b)
-    vertex = torch.diagonal(A, dim1=-2, dim2=-1) + 2 * b  # the objective at each vertex
-    w = torch.nn.functional.one_hot(vertex.argmin(-1), M).to(A.dtype)
-    step = 1 / (2 * torch.linalg.eigvalsh(A)[..., -1:].clamp(min=1e-300))
-    for _ in range(iterations):
-        w = project_simplex(w - step * 2 * ((A @ w[..., None])[..., 0] + b))
-    return w
+    lead = A.shape[:-2]
+    best = torch.full(lead, math.inf, dtype=A.dtype, device=A.device)
+    w_best = torch.zeros(*lead, M, dtype=A.dtype, device=A.device)
+    for mask in range(1, 1 << M):
+        S = [m for m in range(M) if mask >> m & 1]
+        k = len(S)
+        K = torch.zeros(*lead, k + 1, k + 1, dtype=A.dtype, device=A.device)
+        K[..., :k, :k] = 2 * A[..., S, :][..., :, S]
+        K[..., :k, k] = 1
+        K[..., k, :k] = 1
+        rhs = torch.cat([-2 * b[..., S], torch.ones(*lead, 1, dtype=A.dtype, device=A.device)], -1)
+        sol = torch.linalg.lstsq(K.reshape(-1, k + 1, k + 1), rhs.reshape(-1, k + 1, 1),
+                                 driver="gelsd").solution.reshape(*lead, k + 1)[..., :k]
+        w = torch.zeros(*lead, M, dtype=A.dtype, device=A.device)
+        w[..., S] = sol
+        obj = (w[..., None, :] @ A @ w[..., :, None])[..., 0, 0] + 2 * (b * w).sum(-1)
+        take = (sol.min(-1).values >= -1e-12) & (obj < best)
+        best = torch.where(take, obj, best)
+        w_best = torch.where(take[..., None], w, w_best)
+    return project_simplex(w_best)  # clears the rounding-level negatives
 
 
 class SUREExpertsDenoiser:

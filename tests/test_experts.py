@@ -71,12 +71,16 @@ def test_weights_minimise_sure_over_the_simplex():
         L = torch.randn(6, M, M + 1, generator=g, dtype=torch.float64)
         A = L @ L.transpose(1, 2)
         b = torch.randn(6, M, generator=g, dtype=torch.float64)
-        w = simplex_quadratic(A, b, iterations=3000)
+        w = simplex_quadratic(A, b)
         assert bool((w >= 0).all()) and torch.allclose(w.sum(1), torch.ones(6, dtype=torch.float64))
         obj = lambda v: (v[..., None, :] @ A @ v[..., :, None])[..., 0, 0] + 2 * (b * v).sum(-1)  # noqa: E731
         for _ in range(200):  # no point of the simplex does better
             q = torch.distributions.Dirichlet(torch.ones(M, dtype=torch.float64)).sample((6,))
             assert bool((obj(w) <= obj(q) + 1e-9).all())
+        twice = torch.cat([A[:, :, :1], A], 2)  # expert 0 listed twice: the same optimum
+        twice = torch.cat([twice[:, :1], twice], 1)
+        w2 = simplex_quadratic(twice, torch.cat([b[:, :1], b], 1))
+        torch.testing.assert_close(obj(torch.cat([w2[:, :1] + w2[:, 1:2], w2[:, 2:]], 1)), obj(w))
 
 
 @settings(max_examples=50, deadline=None)
