@@ -35,7 +35,7 @@ import torch
 from .checks import positive_int
 from .closed_form import GaussianDenoiser, GMMDenoiser
 from .data import check_data
-from .denoisers import Coef, EmpiricalDenoiser, check_query
+from .denoisers import Coef, EmpiricalDenoiser, check_query, prior_mean_at_alpha_zero
 from .patches import LocalDenoiser, LocalGaussianDenoiser, PatchCompositeDenoiser
 
 # the experts this module can build by name (the registry imports this module, so it cannot import the registry);
@@ -204,10 +204,5 @@ class SUREExpertsDenoiser:
 
     def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
         a, s = check_query(x, self.shape, alpha, sigma)
-        out = self.mean.to(x.device, x.dtype).expand_as(x).clone()
-        keep = a > 0  # alpha = 0: the posterior is the prior, its mean the data mean
-        if bool(keep.any()):
-            idx = torch.nonzero(keep)[:, 0]
-            est = self._combine(x[idx.to(x.device)], a[idx], s[idx])[0]
-            out[idx.to(x.device)] = est.reshape(len(idx), *self.shape).to(x.device, x.dtype)
-        return out
+        return prior_mean_at_alpha_zero(self.mean, x, a, s,
+                                        lambda xk, ak, sk: self._combine(xk, ak, sk)[0].reshape(xk.shape))
