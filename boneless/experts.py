@@ -11,7 +11,8 @@ divergence is estimated with one Monte-Carlo probe (Ramani, Blu & Unser 2008),
 ``E[b b^T] = I``. Each query gets its own probe (one fixed probe for all would repeat the same error
 ``b^T J b - tr J`` in every query's weights), drawn from a seed that is a function of the query's sign pattern: the
 denoiser stays a deterministic function of its input, a query's answer does not depend on the batch it comes in,
-and the probe is unchanged when data and query are scaled together. For a convex combination ``f_w = sum_m w_m f_m`` of experts the estimate is quadratic in ``w``:
+and the probe is unchanged when data and query are scaled together. For a convex combination
+``f_w = sum_m w_m f_m`` of experts the estimate is quadratic in ``w``:
 
 ``SURE(w) = w^T A w + 2 lam^2 d^T w - D lam^2``, ``A_mn = (f_m - y) . (f_n - y)``, ``d_m = div f_m``,
 
@@ -26,10 +27,9 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
-
 import torch
 
 from .checks import positive_int
