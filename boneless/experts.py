@@ -39,7 +39,7 @@ from .denoisers import Coef, EmpiricalDenoiser, check_query, prior_mean_at_alpha
 from .patches import LocalDenoiser, LocalGaussianDenoiser, PatchCompositeDenoiser
 
 # the experts this module can build by name (the registry imports this module, so it cannot import the registry);
-# "identity" is the noisy input y itself (risk D lam^2, divergence D)
+# "identity" is the noisy input y itself (divergence D exactly)
 EXPERTS = {
     "empirical": EmpiricalDenoiser,
     "gaussian": GaussianDenoiser,
@@ -48,7 +48,8 @@ EXPERTS = {
     "patch-composite": PatchCompositeDenoiser,
     "local-gaussian": LocalGaussianDenoiser,
 }
-DEFAULT_EXPERTS = ("patch-composite", "gmm", "gaussian", "identity")
+# without "identity": in sampling, any weight on the noisy input at high noise stays in the sample as noise
+DEFAULT_EXPERTS = ("patch-composite", "gmm", "gaussian")
 
 
 def project_simplex(v: torch.Tensor) -> torch.Tensor:
@@ -150,8 +151,8 @@ class SUREExpertsDenoiser:
 
     def estimates(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> tuple[torch.Tensor, torch.Tensor]:
         """The experts' estimates ``f_m`` [M, B, D] and probe divergences ``b * (f_m(y + tau b) - f_m(y)) / tau``
-        per coordinate [M, B, D] (their sum over coordinates estimates ``div f_m``), float64, for queries with
-        ``alpha > 0``."""
+        per coordinate [M, B, D] (their sum over coordinates estimates ``div f_m``; exactly 1 per coordinate for
+        ``identity``), float64, for queries with ``alpha > 0``."""
         a, s = check_query(x, self.shape, alpha, sigma)
         B = len(x)
         lam = (s / a).double()
@@ -163,9 +164,9 @@ class SUREExpertsDenoiser:
         b = b.reshape(B, -1)
         F, G = [], []
         for name, den in zip(self.names, self.experts):
-            if den is None:  # identity: f(y) = y, divergence b_j^2 per coordinate
+            if den is None:  # identity: f(y) = y, whose divergence is D exactly (no probe needed)
                 F.append(y)
-                G.append(b * b)
+                G.append(torch.ones_like(y))
                 continue
             f0 = den(x, a, s).double().reshape(B, -1).cpu()
             f1 = den(x_probe, a, s).double().reshape(B, -1).cpu()

@@ -43,7 +43,7 @@ def test_probe_divergence_of_a_linear_expert_is_the_quadratic_form_of_its_jacobi
     g = wiener_gain(gauss.lam, a, s)  # [B, r]
     exact = a * ((b @ gauss.U) ** 2 * g).sum(1)
     torch.testing.assert_close(G[0].sum(1), exact, rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(G[1].sum(1), (b * b).sum(1))  # identity: b . b
+    torch.testing.assert_close(G[1].sum(1), torch.full((3,), 36.0, dtype=torch.float64))  # identity: D exactly
     torch.testing.assert_close(F[1], x.reshape(3, -1))
 
 
