@@ -168,12 +168,11 @@ def speed(args) -> None:
             cases.insert(1, ("256x256 from 256x256", src256, (256, 256), previous.generate, args.previous))
         for label, src, size, gen, code in cases:
             res, wall, cpu = timed(lambda: gen(src, size=size, n=1, seed=args.seed))
-            err = [e for e in res.errors if e is not None]
             rows.append({"case": label, "code": code, "threads": threads, "wall_s": wall, "cpu_s": cpu,
                          "per_scale_s": res.seconds,
-                         "max_checked_error": max(float(e.max()) for e in err) if err else 0.0,
-                         "mean_checked_error_finest": float(err[-1].mean()) if err else 0.0})
-            print(json.dumps(rows[-1]), flush=True)
+                         "checked_error_per_scale": [None if e is None else {"max": float(e.max()), "mean": float(e.mean())}
+                                                     for e in res.errors]})
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "checked_error_per_scale"}), flush=True)
             if size == (1024, 1024) and threads == args.threads[0]:
                 save_image(image_grid([resize(res.samples, (512, 512)).clamp(-1, 1)], min_width=0),
                            out / "astronaut_1024_half.png")

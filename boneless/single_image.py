@@ -50,7 +50,8 @@ FEATURE_SEED = 0  # the seed of the fixed random feature network of :func:`sifid
 IVF_ROWS = 4096  # search="auto": inverted lists for source scales with more patches than this
 NPROBE = 8  # lists searched per query patch
 PROBE_ROWS = 2048  # ... and at least enough lists for this many rows (small scales: a larger share of the lists)
-WINDOW = None
+WINDOW = 1.0  # default: Gaussian weights of std 1 px around each patch's centre when overlapping patches are averaged
+SAMPLER = "euler-maruyama"  # default sampler (fresh noise at every step but the last)
 PAIR_BLOCK = 1 << 16  # (query, list) pairs per block of PatchLists.mean
 FIT_ROWS_PER_LIST = 64  # k-means fits its centroids on at most this many random rows per list
 C_MAX = 1e20  # cap on 1 / (2 sigma^2): float32 logits stay finite as sigma -> 0
@@ -148,10 +149,10 @@ def aggregate(patches: torch.Tensor, idx: torch.Tensor, shape: tuple[int, int, i
     return (total / count).reshape(B, C, h, w)
 
 
-def window(k: int, width: float | None) -> torch.Tensor | None:
+def gaussian_window(k: int, width: float | None) -> torch.Tensor | None:
     """Gaussian weights [k * k] of the positions of a ``k x k`` patch around its centre, standard deviation
-    ``width`` pixels (None: equal weights)."""
-    if width is None:
+    ``width`` pixels (None or 0: equal weights)."""
+    if not width:
         return None
     d = torch.arange(k, dtype=torch.float64) - (k - 1) / 2
     g = torch.exp(-d ** 2 / (2 * width ** 2))
@@ -268,6 +269,9 @@ class PatchPosteriorDenoiser:
     ``x0_hat(x)[q] = mean over patches P covering pixel q of E[p | x[P]][q]``, where ``E[p | y] = sum_i w_i p_i``,
     ``w = softmax(-|y - alpha p_i|^2 / (2 sigma^2))`` over the ``k x k`` patches ``p_i`` of ``source`` (every
     ``source_stride``-th position). Queries ``x`` [B, C, h, w] may have any ``h, w >= k`` (the output size is free).
+    With ``window`` the mean over the covering patches is weighted by a Gaussian of the pixel's distance to each
+    patch's centre (:func:`gaussian_window`), so that a pixel takes its value mostly from the patches centred near
+    it (less averaging of patches that disagree: sharper samples).
 
     Args:
         source: [C, H, W] with ``H, W >= patch_size``.
@@ -284,12 +288,15 @@ class PatchPosteriorDenoiser:
             per call, against the exact posterior, is kept in :attr:`errors`) or ``"auto"`` (``ivf`` above
             ``IVF_ROWS`` source patches).
         nprobe: lists searched per query patch (``ivf``; at least enough lists for ``PROBE_ROWS`` rows).
+        window: standard deviation in pixels of the Gaussian weights of the aggregation (None or 0: the plain
+            mean over the covering patches).
         device: where the bank lives and the posteriors are computed.
     """
 
     def __init__(self, source: torch.Tensor, *, patch_size: int = PATCH_SIZE, stride: int = 1,
                  source_stride: int = 1, chunk_size: int = 4096, fast_delta: float = PATCH_FAST_DELTA,
-                 search: Search = "exact", nprobe: int = NPROBE, device: torch.device | str | None = None):
+                 search: Search = "exact", nprobe: int = NPROBE, window: float | None = None,
+                 device: torch.device | str | None = None):
         if source.ndim != 3:
             raise ValueError(f"source must be [C, H, W], got shape {list(source.shape)}")
         for name, v in (("patch_size", patch_size), ("stride", stride), ("source_stride", source_stride)):
@@ -311,7 +318,7 @@ class PatchPosteriorDenoiser:
         self.lists = None
         if search == "ivf" or (search == "auto" and len(rows) > IVF_ROWS):
             self.lists = PatchLists(rows, lists=max(1, round(math.sqrt(len(rows)))))
-        self.weights = window(patch_size, WINDOW)
+        self.weights = gaussian_window(patch_size, window)
         self.errors: list[torch.Tensor] = []  # per call (ivf): relative L2 errors of checked posterior means
         self._check = torch.Generator().manual_seed(0)
         self._index = {}
@@ -456,7 +463,8 @@ def standardise(source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float
 def generate(source: torch.Tensor, *, size: Sequence[int] | None = None, n: int = 4, patch_size: int = PATCH_SIZE,
              scales: int | None = None, factor: float = FACTOR, start_noise: float | Sequence[float] = START_NOISE,
              steps: int = STEPS, stride: int = 3, source_stride: int = 1, search: Search = "auto",
-             nprobe: int = NPROBE, sampler: Sampler = "euler", seed: int = 0, device: torch.device | str = "cpu",
+             nprobe: int = NPROBE, window: float | None = WINDOW, sampler: Sampler = SAMPLER, seed: int = 0,
+             device: torch.device | str = "cpu",
              progress: bool = False) -> Result:
     """``n`` samples of size ``size`` (default: the source's) from the patches of ``source`` [C, H, W].
 
@@ -465,13 +473,16 @@ def generate(source: torch.Tensor, *, size: Sequence[int] | None = None, n: int 
     coarsest source; scale ``s`` upsamples the previous result ``u`` to its size, sets ``x = (1 - t_s) u + t_s eps``
     with ``t_s = start_noise[s]`` and runs from ``t_s`` to 0 over the source's patches at that scale, in
     ``ceil(steps t_s)`` steps. ``start_noise``: one ``t`` for all scales after the coarsest, or a list for them (or
-    for all scales, the first being the coarsest's). Randomness comes from ``seed`` only."""
+    for all scales, the first being the coarsest's). ``window``: the Gaussian aggregation weights of
+    :class:`PatchPosteriorDenoiser`. Randomness comes from ``seed`` only."""
     if source.ndim != 3 or not source.is_floating_point() or not bool(torch.isfinite(source).all()):
         raise ValueError("source must be a finite floating-point tensor [C, H, W]")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    if window is not None and not (isinstance(window, (int, float)) and math.isfinite(window) and window >= 0):
+        raise ValueError(f"window must be a number >= 0 (pixels) or None, got {window!r}")
     scales, size, src, out, start_noise = _check_settings(source, size, patch_size, scales, factor, start_noise,
                                                           steps, stride, source_stride)
     device = torch.device(device)
@@ -490,7 +501,7 @@ def generate(source: torch.Tensor, *, size: Sequence[int] | None = None, n: int 
             t0 = time.perf_counter()
             ref = resize(z_src[None], src[s])[0]
             den = PatchPosteriorDenoiser(ref, patch_size=patch_size, stride=stride, source_stride=source_stride,
-                                         search=search, nprobe=nprobe, device=device)
+                                         search=search, nprobe=nprobe, window=window, device=device)
             noise = torch.randn((n, z_src.shape[0], *out[s]), generator=generator).to(device)
             t = start_noise[s]
             x = noise if x is None else (1 - t) * resize(x, out[s]) + t * noise
@@ -615,7 +626,7 @@ def sifid(sample: torch.Tensor, source: torch.Tensor, *, seed: int = FEATURE_SEE
 # ---------------------------------------------------------------- command line
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .options import positive_float, positive_int
+    from .options import non_negative_float, positive_float, positive_int
     p.add_argument("image", metavar="IMAGE",
                    help="the source: an image file (PNG, JPEG, ...) or a .npy array [C, H, W] of any range (latents)")
     p.add_argument("--out", required=True, help="output folder")
@@ -644,7 +655,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(auto, the default)")
     p.add_argument("--nprobe", type=positive_int, default=NPROBE,
                    help=f"inverted lists searched per patch with ivf (default {NPROBE}; more: slower, closer to exact)")
-    p.add_argument("--sampler", choices=list(SAMPLERS), default="euler", help="sampler (default euler)")
+    p.add_argument("--window", type=non_negative_float, default=WINDOW, metavar="PX",
+                   help="overlapping patches are averaged with Gaussian weights of this std (pixels) around each "
+                        f"patch's centre (0: plain mean, smoother; default {WINDOW:g})")
+    p.add_argument("--sampler", choices=list(SAMPLERS), default=SAMPLER,
+                   help=f"sampler (default {SAMPLER}: fresh noise at every step but the last)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -675,7 +690,8 @@ def run(args) -> int:
     cpu0 = time.process_time()
     res = generate(source, size=args.size, n=args.n, patch_size=args.patch_size, scales=args.scales,
                    factor=args.factor, start_noise=start, steps=args.steps, stride=args.stride,
-                   source_stride=args.source_stride, search=args.search, nprobe=args.nprobe, sampler=args.sampler,
+                   source_stride=args.source_stride, search=args.search, nprobe=args.nprobe, window=args.window,
+                   sampler=args.sampler,
                    seed=args.seed, device=device, progress=not args.no_progress)
     t_gen, cpu_gen = sum(res.seconds), time.process_time() - cpu0
     t0 = time.perf_counter()
@@ -703,7 +719,7 @@ def run(args) -> int:
                      "patch_size": args.patch_size, "scales": len(res.seconds), "factor": args.factor,
                      "start_noise": res.start_noise, "steps": args.steps, "steps_per_scale": res.steps,
                      "stride": args.stride, "source_stride": args.source_stride, "search": args.search,
-                     "nprobe": args.nprobe, "sampler": args.sampler,
+                     "nprobe": args.nprobe, "window": args.window, "sampler": args.sampler,
                      "schedule": "rectified-flow", "device": str(device),
                      "fast_delta": PATCH_FAST_DELTA},
         "pyramid": {"source": [list(v) for v in res.source_sizes], "output": [list(v) for v in res.output_sizes]},
