@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 
 from boneless.plots import atomic_path, image_grid, save_image
-from boneless.single_image import (copy_share, diversity, generate, load_source, nearest_patch_reshuffle,
-                                   random_shifts, resize, sifid)
+from boneless.single_image import (SAMPLER, WINDOW, copy_share, diversity, generate, load_source,
+                                   nearest_patch_reshuffle, random_shifts, resize, sifid)
 
 IMAGES = ("astronaut", "chelsea", "coffee", "immunohistochemistry", "hubble_deep_field")
 
@@ -78,7 +78,8 @@ def quality(args) -> None:
         source, _ = load_source(source_image(name, 256, tmp))
         row = {}
         t0 = time.perf_counter()
-        ours = generate(source, n=args.n, seed=args.seed, start_noise=args.start_noise).samples
+        ours = generate(source, n=args.n, seed=args.seed, start_noise=args.start_noise, window=args.window,
+                        sampler=args.sampler).samples
         row["ours"] = {**scores(ours, source), "seconds": time.perf_counter() - t0}
         if args.only_ours:  # a variant of our settings: no baselines, no pictures
             results[name] = row
@@ -100,10 +101,12 @@ def quality(args) -> None:
                    title=f"{name}: source, then {k} samples of each method (half size)")
     if args.only_ours:
         report = {"images": list(args.images), "n": args.n, "seed": args.seed, "start_noise": args.start_noise,
+                  "window": args.window, "sampler": args.sampler,
                   "per_image": results,
                   "mean": {"ours": {k: float(np.mean([results[i]["ours"][k] for i in args.images]))
                                     for k in ("sifid", "diversity", "copy_share")}}}
-        with atomic_path(out / f"quality_start_noise_{args.start_noise}.json") as t:
+        name = f"quality_start_noise_{args.start_noise}_window_{args.window:g}_{args.sampler}.json"
+        with atomic_path(out / name) as t:
             Path(t).write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps(report["mean"], indent=2))
         return
@@ -170,7 +173,8 @@ def speed(args) -> None:
             res, wall, cpu = timed(lambda: gen(src, size=size, n=1, seed=args.seed))
             rows.append({"case": label, "code": code, "threads": threads, "wall_s": wall, "cpu_s": cpu,
                          "per_scale_s": res.seconds,
-                         "checked_error_per_scale": [None if e is None else {"max": float(e.max()), "mean": float(e.mean())}
+                         "checked_error_per_scale": [None if e is None else
+                                                     {"max": float(e.max()), "mean": float(e.mean())}
                                                      for e in res.errors]})
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "checked_error_per_scale"}), flush=True)
             if size == (1024, 1024) and threads == args.threads[0]:
@@ -192,11 +196,14 @@ def main():
     q.add_argument("-n", type=int, default=4)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--start-noise", type=float, default=0.35, help="our start noise for every scale after the coarsest")
+    q.add_argument("--window", type=float, default=WINDOW, help="our aggregation window (pixels; 0: plain mean)")
+    q.add_argument("--sampler", default=SAMPLER, help="our sampler")
     q.add_argument("--only-ours", action="store_true", help="only our samples (a settings variant): a json, no pictures")
     s = sub.add_parser("speed")
     s.add_argument("--out", default="docs/single_image")
     s.add_argument("--threads", type=int, nargs="+", default=[2, 1])
-    s.add_argument("--previous", metavar="COMMIT", help="also time boneless/single_image.py at this git commit (256 x 256)")
+    s.add_argument("--previous", metavar="COMMIT",
+                   help="also time boneless/single_image.py at this git commit (256 x 256)")
     s.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     quality(args) if args.what == "quality" else speed(args)
