@@ -466,10 +466,10 @@ def _wiener_mean(dev: torch.Tensor, y: torch.Tensor, v: torch.Tensor, lam2: torc
                  ridge: float) -> torch.Tensor:
     """``mu + C (C + lam2 I)^-1 v`` for ``v = y - mu``, ``C = dev^T dev / K + ridge I`` (dev [B, K, d] the centred
     neighbours, float64), as ``y - lam2 A^-1 v`` with ``A = C + lam2 I`` (the two are equal since
-    ``C A^-1 = I - lam2 A^-1``). ``A^-1 v`` by Cholesky in the smaller of the two spaces: the ``d x d`` system, or,
-    when ``K < d``, the ``K x K`` one of the Woodbury identity ``(U U^T + c I)^-1 = (I - U (c I + U^T U)^-1 U^T) / c``
-    with ``U = dev^T / sqrt(K)``, ``c = ridge + lam2``. A system Cholesky cannot factor (singular: no ridge and
-    ``lam2 = 0``) falls back to least squares."""
+    ``C A^-1 = I - lam2 A^-1``). ``A^-1 v`` in the smaller of the two spaces: the ``d x d`` system (LU), or,
+    when ``K < d``, the ``K x K`` one (Cholesky) of the Woodbury identity ``(U U^T + c I)^-1 = (I - U (c I + U^T U)^-1 U^T) / c``
+    with ``U = dev^T / sqrt(K)``, ``c = ridge + lam2``. A singular system (no ridge and ``lam2 = 0``) falls back
+    to least squares."""
     B, K, d = dev.shape
     c = ridge + lam2  # [B]
     if K < d:
@@ -479,8 +479,11 @@ def _wiener_mean(dev: torch.Tensor, y: torch.Tensor, v: torch.Tensor, lam2: torc
         G = dev.transpose(1, 2) @ dev / K
         rhs = v[..., None]
     G.diagonal(dim1=1, dim2=2).add_(c[:, None])
-    L, info = torch.linalg.cholesky_ex(G)
-    sol = torch.cholesky_solve(rhs, L)
+    if K < d:
+        L, info = torch.linalg.cholesky_ex(G)
+        sol = torch.cholesky_solve(rhs, L)
+    else:  # small systems: one LU call costs less than Cholesky's two
+        sol, info = torch.linalg.solve_ex(G, rhs)
     bad = info != 0
     if bool(bad.any()):
         sol[bad] = torch.linalg.lstsq(G[bad], rhs[bad], driver="gelsd").solution
