@@ -128,6 +128,19 @@ def test_equivariant_local_follows_its_definition(X, queries, boundary):
     torch.testing.assert_close(den(x, a, s).double(), brute_els(X[:12], x, a, s, 3, boundary), rtol=0, atol=2e-5)
 
 
+@pytest.mark.parametrize("boundary", ["broken", "zero"])
+def test_equivariant_local_with_repeated_patches_and_its_kept_banks(X, queries, boundary):
+    """Training images that repeat, and a constant border (many equal patches): each distinct patch is held once
+    with its count as weight, which must leave the posterior of the definition unchanged, call after call."""
+    Xr = torch.cat([X[:6], X[:3]]).clone()
+    Xr[:, :, 0, :] = -1.0  # a constant top row: equal patches at many locations
+    x, a, s = queries
+    den = EquivariantLocalDenoiser(Xr, schedule=3, boundary=boundary)
+    want = brute_els(Xr, x, a, s, 3, boundary)
+    for _ in range(2):  # the second call reads the banks the first one made
+        torch.testing.assert_close(den(x, a, s).double(), want, rtol=0, atol=2e-5)
+
+
 def test_exact_tiers_agree_with_the_fast_tier(X, queries):
     """The patch banks' float32 tier (fast_delta) against the exact tiers, at a low noise level."""
     x, a, s = queries
