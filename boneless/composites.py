@@ -98,11 +98,15 @@ class BlendDenoiser:
         if tuple(V.shape[1:]) != self.shape:
             raise ValueError(f"validation images must have shape [n, {', '.join(map(str, self.shape))}]")
         z = torch.randn(V.shape, generator=torch.Generator().manual_seed(int(seed) + 1))
+        n, M = len(V), len(BLEND_MEMBERS)
+        # every level in one batch (per-query sigma): the members group queries by patch size, so levels that
+        # share a size share one pass over the patch locations
+        sig = torch.tensor(self.sigmas, dtype=torch.float64).repeat_interleave(n)
+        E_all = self.members(torch.cat([V + s * z for s in self.sigmas]), 1.0, sig)  # [M, levels n, *shape]
         W = []
-        for sig in self.sigmas:
-            E = self.members(V + sig * z, 1.0, sig).reshape(len(BLEND_MEMBERS), -1).T  # [n D, M]
-            sol = torch.linalg.lstsq(E, V.double().reshape(-1, 1), driver="gelsd").solution[:, 0]
-            W.append(sol)
+        for i in range(len(self.sigmas)):
+            E = E_all[:, i * n:(i + 1) * n].reshape(M, -1).T  # [n D, M]
+            W.append(torch.linalg.lstsq(E, V.double().reshape(-1, 1), driver="gelsd").solution[:, 0])
         return torch.stack(W)
 
     def weights_at(self, lam: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,7 @@ from .samplers import SAMPLERS, sample
 from .schedules import get_schedule
 
 DEFAULT_SIGMAS = "0.05,0.1,0.2,0.5,1,2"
+REFERENCE = "reference"  # the row of the trained network given by --reference
 IN_SAMPLE = 100  # pool images for the in-sample error by default
 REFERENCE_SETS = 5  # disjoint sets of unseen real images give the real-image quality and its spread
 
@@ -57,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test", type=positive_int, default=500, help="held-out images for the error table (500)")
     p.add_argument("--denoisers", default="all", metavar="A,B,...",
                    help=f"comma-separated names or 'all' (now: {', '.join(DENOISERS)})")
+    p.add_argument("--reference", metavar="DIR",
+                   help="also evaluate a trained network, a diffusers pipeline folder (as `boneless "
+                        "train-reference` writes), as the row 'reference', with its size and training time")
     p.add_argument("--sigmas", default=DEFAULT_SIGMAS, metavar="S1,S2,...",
                    help=f"noise levels of y = x + sigma z (default {DEFAULT_SIGMAS})")
     p.add_argument("--in-sample", type=positive_int,
@@ -143,6 +147,24 @@ def split_data(data: str, *, pool: int, test: int, extra: int, second_pool: bool
     return {"pool": X[perm[:pool]], "test": X[perm[pool:pool + test]], "second": second,
             "reference": reference if len(reference) >= 2 else None, "test_source": "held out of a shuffle",
             "available": len(X)}
+
+
+def load_reference(path: str, shape: tuple) -> tuple:
+    """``(denoiser, info)`` for the trained network in the diffusers folder ``path`` (``boneless.adapters.
+    from_diffusers``), ``info`` what its ``reference.json`` says (size, training time, data, pool), plus the path
+    and parameter count; a network for images of another shape is an error."""
+    from .gap import load_model
+
+    if not Path(path).expanduser().is_dir():
+        raise ValueError(f"--reference {path}: no such folder (a diffusers pipeline folder, as `boneless "
+                         "train-reference` writes)")
+    den, info = load_model(str(path))
+    trained = info.get("shape")
+    if trained is not None and tuple(trained) != tuple(shape):
+        raise ValueError(f"--reference {path}: trained on images of shape {list(trained)}, the data here are "
+                         f"{list(shape)}")
+    keep = ("data", "n_train", "size", "steps", "batch_size", "channels", "seconds", "final_loss", "parameters")
+    return den, {"path": str(path), **{k: info[k] for k in keep if k in info}}
 
 
 # ---------------------------------------------------------------- resuming: records already in OUT/results.json
@@ -241,6 +263,9 @@ def run(args) -> int:
     batch = args.batch_size
     settings = {k: v for k, v in vars(args).items() if k != "func"}
     kept = previous_records(out, settings) if args.resume else {}  # checked before any work
+    network = load_reference(args.reference, shape) if args.reference else None
+    if network is not None:
+        names = names + [REFERENCE]
 
     # references: the Wiener filter, feature spaces, real held-out images
     wiener = WienerFilter(pool)
@@ -310,7 +335,7 @@ def run(args) -> int:
         from tqdm.auto import tqdm
         bar = tqdm(total=per_denoiser * len(names), desc="eval", unit="call")
     samples = {}
-    redo = [n for n in names if kept.get(n, {}).get("status") == "failed"]
+    redo = [n for n in names if kept.get(n, {}).get("status") == "failed" or n == REFERENCE]  # the given network
     take_in(out, results, samples, kept, skip=redo)
     if results["denoisers"]:
         print(f"resuming: {', '.join(results['denoisers'])} already in {out / 'results.json'}")
@@ -322,7 +347,10 @@ def run(args) -> int:
         if bar is not None:
             bar.set_postfix_str(name)
         done_before = bar.n if bar is not None else 0
-        rec = evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule, device, bar, shape)
+        rec = evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule, device, bar, shape,
+                                build=(lambda X: network[0]) if name == REFERENCE else None)
+        if name == REFERENCE:
+            rec["network"] = network[1]
         if bar is not None:
             bar.update(max(0, done_before + per_denoiser - bar.n))
         s = rec.pop("_samples", None)
@@ -342,8 +370,11 @@ def run(args) -> int:
     return 0 if ok else 1
 
 
-def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule, device, bar, shape) -> dict:
-    """One denoiser through the protocol; never raises (a failure is recorded in the result).
+def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule, device, bar, shape, *,
+                      build=None) -> dict:
+    """One denoiser through the protocol; never raises (a failure is recorded in the result). ``build(X)``
+    makes it from the pool (default: the registry's ``name``); with ``build`` given there is no second
+    denoiser from the second pool, so no split consistency (a trained network is one network).
 
     After building it, a probe call at each batch size estimates the cost of every stage (held-out error,
     sampling, in-sample error, split consistency); the stages that fit in ``--budget`` run in that order, the
@@ -357,9 +388,11 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
     deadline = t0 + args.budget
     stage = "build"
     on_call = (lambda: bar.update(1)) if bar is not None else (lambda: None)
-    consistency = bool(split["second"] is not None and args.consistency)
+    consistency = bool(split["second"] is not None and args.consistency and build is None)
+    if build is None:
+        build = lambda X: make_denoiser(name, X, device=device)  # noqa: E731
     try:
-        den = make_denoiser(name, pool, device=device)
+        den = build(pool)
         build_s = time.perf_counter() - t0
         rec["timings"]["build_s"] = round(build_s, 3)
         stage = "probe"
@@ -435,7 +468,7 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
                                   "median": [float(v) for v in eff.median], "collapse_t": eff.collapse_t}
                 rec["samples"] = q
             else:
-                den_b = _Guard(make_denoiser(name, split["second"], device=device), deadline, on_call)
+                den_b = _Guard(build(split["second"]), deadline, on_call)
                 center = torch.cat([pool, split["second"]]).double().mean(0)
                 sc = split_consistency(guard, den_b, center=center, n=args.consistency, steps=args.steps,
                                        seed=args.seed + 2, shape=shape, schedule=schedule, sampler=args.sampler,
@@ -584,7 +617,24 @@ def markdown_table(results: dict) -> str:
     if has_clf:
         lines += ["", f"Classifier: small CNN, test accuracy {results['classifier']['test_accuracy']:.3f} on "
                       f"Fashion-MNIST (confidence: mean top class probability)."]
+    else:
+        lines += ["", "FD classifier and confidence: n/a (the feature classifier is trained on Fashion-MNIST "
+                      "and only reads 1x28x28 images)."]
+    for name, r in dens.items():
+        if "network" in r:
+            lines += ["", network_note(name, r["network"], p["pool"], s["data"])]
     return "\n".join(lines) + "\n"
+
+
+def network_note(name: str, net: dict, pool: int, data: str) -> str:
+    """One line on the trained network of row ``name``: its size, its training and whether it saw this pool."""
+    size = f"{net['parameters'] / 1e6:.2f}M parameters" if "parameters" in net else "size unknown"
+    what = (f"trained by `boneless train-reference` ({net.get('steps', '?')} steps of {net.get('batch_size', '?')} "
+            f"images, channels {net.get('channels', '?')}) in {_fmt(net.get('seconds'))} s on the first "
+            f"{net.get('n_train', '?')} training images of {net.get('data', '?')}")
+    same = net.get("n_train") == pool and net.get("data") == data
+    return (f"Row '{name}': a UNet of {size}, {what}" + ("" if same else f" (not this pool of {pool}: compare "
+            "with care)") + f"; folder {net['path']}.")
 
 
 def heldout_figure(results: dict):

@@ -109,6 +109,7 @@ def _load_diffusers_folder(path: Path):
             info = json.loads((path / "reference.json").read_text())
         except ValueError as e:
             raise ValueError(f"--model {path}: reference.json is not valid JSON: {e}") from None
+    info["parameters"] = sum(p.numel() for p in parts["unet"].parameters())
     return from_diffusers(parts["unet"].eval(), parts["scheduler"]), info
 
 

@@ -115,7 +115,7 @@ def _reduce_mean(bank: Bank, q: torch.Tensor, a: torch.Tensor, s: torch.Tensor) 
     out = torch.empty(len(q), bank.dim, dtype=torch.float32, device=bank.device)
     step = max(1, QUERY_BLOCK // max(1, min(bank.chunk_size, len(bank))))
     for i in range(0, len(q), step):
-        st = bank.reduce(q[i:i + step], a[i:i + step], s[i:i + step])
+        st = bank.reduce(q[i:i + step], a[i:i + step], s[i:i + step], entropy=False)
         out[i:i + step] = st.acc / st.s.to(st.acc.dtype)[:, None]
     return out
 
@@ -261,8 +261,10 @@ class EquivariantLocalDenoiser(_PatchDenoiser):
       interior patches; pixels near an edge compare only with patches at the same offset from that edge.
     - ``boundary="zero"``: every image is zero-padded by the patch radius and all locations are of one kind.
 
-    Memory stays O(batch x chunk); compute is O(B N (H W)^2 k^2) for the interior class, so this machine is
-    meant for small pools or small images (see docs/DENOISERS.md for timings).
+    Scratch memory stays O(batch x chunk); compute is O(B N (H W)^2 k^2) for the interior class, so this machine
+    is meant for small pools or small images (see docs/DENOISERS.md for timings). The banks of the training
+    patches are made at the first call that needs them and kept (each distinct patch once): up to
+    ``N H W C k^2`` floats per patch side in use (about 1 GB at N = 10000, 28 x 28, side 7).
 
     Args:
         X: training images [N, C, H, W].
@@ -282,6 +284,18 @@ class EquivariantLocalDenoiser(_PatchDenoiser):
         if boundary not in ("broken", "zero"):
             raise ValueError(f"boundary must be 'broken' or 'zero', got {boundary!r}")
         self.boundary = boundary
+        self._banks: dict = {}  # (patch side, location class) -> bank of its distinct training patches
+
+    def _patch_bank(self, key, patches) -> Bank:
+        """The bank of the training patches ``patches()`` [n, d] of one location class, made once per patch side
+        and class: each distinct patch once, with log weight log(its count), which leaves every posterior
+        unchanged (equal rows have equal logits) and shrinks the bank where patches repeat (a constant
+        background, and at side 1 the at most 256 grey levels of 8-bit images)."""
+        if key not in self._banks:
+            rows, counts = torch.unique(patches(), dim=0, return_counts=True)
+            self._banks[key] = Bank(rows, log_weights=counts.double().log(), chunk_size=self.chunk_size,
+                                    device=self.device, fast_delta=self.fast_delta)
+        return self._banks[key]
 
     @staticmethod
     def _classes(n: int, r: int) -> list[list[int]]:
@@ -297,11 +311,13 @@ class EquivariantLocalDenoiser(_PatchDenoiser):
         a, s = a.to(self.device), s.to(self.device)
         if self.boundary == "zero":
             pad = torch.nn.functional.pad
-            Xp, xp = pad(self.X, (r, r, r, r)), pad(x, (r, r, r, r))
-            rows = Xp.unfold(2, k, 1).unfold(3, k, 1)  # [N, C, H, W, k, k]
-            rows = rows.permute(0, 2, 3, 1, 4, 5).reshape(-1, C * k * k)
-            q = xp.unfold(2, k, 1).unfold(3, k, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, C * k * k)
-            m = _reduce_mean(self._bank(rows), q, a.repeat_interleave(H * W), s.repeat_interleave(H * W))
+            def padded_patches(T):  # [n, C, H, W] -> [n * H * W, C * k * k], every location zero-padded
+                P = pad(T, (r, r, r, r)).unfold(2, k, 1).unfold(3, k, 1)  # [n, C, H, W, k, k]
+                return P.permute(0, 2, 3, 1, 4, 5).reshape(-1, C * k * k)
+
+            q = padded_patches(x)
+            bank = self._patch_bank((k, "zero"), lambda: padded_patches(self.X))
+            m = _reduce_mean(bank, q, a.repeat_interleave(H * W), s.repeat_interleave(H * W))
             return m.reshape(B, H, W, C, k, k)[:, :, :, :, r, r].permute(0, 3, 1, 2).contiguous()
         out = torch.empty_like(x)
         for rows_i in self._classes(H, r):
@@ -321,7 +337,7 @@ class EquivariantLocalDenoiser(_PatchDenoiser):
                     P = torch.stack([P[..., int(q) - dj0:int(q) + dj1 + 1] for q in jj], 2)
                     return P.reshape(-1, C * ph * pw)
 
-                bank = self._bank(patches(self.X))
+                bank = self._patch_bank((k, i, j), lambda: patches(self.X))
                 n_loc = len(ii) * len(jj)
                 m = _reduce_mean(bank, patches(x), a.repeat_interleave(n_loc), s.repeat_interleave(n_loc))
                 centre = m.reshape(B, len(ii), len(jj), C, ph, pw)[:, :, :, :, di0, dj0]  # [B, |ii|, |jj|, C]
@@ -422,28 +438,61 @@ class LocalGaussianDenoiser(_PatchDenoiser):
                 rows = self._candidates(i, j, kh, kw)
                 bank = self._bank(rows)
                 if pilot is None:  # posterior top-K of the noisy square (and its posterior mean)
-                    st = bank.reduce(x[:, :, i:i + kh, j:j + kw].reshape(B, -1), a, s, k=K)
+                    st = bank.reduce(x[:, :, i:i + kh, j:j + kw].reshape(B, -1), a, s, k=K, entropy=False)
                     comp[:, :, i:i + kh, j:j + kw] += (st.acc / st.s.to(st.acc.dtype)[:, None]).reshape(B, C, kh, kw)
                 else:  # the K training squares nearest to the pilot's square
-                    st = bank.reduce(pilot[:, :, i:i + kh, j:j + kw].reshape(B, -1).float(), ones, ones, k=K)
+                    st = bank.reduce(pilot[:, :, i:i + kh, j:j + kw].reshape(B, -1).float(), ones, ones, k=K,
+                                     entropy=False)
                 nb = rows[st.top_i.clamp(min=0)].double()  # [B, K, d]
                 mu = nb.mean(1)
                 dev = nb - mu[:, None]
-                cov = dev.transpose(1, 2) @ dev / K + self.ridge * self.unit ** 2 * eye
                 yS = y[:, :, i:i + kh, j:j + kw].reshape(B, -1).double()
-                A = cov + (lam_b ** 2)[:, None, None] * eye
-                rhs = torch.cat([(yS - mu)[..., None], cov], 2)  # [B, d, 1 + d]
-                sol = torch.linalg.solve(A, rhs)
-                est = mu + (cov @ sol[..., :1])[..., 0]
                 if self.aggregate == "precision":  # fuse by the posterior variances of each pixel
+                    cov = dev.transpose(1, 2) @ dev / K + self.ridge * self.unit ** 2 * eye
+                    A = cov + (lam_b ** 2)[:, None, None] * eye
+                    rhs = torch.cat([(yS - mu)[..., None], cov], 2)  # [B, d, 1 + d]
+                    sol = torch.linalg.solve(A, rhs)
+                    est = mu + (cov @ sol[..., :1])[..., 0]
                     var = torch.diagonal(cov - cov @ sol[..., 1:], dim1=1, dim2=2).clamp(min=0)
                     wgt = 1.0 / (var + 1e-3 * (lam_b ** 2)[:, None] + 1e-10 * self.unit ** 2)
                 else:
+                    est = _wiener_mean(dev, yS, yS - mu, lam_b ** 2, self.ridge * self.unit ** 2)
                     wgt = torch.ones_like(est)
                 total[:, :, i:i + kh, j:j + kw] += (wgt * est).reshape(B, C, kh, kw)
                 count[:, :, i:i + kh, j:j + kw] += wgt.reshape(B, C, kh, kw)
                 ccount[i:i + kh, j:j + kw] += 1
         return (total / count).to(x.dtype), comp / ccount.to(x.dtype)
+
+
+def _wiener_mean(dev: torch.Tensor, y: torch.Tensor, v: torch.Tensor, lam2: torch.Tensor,
+                 ridge: float) -> torch.Tensor:
+    """``mu + C (C + lam2 I)^-1 v`` for ``v = y - mu``, ``C = dev^T dev / K + ridge I`` (dev [B, K, d] the centred
+    neighbours, float64), as ``y - lam2 A^-1 v`` with ``A = C + lam2 I`` (the two are equal since
+    ``C A^-1 = I - lam2 A^-1``). ``A^-1 v`` in the smaller of the two spaces: the ``d x d`` system (LU), or,
+    when ``K < d``, the ``K x K`` one (Cholesky) of the Woodbury identity ``(U U^T + c I)^-1 = (I - U (c I + U^T U)^-1 U^T) / c``
+    with ``U = dev^T / sqrt(K)``, ``c = ridge + lam2``. A singular system (no ridge and ``lam2 = 0``) falls back
+    to least squares."""
+    B, K, d = dev.shape
+    c = ridge + lam2  # [B]
+    if K < d:
+        G = dev @ dev.transpose(1, 2) / K
+        rhs = (dev @ v[..., None]) / K  # [B, K, 1]
+    else:
+        G = dev.transpose(1, 2) @ dev / K
+        rhs = v[..., None]
+    G.diagonal(dim1=1, dim2=2).add_(c[:, None])
+    if K < d:
+        L, info = torch.linalg.cholesky_ex(G)
+        sol = torch.cholesky_solve(rhs, L)
+    else:  # small systems: one LU call costs less than Cholesky's two
+        sol, info = torch.linalg.solve_ex(G, rhs)
+    bad = info != 0
+    if bool(bad.any()):
+        sol[bad] = torch.linalg.lstsq(G[bad], rhs[bad], driver="gelsd").solution
+    if K < d:  # lam2 A^-1 v = (lam2 / c) (v - U (c I + U^T U)^-1 U^T v); c = 0 only where lam2 = 0
+        ratio = torch.where(c > 0, lam2 / torch.where(c > 0, c, 1.0), 0.0)
+        return y - ratio[:, None] * (v - (dev.transpose(1, 2) @ sol)[..., 0])
+    return y - lam2[:, None] * sol[..., 0]
 
 
 # measured on Fashion-MNIST validation images (docs/DENOISERS.md)

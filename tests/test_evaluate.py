@@ -211,3 +211,58 @@ def test_out_must_be_a_folder(tmp_path, capsys):
     f.write_text("x")
     assert main(TINY + ["--out", str(f)]) == 2
     assert "not a folder" in _error_line(capsys)
+
+
+def test_reference_network_is_a_row_with_its_size_and_training(tmp_path, capsys):
+    """--reference DIR: the trained network is evaluated as one more row, on the same noise draw as the others
+    (its held-out MSE is that of the network called directly), with its size and training time beside it."""
+    diffusers = pytest.importorskip("diffusers")
+    from boneless import load_dataset, train_reference
+    from boneless.adapters import from_diffusers
+    from boneless.metrics import denoising_error
+
+    net = tmp_path / "net"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        unet = train_reference.make_unet((1, 8, 8), [8, 8])
+    info = {"data": "digits", "n_train": 300, "shape": [1, 8, 8], "steps": 7, "batch_size": 4, "channels": [8, 8],
+            "seconds": 1.5}
+    train_reference.save_reference(net, unet, train_reference.make_scheduler(), info)
+    out = tmp_path / "run"
+    assert main(TINY + ["--denoisers", "gaussian", "--consistency", "2", "--reference", str(net),
+                        "--out", str(out)]) == 0
+    r = json.loads((out / "results.json").read_text())
+    ref = r["denoisers"]["reference"]
+    assert ref["status"] == "ok" and "consistency" not in ref  # one network: no second pool to compare with
+    assert ref["network"]["parameters"] == sum(p.numel() for p in unet.parameters())
+    assert ref["network"]["seconds"] == 1.5 and ref["network"]["n_train"] == 300
+    X = load_dataset("digits")
+    perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(0))
+    test = X[perm[300:340]]
+    den = from_diffusers(diffusers.UNet2DModel.from_pretrained(net / "unet").eval(),
+                         diffusers.DDPMScheduler.from_pretrained(net / "scheduler"))
+    direct = denoising_error(den, test, r["sigmas"], seed=0, batch_size=250, peak=2.0)
+    assert ref["heldout"]["mse"] == pytest.approx(direct.mse.tolist(), rel=1e-5)
+    table = (out / "table.md").read_text()
+    assert "| reference |" in table and f"{ref['network']['parameters'] / 1e6:.2f}M parameters" in table
+    assert "FD classifier and confidence: n/a" in table  # digits are 8x8: no Fashion-MNIST features
+    # a network trained on other images is a one-line error before any work
+    assert main(["eval", "--data", "faces", "--pool", "40", "--test", "10", "--reference", str(net),
+                 "--no-progress", "--out", str(tmp_path / "faces")]) == 2
+    assert "trained on images of shape [1, 8, 8]" in _error_line(capsys)
+    assert main(TINY + ["--reference", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    assert "no such folder" in _error_line(capsys)
+
+
+def test_eval_on_faces_without_a_test_split_or_classifier(tmp_path):
+    """The bundled faces (100 images, no test split, not 28x28): held out of a shuffle, no classifier columns."""
+    out = tmp_path / "faces"
+    assert main(["eval", "--data", "faces", "--pool", "60", "--test", "20", "--samples", "4", "--steps", "3",
+                 "--sigmas", "0.1,1", "--consistency", "0", "--denoisers", "gaussian,patch-composite",
+                 "--no-progress", "--out", str(out)]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert r["classifier"] is None and r["protocol"]["test_source"] == "held out of a shuffle"
+    assert r["protocol"]["shape"] == [1, 25, 25] and r["real"]["sets"] == 5  # the other 20 faces, 5 sets of 4
+    assert all(d["status"] == "ok" for d in r["denoisers"].values())
+    assert "confidence" not in r["denoisers"]["gaussian"]["samples"]
+    assert "FD classifier and confidence: n/a" in (out / "table.md").read_text()

@@ -128,6 +128,19 @@ def test_equivariant_local_follows_its_definition(X, queries, boundary):
     torch.testing.assert_close(den(x, a, s).double(), brute_els(X[:12], x, a, s, 3, boundary), rtol=0, atol=2e-5)
 
 
+@pytest.mark.parametrize("boundary", ["broken", "zero"])
+def test_equivariant_local_with_repeated_patches_and_its_kept_banks(X, queries, boundary):
+    """Training images that repeat, and a constant border (many equal patches): each distinct patch is held once
+    with its count as weight, which must leave the posterior of the definition unchanged, call after call."""
+    Xr = torch.cat([X[:6], X[:3]]).clone()
+    Xr[:, :, 0, :] = -1.0  # a constant top row: equal patches at many locations
+    x, a, s = queries
+    den = EquivariantLocalDenoiser(Xr, schedule=3, boundary=boundary)
+    want = brute_els(Xr, x, a, s, 3, boundary)
+    for _ in range(2):  # the second call reads the banks the first one made
+        torch.testing.assert_close(den(x, a, s).double(), want, rtol=0, atol=2e-5)
+
+
 def test_exact_tiers_agree_with_the_fast_tier(X, queries):
     """The patch banks' float32 tier (fast_delta) against the exact tiers, at a low noise level."""
     x, a, s = queries
@@ -306,3 +319,24 @@ def test_coarse_to_fine_is_exact_above_the_switch_and_blend_below(X):
     torch.testing.assert_close(CoarseToFineDenoiser(X, switch=math.inf, blend=opts)(x, a, s), blend, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="switch"):
         CoarseToFineDenoiser(X, switch=-1.0, blend=opts)
+
+
+@pytest.mark.parametrize("K, d", [(12, 5), (5, 12), (7, 7)])
+def test_wiener_step_in_either_space_is_the_posterior_mean(K, d):
+    """The local Gaussian's Wiener step ``mu + C (C + lam^2 I)^-1 (y - mu)``, solved in the d x d space or (K < d)
+    the K x K Woodbury one, equals the plain float64 formula; at lam = 0 without ridge it returns y."""
+    from boneless.patches import _wiener_mean
+    g = torch.Generator().manual_seed(K * 100 + d)
+    B = 4
+    nb = torch.randn(B, K, d, generator=g, dtype=torch.float64)
+    mu = nb.mean(1)
+    dev = nb - mu[:, None]
+    y = torch.randn(B, d, generator=g, dtype=torch.float64)
+    lam2 = torch.tensor([0.01, 0.3, 1.0, 4.0], dtype=torch.float64)
+    for ridge in (0.0, 1e-3):
+        C = dev.transpose(1, 2) @ dev / K + ridge * torch.eye(d, dtype=torch.float64)
+        want = mu + (C @ torch.linalg.solve(C + lam2[:, None, None] * torch.eye(d, dtype=torch.float64),
+                                            (y - mu)[..., None]))[..., 0]
+        torch.testing.assert_close(_wiener_mean(dev, y, y - mu, lam2, ridge), want, rtol=1e-9, atol=1e-9)
+    zero = torch.zeros(B, dtype=torch.float64)
+    torch.testing.assert_close(_wiener_mean(dev, y, y - mu, zero, 0.0), y, rtol=0, atol=1e-9)
