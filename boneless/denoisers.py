@@ -18,7 +18,7 @@ import torch
 from . import distributed
 from .bank import Bank, FaissBank, Stats
 from .data import check_data
-from .rows import StoredRows
+from .rows import StoredRows, _block_rows
 
 Coef = float | torch.Tensor
 
@@ -190,8 +190,9 @@ class EmpiricalDenoiser:
         ``p_w`` [n] are this process's rows' normalised weights ``softmax(log w / T)`` (None: uniform)."""
         bank = self.bank
         total = torch.zeros(bank.dim, dtype=torch.float64, device=bank.device)
-        for j0 in range(0, len(bank), bank.chunk_size):
-            rows = bank.rows(j0, min(j0 + bank.chunk_size, len(bank))).double()
+        step = _block_rows(bank.dim, 1 << 20)  # float64 blocks of 1 MB stay in cache; large ones cost page faults
+        for j0 in range(0, len(bank), step):
+            rows = bank.rows(j0, min(j0 + step, len(bank))).double()
             total += rows.sum(0) if p_w is None else p_w[j0:j0 + len(rows)].to(bank.device) @ rows
         if self.sharded:
             total = distributed.all_reduce_sum(total, self.group, what="all-reduce (mean)")
