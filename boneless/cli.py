@@ -72,8 +72,8 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                    help="type the dataset is held in, dequantised exactly in the loop (uint8: 8-bit images; "
                         "default float32); empirical only")
     p.add_argument("--bank", choices=("exact", "faiss", "faiss-flat"),
-                   help="exact (default) or the approximate FAISS back-end for large N (pip install faiss-cpu); "
-                        "empirical only")
+                   help="exact (default) or the approximate FAISS back-end for large N (pip install faiss-cpu): "
+                        "a query whose certified error exceeds 1%% goes to the exact bank; empirical only")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--mmap", action=argparse.BooleanOptionalAction, default=None,

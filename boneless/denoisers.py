@@ -16,7 +16,7 @@ from typing import Literal, NamedTuple, Protocol, runtime_checkable
 import torch
 
 from . import distributed
-from .bank import Bank, FaissBank, Stats
+from .bank import TOLERANCE, Bank, FaissBank, Stats
 from .data import check_data
 from .rows import StoredRows, _block_rows
 
@@ -130,7 +130,9 @@ class EmpiricalDenoiser:
         screen: format of the screening product (``float32``; ``tf32``/``bfloat16`` for GPUs, still exact).
         bank: ``"exact"`` (default), or ``"faiss"`` / ``"faiss-flat"``: the approximate nearest-neighbour
             back-end :class:`boneless.bank.FaissBank` (inverted-file or exact search; ``neighbours`` rows per
-            query plus ``tail_samples`` uniformly drawn rows, drawn from ``seed``).
+            query). A query whose certified relative error exceeds ``tolerance`` (default 1 %) is computed by
+            the exact bank; ``tolerance=None``: none is, and the rest of the posterior is estimated from
+            ``tail_samples`` uniformly drawn rows (drawn from ``seed``), without a bound.
 
     ``X`` may also be a :class:`boneless.rows.MappedRows` (a memory-mapped .npy): rows are then read chunk by
     chunk from disk and never held in memory together.
@@ -141,7 +143,7 @@ class EmpiricalDenoiser:
                  process_group=None, storage: Literal["float32", "float16", "bfloat16", "uint8"] = "float32",
                  screen: Literal["float32", "tf32", "bfloat16"] = "float32",
                  bank: Literal["exact", "faiss", "faiss-flat"] = "exact", neighbours: int = 256,
-                 tail_samples: int = 256, seed: int = 0):
+                 tail_samples: int = 256, tolerance: float | None = TOLERANCE, seed: int = 0):
         X = X if hasattr(X, "flat") else check_data(X)  # a MappedRows was checked when opened
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature must be a positive number, got {temperature!r}")
@@ -177,7 +179,7 @@ class EmpiricalDenoiser:
         if bank != "exact":
             if self.sharded:
                 raise ValueError(f"bank={bank!r} cannot be sharded")
-            self.bank = FaissBank(self.bank, k=neighbours, tail=tail_samples, seed=seed,
+            self.bank = FaissBank(self.bank, k=neighbours, tail=tail_samples, tolerance=tolerance, seed=seed,
                                   index="flat" if bank == "faiss-flat" else "ivf")
         self.mean = self._stats_mean(p_w)
 
