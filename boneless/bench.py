@@ -48,10 +48,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=positive_int, default=5, help="interleaved repeats per timing (default 5)")
     p.add_argument("--budget", type=positive_float, default=60.0,
                    help="seconds per size: fewer repeats (at least 2) for slow sizes (default 60)")
-    p.add_argument("--steps", type=positive_int, default=50, help="steps of the sampling run (default 50)")
+    p.add_argument("--steps", type=positive_int,
+                   help="steps of the sampling run (default 50; --preset original: 100, the notebook's)")
     p.add_argument("--mem-limit", type=positive_float, help="GB a baseline may use (default: half the free memory)")
     p.add_argument("--faiss", action="store_true", help="also time the FAISS back-end for large N (needs faiss-cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and queries")
+    o = p.add_argument_group("--preset original", "the original notebook's workload: N = 20000 images of 128 x 128 x 3 "
+                             "(D = 49152), 100 rectified-flow Euler steps, synthetic images and the bundled faces "
+                             "(resized, repeated to N rows), beside smalldiffusion's ideal denoiser when installed "
+                             "(about 4 GB per dataset; run one dataset at a time on a small machine)")
+    o.add_argument("--preset", choices=("grid", "original"), default="grid",
+                   help="grid (default): the sizes, sweeps and sampling run above; original: the original workload")
+    o.add_argument("--data", choices=("synthetic", "faces", "both"), default="both",
+                   help="original: which data (default both, one after the other)")
+    o.add_argument("--rows", type=positive_int, help="original: N (default 20000)")
+    o.add_argument("--size", type=positive_int, help="original: image side, D = 3 size^2 (default 128)")
+    o.add_argument("--batches", type=positive_int, nargs="+", help="original: batch sizes (default 1 4 16 64)")
+    o.add_argument("--timed-steps", type=positive_int,
+                   help="original: steps timed, one per equal stratum of the run; the run's time is scaled from "
+                        "them (default 10)")
 
 
 # ---------------------------------------------------------------- data, baselines, timing
@@ -287,6 +302,240 @@ def bench_faiss(ns, shape, *, B: int, device: torch.device, repeats: int, seed: 
     return out
 
 
+# ---------------------------------------------------------------- the original workload (--preset original)
+
+# The original notebook: 20,000 CelebA faces at 128 x 128 x 3, 100 rectified-flow Euler steps, one sample at a
+# time, 8.5 s per sample on its GPU.
+ORIGINAL = dict(rows=20000, size=128, batches=(1, 4, 16, 64), steps=100, timed_steps=10,
+                sweep=(0.4, 1.3, 3.0, 10.0, 19.0, 32.0, 199.0), sweep_batch=16, notebook_s=8.5)
+
+
+def smalldiffusion_ideal():
+    """smalldiffusion's ``IdealDenoiser`` class and version, or ``None`` when smalldiffusion is not installed.
+    Its package imports its training code (accelerate, torchvision) on import; the ideal denoiser's own module
+    needs only torch and einops, so when the package does not import, that module is loaded alone."""
+    import importlib.metadata
+    import importlib.util
+    try:
+        version = importlib.metadata.version("smalldiffusion")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    try:
+        from smalldiffusion import IdealDenoiser
+        return IdealDenoiser, version
+    except ImportError:
+        pass
+    spec = importlib.util.find_spec("smalldiffusion")
+    path = Path(next(iter(spec.submodule_search_locations))) / "model.py"
+    mspec = importlib.util.spec_from_file_location("_smalldiffusion_model", path)
+    module = importlib.util.module_from_spec(mspec)
+    try:
+        mspec.loader.exec_module(module)
+    except ImportError:
+        return None
+    return getattr(module, "IdealDenoiser", None), version
+
+
+def smalldiffusion_x0(ideal, x: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
+    """``x0_hat`` from smalldiffusion's ideal denoiser, which takes the variance-exploding ``x / alpha`` and
+    ``sigma / alpha`` and returns the noise: ``x0_hat = x_ve - (sigma / alpha) eps``."""
+    x_ve, s_ve = x / alpha, torch.tensor(sigma / alpha)
+    with torch.no_grad():
+        return x_ve - s_ve * ideal(x_ve, s_ve)
+
+
+def original_faces(n: int, size: int) -> torch.Tensor:
+    """The bundled faces (scikit-image's LFW subset, grey) resized to ``size`` x ``size``, copied into three
+    channels and repeated to ``n`` rows: [n, 3, size, size] (every face appears about n / 100 times)."""
+    from .data import load_dataset
+    faces = load_dataset("faces", size=size).expand(-1, 3, -1, -1)
+    return faces.repeat(-(-n // len(faces)), 1, 1, 1)[:n]
+
+
+def reference_x0(X: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Float64 posterior means of a few queries ``x`` [Q, D] at ``alpha``, ``sigma`` [Q], streamed over blocks
+    of rows (X at D = 49152 in float64 would be 7.8 GB): float64 logits ``(2 alpha x.x_i - alpha^2 |x_i|^2) /
+    (2 sigma^2)`` (``|x|^2`` cancels in the softmax; rounding ~1e-16 of the terms), then the weighted sum."""
+    from .rows import _block_rows
+    Xf = X.reshape(len(X), -1)
+    x64, a, c = x.double(), alpha.double()[:, None], 0.5 / sigma.double()[:, None] ** 2
+    step = _block_rows(Xf.shape[1], 1 << 24)
+    logits = torch.empty(len(x), len(Xf), dtype=torch.float64)
+    for j in range(0, len(Xf), step):
+        r = Xf[j:j + step].double()
+        logits[:, j:j + step] = c * (2 * a * (x64 @ r.T) - a ** 2 * (r * r).sum(1)[None])
+    w = torch.softmax(logits, 1)
+    acc = torch.zeros_like(x64)
+    for j in range(0, len(Xf), step):
+        acc.addmm_(w[:, j:j + step], Xf[j:j + step].double())
+    return acc
+
+
+def _timed_grid(steps: int, timed: int) -> list[float]:
+    """The times of ``timed`` of a ``steps``-step rectified-flow Euler grid (t_i = 1 - i / steps): the middle
+    step of each of ``timed`` equal strata, so that their mean time estimates the whole run's."""
+    stride = steps / timed
+    return [1 - int(stride * (j + 0.5)) / steps for j in range(timed)]
+
+
+def bench_original(X: torch.Tensor, *, batches, steps: int, timed_steps: int, sweep, sweep_batch: int,
+                   repeats: int, seed: int, ideal=None, per_sample_rows: int | None = None) -> dict:
+    """The original workload on the data ``X`` [N, *shape] (CPU): for each batch size B, ``timed_steps`` steps of
+    a ``steps``-step rectified-flow Euler run (one per equal stratum of the grid, on forward-noised queries; their
+    time times ``steps / timed_steps`` is the run's) for the exact denoiser, the two plain float32 products of
+    the same shape (``x @ X.T`` and ``p @ X``: the limit) and smalldiffusion's ideal denoiser (``ideal``: its
+    class, or None), interleaved; peak memory from an untimed call; at B = ``sweep_batch`` the exact denoiser at
+    each sigma / alpha of ``sweep`` against the limit, with its error against float64; the per-sample pattern on
+    ``per_sample_rows`` rows, scaled to N (its cost is linear in N); construction times."""
+    from .denoisers import EmpiricalDenoiser
+    N, D = len(X), X[0].numel()
+    Xf = X.reshape(N, D)
+    g = torch.Generator().manual_seed(seed)
+    cpu = torch.device("cpu")
+    res = {"N": N, "D": D, "shape": list(X.shape[1:]), "steps": steps, "timed_steps": timed_steps,
+           "repeats": repeats, "threads": torch.get_num_threads()}
+    print(f"bench: construction, N {N}, D {D}", file=sys.stderr, flush=True)
+    build = {"boneless": lambda: EmpiricalDenoiser(X)}
+    if ideal is not None:
+        build["smalldiffusion"] = lambda: ideal(X)
+    res["construction_s"] = {k: min(v) for k, v in interleaved(build, repeats, cpu).items()}
+    den = EmpiricalDenoiser(X)
+    sd = ideal(X) if ideal is not None else None
+
+    def methods(x, a, s, out):
+        p = torch.softmax(torch.randn(len(x), N, generator=g), 1)
+        fns = {"limit": lambda: (x @ Xf.T, p @ Xf),
+               "exact": lambda: out.__setitem__("exact", den(x.view(len(x), *X.shape[1:]), a, s).flatten(1))}
+        if sd is not None:
+            fns["smalldiffusion"] = lambda: out.__setitem__(
+                "smalldiffusion", smalldiffusion_x0(sd, x.view(len(x), *X.shape[1:]), a, s).flatten(1))
+        return fns
+
+    def queries(b, ratio):
+        a, s = _coeffs(ratio)
+        x0 = Xf[torch.randint(0, N, (b,), generator=g)]
+        return a * x0 + s * torch.randn(b, D, generator=g), a, s
+
+    res["batches"] = []
+    for B in batches:
+        print(f"bench: B {B}", file=sys.stderr, flush=True)
+        row = {"B": B, "steps": []}
+        for t in _timed_grid(steps, timed_steps):
+            x, a, s = queries(B, t / (1 - t))
+            out = {}
+            fns = methods(x, a, s, out)
+            if len(row["steps"]) in (0, timed_steps // 2):  # peak memory (max of a broad and a sharp step)
+                peaks = {k: peak_memory(fn, cpu) for k, fn in fns.items()}
+                row["peak_bytes"] = {k: max(v, row.get("peak_bytes", {}).get(k, v)) for k, v in peaks.items()}
+            times = interleaved(fns, repeats, cpu)
+            step = {"t": t, "ratio": t / (1 - t), **{k: min(v) for k, v in times.items()}}
+            if "smalldiffusion" in out:
+                step["smalldiffusion_vs_exact"] = float(_rel(out["smalldiffusion"], out["exact"]).max())
+            row["steps"].append(step)
+        scale = steps / timed_steps / B
+        for k in ("limit", "exact", "smalldiffusion"):
+            if k in row["steps"][0]:
+                row[f"{k}_per_sample_s"] = scale * sum(st[k] for st in row["steps"])
+        row["fraction_of_limit"] = row["limit_per_sample_s"] / row["exact_per_sample_s"]
+        res["batches"].append(row)
+    print(f"bench: sweep over sigma / alpha, B {sweep_batch}", file=sys.stderr, flush=True)
+    res["sweep"] = []
+    for ratio in sweep:
+        x, a, s = queries(sweep_batch, ratio)
+        out = {}
+        fns = methods(x, a, s, out)
+        fns["exact"]()  # warm-up
+        times = interleaved(fns, repeats, cpu)
+        q = min(4, sweep_batch)
+        ref = reference_x0(Xf, x[:q], torch.full((q,), a), torch.full((q,), s))
+        entry = {"ratio": ratio, **{k: min(v) for k, v in times.items()},
+                 "exact_error": float(_rel(out["exact"][:q], ref).max())}
+        entry["fraction_of_limit"] = entry["limit"] / entry["exact"]
+        if "smalldiffusion" in out:
+            entry["smalldiffusion_error"] = float(_rel(out["smalldiffusion"][:q], ref).max())
+        res["sweep"].append(entry)
+    n_ps = min(N, per_sample_rows or max(100, (1 << 30) // (20 * D)))  # its N x D temporaries within ~1 GB
+    x, a, s = queries(1, 1.0)
+    t_ps = min(interleaved({"ps": lambda: per_sample_pattern(Xf[:n_ps], x, a, s)}, repeats, cpu)["ps"])
+    res["per_sample"] = {"rows_timed": n_ps, "call_s": t_ps, "per_sample_s": steps * t_ps * N / n_ps}
+    return res
+
+
+def _rel(y: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    y, ref = y.double().flatten(1), ref.double().flatten(1)
+    return (y - ref).norm(dim=1) / ref.norm(dim=1).clamp(min=1e-300)
+
+
+def markdown_original(report: dict) -> str:
+    """The tables of ``--preset original``."""
+    lines = [f"# boneless bench --preset original\n", f"`{report['command']}`\n", "Machine: " + ", ".join(
+        f"{k} {v}" for k, v in report["machine"].items()) + "\n",
+        f"Seconds per sample for {report['steps']} rectified-flow Euler steps: {report['timed_steps']} of the steps "
+        "timed (the middle step of each equal stratum of the grid, on forward-noised queries; minimum over "
+        f"interleaved repeats), times {report['steps'] / report['timed_steps']:g}, over B. `limit`: the two plain "
+        "float32 products `x @ X.T` and `p @ X` of the same shapes, timed in the same rounds; `fraction` = limit / "
+        f"exact. The original notebook: {report['notebook_s']} s per sample on its GPU.\n"]
+    for d in report["datasets"]:
+        sd = "smalldiffusion_per_sample_s" in d["batches"][0]
+        lines += [f"\n## {d['data']}: N {d['N']}, D {d['D']} ({'x'.join(map(str, d['shape']))}), "
+                  f"{d['threads']} threads\n",
+                  "Construction: " + ", ".join(f"{k} {_fmt_s(v)}" for k, v in d["construction_s"].items()) + ".\n",
+                  "| B | exact s / sample | fraction of limit | limit s / sample | " +
+                  ("smalldiffusion s / sample (/ exact) | " if sd else "") +
+                  "per-sample pattern s / sample | peak memory: exact, limit" + (", smalldiffusion" if sd else "") +
+                  " |", "|---" * (6 + sd) + "|"]
+        ps = d["per_sample"]["per_sample_s"]
+        for r in d["batches"]:
+            pk = r["peak_bytes"]
+            mem = ", ".join(f"{pk[k] / 2**20:.0f} MB" for k in ("exact", "limit", "smalldiffusion") if k in pk)
+            lines.append(f"| {r['B']} | {r['exact_per_sample_s']:.3g} | {r['fraction_of_limit']:.2f} | "
+                         f"{r['limit_per_sample_s']:.3g} | " +
+                         (f"{r['smalldiffusion_per_sample_s']:.3g} ({r['smalldiffusion_per_sample_s'] / r['exact_per_sample_s']:.2f}) | "
+                          if sd else "") + f"{ps:.4g} | {mem} |")
+        lines += [f"\nPer-sample pattern: one call on {d['per_sample']['rows_timed']} of the {d['N']} rows took "
+                  f"{d['per_sample']['call_s']:.3g} s, scaled by N / rows (its cost is linear in N).\n",
+                  "Fraction of the limit per timed step (t; sigma / alpha):\n",
+                  "| B | " + " | ".join(f"{st['t']:.2f}; {st['ratio']:.3g}" for st in d["batches"][0]["steps"]) + " |",
+                  "|---" * (1 + len(d["batches"][0]["steps"])) + "|"]
+        for r in d["batches"]:
+            lines.append(f"| {r['B']} | " + " | ".join(f"{st['limit'] / st['exact']:.2f}" for st in r["steps"]) + " |")
+        lines += [f"\nPer noise level, B = {report['sweep_batch']} (error: max relative L2 against float64 over 4 "
+                  "queries):\n",
+                  "| sigma / alpha | exact | limit | fraction of limit | exact error |" +
+                  (" smalldiffusion | its error |" if sd else ""), "|---" * (5 + 2 * sd) + "|"]
+        for e in d["sweep"]:
+            lines.append(f"| {e['ratio']:g} | {_fmt_s(e['exact'])} | {_fmt_s(e['limit'])} | "
+                         f"{e['fraction_of_limit']:.2f} | {e['exact_error']:.1e} |" +
+                         (f" {_fmt_s(e['smalldiffusion'])} | {e['smalldiffusion_error']:.1e} |" if sd else ""))
+    if report.get("note"):
+        lines.append(f"\n{report['note']}")
+    return "\n".join(lines) + "\n"
+
+
+def run_original(args, out: Path) -> dict:
+    """``--preset original``: the workload on synthetic images and/or the bundled faces at the original size
+    (or ``--rows`` / ``--size``)."""
+    n, size = args.rows or ORIGINAL["rows"], args.size or ORIGINAL["size"]
+    batches = tuple(args.batches or ORIGINAL["batches"])
+    steps = args.steps or ORIGINAL["steps"]
+    timed = min(args.timed_steps or ORIGINAL["timed_steps"], steps)
+    found = smalldiffusion_ideal()
+    ideal = found[0] if found else None
+    report = {"steps": steps, "timed_steps": timed, "sweep_batch": min(ORIGINAL["sweep_batch"], max(batches)),
+              "notebook_s": ORIGINAL["notebook_s"], "datasets": [],
+              "smalldiffusion": found[1] if found else None}
+    if not found:
+        report["note"] = "smalldiffusion is not installed: its columns are left out (pip install smalldiffusion)."
+    for name in (("synthetic", "faces") if args.data == "both" else (args.data,)):
+        print(f"bench: {name} data, N {n}, {size}x{size}x3", file=sys.stderr, flush=True)
+        X = synthetic_images(n, (3, size, size), seed=args.seed) if name == "synthetic" else original_faces(n, size)
+        res = bench_original(X, batches=batches, steps=steps, timed_steps=timed, sweep=ORIGINAL["sweep"],
+                             sweep_batch=report["sweep_batch"], repeats=args.repeats, seed=args.seed, ideal=ideal)
+        report["datasets"].append({"data": name, **res})
+        del X
+    return report
+
+
 # ---------------------------------------------------------------- report
 
 def _fmt_s(t: float) -> str:
@@ -399,12 +648,28 @@ def run(args) -> int:
         _faiss()
     cfg = QUICK if args.quick else FULL
     mem_limit = (args.mem_limit * 2**30) if args.mem_limit else _free_bytes() / 2
+    original = args.preset == "original"
+    if not original and any(v is not None for v in (args.rows, args.size, args.batches, args.timed_steps)):
+        raise ValueError("--rows, --size, --batches and --timed-steps apply to --preset original")
+    if original and (args.faiss or args.device == "cuda"):
+        raise ValueError("--preset original runs on the CPU, without --faiss")
     out = check_output_dir(args.out, files=("bench.json", "bench.md"))
     report = {"command": "boneless bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
               "machine": {"python": platform.python_version(), "torch": torch.__version__,
                           "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-                          "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"},
-              "ratios": list(RATIOS), "grid": [], "sweep_N": [], "sweep_D": [], "sweep_B": [], "sampling": []}
+                          "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}}
+    if original:
+        report.update(run_original(args, out))
+        write_json(report, out / "bench.json")
+        with atomic_path(out / "bench.md") as tmp:
+            Path(tmp).write_text(markdown_original(report))
+        for d in report["datasets"]:
+            fr = ", ".join(f"B {r['B']}: {r['exact_per_sample_s']:.3g} s ({r['fraction_of_limit']:.2f})"
+                           for r in d["batches"])
+            print(f"{d['data']}: seconds per sample for {report['steps']} steps (fraction of the limit): {fr}")
+        print(f"wrote {out}/bench.json, bench.md")
+        return 0
+    report.update({"ratios": list(RATIOS), "grid": [], "sweep_N": [], "sweep_D": [], "sweep_B": [], "sampling": []})
     data: dict = {}
 
     def images(n, shape):
@@ -433,7 +698,8 @@ def run(args) -> int:
         report["sweep_N"] += [case(n, tshape, tb, dev) for n in cfg["n_sweep"]]
         report["sweep_D"] += [case(tn, shape, tb, dev) for shape in cfg["d_sweep"]]
         print(f"bench: sampling run, {dev}", file=sys.stderr, flush=True)
-        report["sampling"].append(sampling_run(images(tn, tshape), tb, device=dev, steps=args.steps, seed=args.seed))
+        report["sampling"].append(sampling_run(images(tn, tshape), tb, device=dev, steps=args.steps or 50,
+                                               seed=args.seed))
     data.clear()
     if args.faiss:
         print("bench: FAISS back-end", file=sys.stderr, flush=True)
