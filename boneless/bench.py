@@ -272,8 +272,14 @@ def sampling_run(X: torch.Tensor, B: int, *, device: torch.device, steps: int, s
                       for a, s, t, tl in rec]}
 
 
-def bench_faiss(ns, shape, *, B: int, device: torch.device, repeats: int, seed: int, ratios=(0.03, 0.3, 3.0, 30.0)):
-    """The FAISS back-end against the exact denoiser for large N: build time, time per call, speed-up, error."""
+FAISS_RATIOS = (0.03, 0.1, 0.4, 1.3, 3.0, 10.0, 32.0, 199.0)  # sigma / alpha of the FAISS back-end's table
+
+
+def bench_faiss(ns, shape, *, B: int, device: torch.device, repeats: int, seed: int, ratios=FAISS_RATIOS):
+    """The FAISS back-end against the exact denoiser per noise level, for large N: with its default rule (a
+    query whose certified error exceeds the tolerance goes to the exact bank) and without it (``tolerance=None``:
+    the neighbours plus the sampled tail for every query). Build time; time per call and speed-up of both; the
+    share of queries the rule serves from their neighbours; relative L2 error against the exact denoiser."""
     from .denoisers import EmpiricalDenoiser
     out = []
     for n in ns:
@@ -282,22 +288,35 @@ def bench_faiss(ns, shape, *, B: int, device: torch.device, repeats: int, seed: 
         t0 = time.perf_counter()
         approx = EmpiricalDenoiser(X, device=device, bank="faiss", seed=seed)
         build = time.perf_counter() - t0
+        fb, tol = approx.bank, approx.bank.tolerance
         g = torch.Generator().manual_seed(seed + 3)
         x0, eps = X[torch.randint(0, n, (B,), generator=g)], torch.randn(B, *shape, generator=g)
         for r in ratios:
             a, s = _coeffs(r)
             x = (a * x0 + s * eps).to(device)
-            times = interleaved({"exact": lambda: exact(x, a, s), "faiss": lambda: approx(x, a, s)}, repeats, device)
-            ya, ye = approx(x, a, s).double().flatten(1), exact(x, a, s).double().flatten(1)
-            err = ((ya - ye).norm(dim=1) / ye.norm(dim=1)).cpu()
-            est = approx.bank.estimate(x.flatten(1), torch.full((B,), a, dtype=torch.float64),
-                                       torch.full((B,), s, dtype=torch.float64))
-            out.append({"N": n, "D": X[0].numel(), "B": B, "ratio": r, "build_s": build,
-                        "exact_s": min(times["exact"]), "faiss_s": min(times["faiss"]),
-                        "speedup": min(times["exact"]) / min(times["faiss"]),
-                        "rel_error_median": float(err.median()), "rel_error_max": float(err.max()),
+            ys = {}
+
+            def call(name, den, rule=True):
+                fb.tolerance = tol if rule else None
+                ys[name] = den(x, a, s)
+                fb.tolerance = tol
+
+            times = {k: min(v) for k, v in interleaved({
+                "exact": lambda: call("exact", exact), "faiss": lambda: call("faiss", approx),
+                "no_rule": lambda: call("no_rule", approx, rule=False)}, repeats, device).items()}
+            err = {k: _rel(ys[k].cpu(), ys["exact"].cpu()) for k in ("faiss", "no_rule")}
+            est = fb.estimate(x.flatten(1), torch.full((B,), a, dtype=torch.float64),
+                              torch.full((B,), s, dtype=torch.float64))
+            out.append({"N": n, "D": X[0].numel(), "B": B, "ratio": r, "build_s": build, "tolerance": tol,
+                        "exact_s": times["exact"], "faiss_s": times["faiss"],
+                        "speedup": times["exact"] / times["faiss"],
+                        "served": float((est.x0_bound <= tol).double().mean()),
+                        "rel_error_median": float(err["faiss"].median()), "rel_error_max": float(err["faiss"].max()),
+                        "no_rule_s": times["no_rule"], "no_rule_speedup": times["exact"] / times["no_rule"],
+                        "no_rule_error_median": float(err["no_rule"].median()),
+                        "no_rule_error_max": float(err["no_rule"].max()),
                         "tail_mass_median": float(est.tail_mass.median()),
-                        "tail_bound_max": float(est.tail_bound.max())})
+                        "x0_bound_median": float(est.x0_bound.median())})
         del exact, approx, X
     return out
 
@@ -424,9 +443,8 @@ def bench_original(X: torch.Tensor, *, batches, steps: int, timed_steps: int, sw
             x, a, s = queries(B, t / (1 - t))
             out = {}
             fns = methods(x, a, s, out)
-            if len(row["steps"]) in (0, timed_steps // 2):  # peak memory (max of a broad and a sharp step)
-                peaks = {k: peak_memory(fn, cpu) for k, fn in fns.items()}
-                row["peak_bytes"] = {k: max(v, row.get("peak_bytes", {}).get(k, v)) for k, v in peaks.items()}
+            if not row["steps"]:  # peak memory in an untimed call at the first (broadest) step
+                row["peak_bytes"] = {k: peak_memory(fn, cpu) for k, fn in fns.items()}
             times = interleaved(fns, repeats, cpu)
             step = {"t": t, "ratio": t / (1 - t), **{k: min(v) for k, v in times.items()}}
             if "smalldiffusion" in out:
@@ -438,6 +456,8 @@ def bench_original(X: torch.Tensor, *, batches, steps: int, timed_steps: int, sw
                 row[f"{k}_per_sample_s"] = scale * sum(st[k] for st in row["steps"])
         row["fraction_of_limit"] = row["limit_per_sample_s"] / row["exact_per_sample_s"]
         res["batches"].append(row)
+        print(f"bench: B {B}: exact {row['exact_per_sample_s']:.3g} s per sample for {steps} steps, "
+              f"{row['fraction_of_limit']:.2f} of the limit", file=sys.stderr, flush=True)
     print(f"bench: sweep over sigma / alpha, B {sweep_batch}", file=sys.stderr, flush=True)
     res["sweep"] = []
     for ratio in sweep:
@@ -512,18 +532,18 @@ def markdown_original(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_original(args, out: Path) -> dict:
+def run_original(args, report: dict, save) -> None:
     """``--preset original``: the workload on synthetic images and/or the bundled faces at the original size
-    (or ``--rows`` / ``--size``)."""
+    (or ``--rows`` / ``--size``), into ``report``; ``save(report)`` after each dataset."""
     n, size = args.rows or ORIGINAL["rows"], args.size or ORIGINAL["size"]
     batches = tuple(args.batches or ORIGINAL["batches"])
     steps = args.steps or ORIGINAL["steps"]
     timed = min(args.timed_steps or ORIGINAL["timed_steps"], steps)
     found = smalldiffusion_ideal()
     ideal = found[0] if found else None
-    report = {"steps": steps, "timed_steps": timed, "sweep_batch": min(ORIGINAL["sweep_batch"], max(batches)),
-              "notebook_s": ORIGINAL["notebook_s"], "datasets": [],
-              "smalldiffusion": found[1] if found else None}
+    report.update({"steps": steps, "timed_steps": timed, "sweep_batch": min(ORIGINAL["sweep_batch"], max(batches)),
+                   "notebook_s": ORIGINAL["notebook_s"], "datasets": [],
+                   "smalldiffusion": found[1] if found else None})
     if not found:
         report["note"] = "smalldiffusion is not installed: its columns are left out (pip install smalldiffusion)."
     for name in (("synthetic", "faces") if args.data == "both" else (args.data,)):
@@ -532,8 +552,8 @@ def run_original(args, out: Path) -> dict:
         res = bench_original(X, batches=batches, steps=steps, timed_steps=timed, sweep=ORIGINAL["sweep"],
                              sweep_batch=report["sweep_batch"], repeats=args.repeats, seed=args.seed, ideal=ideal)
         report["datasets"].append({"data": name, **res})
+        save(report)
         del X
-    return report
 
 
 # ---------------------------------------------------------------- report
@@ -570,13 +590,20 @@ def markdown(report: dict) -> str:
         for c in run["calls"]:
             lines.append(f"| {c['ratio']:.3g} | {_fmt_s(c['seconds'])} | {c['limit_s'] / c['seconds']:.2f} |")
     if report.get("faiss"):
+        tol = report["faiss"][0]["tolerance"]
         lines += ["\n## FAISS back-end (approximate) vs exact\n",
-                  "| N | D | B | sigma / alpha | exact | faiss | speed-up | rel. error median | max | "
-                  "tail mass (est.) | tail bound (max) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  f"`faiss`: the default rule (a query whose certified relative error exceeds {tol:g} goes to the "
+                  "exact bank); `served`: the share of queries it answers from their neighbours. `no rule`: "
+                  "`tolerance=None`, neighbours plus the sampled tail for every query, no bound. Errors: relative "
+                  "L2 against the exact denoiser, median and max over the batch.\n",
+                  "| N | D | B | sigma / alpha | exact | faiss | speed-up | served | error median | max | "
+                  "no rule | speed-up | error median | max | tail mass (est.) |", "|---" * 15 + "|"]
         for f in report["faiss"]:
             lines.append(f"| {f['N']} | {f['D']} | {f['B']} | {f['ratio']:g} | {_fmt_s(f['exact_s'])} | "
-                         f"{_fmt_s(f['faiss_s'])} | {f['speedup']:.1f}x | {f['rel_error_median']:.1e} | "
-                         f"{f['rel_error_max']:.1e} | {f['tail_mass_median']:.1e} | {f['tail_bound_max']:.1e} |")
+                         f"{_fmt_s(f['faiss_s'])} | {f['speedup']:.1f}x | {f['served']:.0%} | "
+                         f"{f['rel_error_median']:.1e} | {f['rel_error_max']:.1e} | {_fmt_s(f['no_rule_s'])} | "
+                         f"{f['no_rule_speedup']:.1f}x | {f['no_rule_error_median']:.1e} | "
+                         f"{f['no_rule_error_max']:.1e} | {f['tail_mass_median']:.1e} |")
     return "\n".join(lines) + "\n"
 
 
@@ -617,13 +644,21 @@ def plots(report: dict, out: Path) -> list[str]:
         written.append("sampling.png")
     if report.get("faiss"):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-        for r in sorted({f["ratio"] for f in report["faiss"]}):
-            fs = [f for f in report["faiss"] if f["ratio"] == r]
-            axes[0].plot([f["N"] for f in fs], [f["speedup"] for f in fs], marker="o", label=f"sigma/alpha {r:g}")
-            axes[1].plot([f["N"] for f in fs], [max(f["rel_error_max"], 1e-17) for f in fs], marker="o",
-                         label=f"sigma/alpha {r:g}")
-        axes[0].set(xscale="log", yscale="log", xlabel="N", ylabel="speed-up over exact")
-        axes[1].set(xscale="log", yscale="log", xlabel="N", ylabel="max relative L2 error vs exact")
+        for n in sorted({f["N"] for f in report["faiss"]}):
+            fs = [f for f in report["faiss"] if f["N"] == n]
+            r = [f["ratio"] for f in fs]
+            line, = axes[0].plot(r, [f["speedup"] for f in fs], marker="o", label=f"N {n}, rule")
+            axes[0].plot(r, [f["no_rule_speedup"] for f in fs], marker="x", ls="--", color=line.get_color(),
+                         label=f"N {n}, no rule")
+            axes[1].plot(r, [max(f["rel_error_median"], 1e-17) for f in fs], marker="o", color=line.get_color(),
+                         label=f"N {n}, rule")
+            axes[1].plot(r, [max(f["no_rule_error_median"], 1e-17) for f in fs], marker="x", ls="--",
+                         color=line.get_color(), label=f"N {n}, no rule")
+        axes[1].axhline(report["faiss"][0]["tolerance"], color="k", lw=0.8, ls=":", label="tolerance")
+        axes[0].set(xscale="log", yscale="log", xlabel="sigma / alpha", ylabel="speed-up over exact",
+                    title="FAISS back-end: speed")
+        axes[1].set(xscale="log", yscale="log", xlabel="sigma / alpha", ylabel="median relative L2 error vs exact",
+                    title="FAISS back-end: error (floored at 1e-17)")
         for ax in axes:
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
@@ -659,10 +694,12 @@ def run(args) -> int:
                           "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
                           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}}
     if original:
-        report.update(run_original(args, out))
-        write_json(report, out / "bench.json")
-        with atomic_path(out / "bench.md") as tmp:
-            Path(tmp).write_text(markdown_original(report))
+        def save(report):
+            write_json(report, out / "bench.json")
+            with atomic_path(out / "bench.md") as tmp:
+                Path(tmp).write_text(markdown_original(report))
+
+        run_original(args, report, save)
         for d in report["datasets"]:
             fr = ", ".join(f"B {r['B']}: {r['exact_per_sample_s']:.3g} s ({r['fraction_of_limit']:.2f})"
                            for r in d["batches"])
