@@ -64,6 +64,9 @@ PILOT_FRACTION = 0.2  # more than this share of the first chunk near its maximum
 SPAN_BYTES = 1 << 27  # screened float32 logits kept between the two passes over a span of rows (128 MB)
 STORED_CHUNK_BYTES = 1 << 21  # dequantised rows per chunk of StoredRows (2 MB of float32)
 DENSE_BLOCK = 1 << 21  # elements of the reused float64 buffer of the dense tier (16 MB)
+DENSE_MIN_ROWS = 192  # but at least this many rows per block (at D = 49152: 0.46 of float32's speed against 0.29 at 42)
+REST_FLOOR = 1e-6  # rescoring: a remainder of the sums below this share of the total is their rounding
+UNION_DELTA = 0.5  # float64 products for many candidates only where their expanded-form error delta 2^-29 <= 1e-9
 C_MAX = 1e30  # sigma -> 0 cap on c (keeps float32 logits finite; the limit is the nearest row)
 Screen = Literal["float32", "tf32", "bfloat16"]
 SCREENS = ("float32", "tf32", "bfloat16")
@@ -149,8 +152,9 @@ class Bank:
         if isinstance(X, torch.Tensor) and storage != "float32":
             device = torch.device(device) if device is not None else X.device
             X = StoredRows(X.reshape(X.shape[0], -1), storage, device=device)
-        elif not isinstance(X, torch.Tensor) and storage != "float32":
-            raise ValueError("storage applies to a tensor of rows; a row source keeps its own type")
+        elif not isinstance(X, torch.Tensor) and storage != "float32":  # a row source (on disk) held in memory
+            device = torch.device(device) if device is not None else torch.device("cpu")
+            X = StoredRows(X.flat(device) if hasattr(X, "flat") else X, storage, device=device)
         if not isinstance(X, torch.Tensor):  # a row source (boneless.rows.MappedRows): rows stay on disk
             if isinstance(X, StoredRows):  # dequantised chunks small enough to stay in cache for their products
                 chunk_size = min(int(chunk_size), max(32, STORED_CHUNK_BYTES // (4 * max(X.shape[1], 1))))
@@ -233,8 +237,14 @@ class Bank:
                 # posteriors; they skip the screen (their float64 products are needed anyway)
                 j1 = s0 + self.chunk_size
                 pilot = self._screen(q, None, read(s0, j1), s0, j1)
-                near = pilot >= (pilot.max(1).values.double() - q.window).float()[:, None]
-                dense |= q.slow & (near.sum(1) > PILOT_FRACTION * self.chunk_size)
+                p_max = pilot.max(1).values.double()
+                near = pilot >= (p_max - q.window).float()[:, None]
+                massed = q.slow & (q.delta <= UNION_DELTA)
+                if bool(massed.any()):  # the candidates the screened mass requires (fewer than the window's)
+                    near[massed] = self._by_mass(q, massed.nonzero().squeeze(1), pilot[massed], p_max[massed])
+                broad = q.slow & (near.sum(1) > PILOT_FRACTION * self.chunk_size)
+                if 2 * int(broad.sum()) >= B:  # most of the batch: their screen would cost more than it saves
+                    dense |= broad
             sel = every if not bool(dense.any()) else (~dense).nonzero().squeeze(1)
             d = dense.nonzero().squeeze(1)
             xs_d = q.x64_scaled[d]
@@ -253,25 +263,24 @@ class Bank:
                 if len(sel) and j0 - s0 >= done:
                     self._screen(q, ss, rows, j0, j1, out=l32[:, j0 - s0:j1 - s0])
                 if len(d):
-                    self._dense_logits(q, d, rows, j0, j1, out=l64[:, j0 - s0:j1 - s0], xs=xs_d)
+                    self._dense_logits(q, d, rows, slice(j0, j1), out=l64[:, j0 - s0:j1 - s0], xs=xs_d)
             if len(sel) and done < n:
                 self._screen_bias(q, ss, l32[:, done:], s0 + done, s1)
             z_sel, m_sel = None, None
             if len(sel):
-                sel, z_sel, m_sel = self._tiers(q, sel, l32, s0, dense)
-            late = dense.nonzero().squeeze(1)
-            if len(late) > len(d):  # queries found broad by the screen: their float64 products, one more pass
-                late = late[~torch.isin(late, d)]
-                l64_late = torch.empty(len(late), n, dtype=torch.float64, device=self.device)
-                xs_late = q.x64_scaled[late]
-                for j0 in range(s0, s1, self.chunk_size):
-                    j1 = min(j0 + self.chunk_size, s1)
-                    self._dense_logits(q, late, read(j0, j1), j0, j1, out=l64_late[:, j0 - s0:j1 - s0], xs=xs_late)
-                d, l64 = torch.cat([d, late]), torch.cat([l64, l64_late])
+                z_sel, m_sel, broad, order_sel = self._tiers(q, sel, l32, s0, k)
+                dense[sel[broad]] = True  # broad posteriors: float64 products from the start in later spans
             if len(d):
                 m_d = l64.max(1).values
                 z_d = l64.sub_(m_d[:, None]).float()
                 del l64
+            ranked = None  # the top-k rows, ranked by logits before the caps and floors below
+            if k:
+                ranked = torch.empty(B, min(k, n), dtype=torch.long, device=self.device)
+                if len(sel):
+                    ranked[sel] = order_sel
+                if len(d):
+                    ranked[d] = z_d.topk(min(k, n), dim=1).indices
             if not len(d):
                 z, m = z_sel, m_sel
             elif not len(sel):
@@ -289,33 +298,118 @@ class Bank:
                 acc.addmm_(p[:, j0 - s0:j1 - s0], read(j0, j1))
             u, q2 = ((p * z).sum(1, dtype=torch.float64), (p * p).sum(1, dtype=torch.float64)) if entropy else \
                 (torch.zeros_like(m), torch.zeros_like(m))
-            st = merge(st, Stats(m, p.sum(1, dtype=torch.float64), acc, u, q2, *self._top(z, m, k, s0)))
+            st = merge(st, Stats(m, p.sum(1, dtype=torch.float64), acc, u, q2, *self._top(z, m, k, s0, ranked)))
         return st
 
-    def _tiers(self, q: "_Queries", sel: torch.Tensor, l32: torch.Tensor, s0: int, dense: torch.Tensor):
-        """Given the screened logits ``l32`` [b, n] of the queries ``sel`` on the span starting at ``s0``: marks
-        the queries with many candidates ``dense`` (in place) and returns the others, their shifted logits
-        ``z`` (float32 [b', n], candidates recomputed in float64) and the shift ``m`` (float64 [b'])."""
+    def rescore(self, st: Stats, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, exact, *,
+                temperature: float = 1.0) -> Stats:
+        """The statistics ``st`` of a stored bank (rows held in float16/bfloat16/uint8) with its top rows
+        (``st.top_i``, from :meth:`reduce` with ``k`` > 0) rescored against the ``exact`` rows (float32
+        [N, D], a tensor or a row source such as a memory-mapped file): their logits recomputed in float64 in
+        difference form from the exact rows, their stored weights and rows in the sums replaced by these. The
+        other rows keep their stored values: the result is exact where the top rows carry the posterior (sharp
+        posteriors), and off by at most the storage's rounding times the mass outside them elsewhere."""
+        valid = st.top_i >= 0
+        B, k = st.top_i.shape
+        if not k:
+            return st
+        idx = st.top_i.clamp(min=0)
+        q = _Queries(self, x, alpha, sigma, temperature, n_rows=max(len(self), 1))
+        rows_new = exact[idx.reshape(-1).to(exact.device if isinstance(exact, torch.Tensor) else "cpu")]
+        rows_new = rows_new.to(self.device, torch.float64).reshape(B, k, -1)
+        rows_old = self.X[idx.reshape(-1)].to(torch.float64).reshape(B, k, -1)
+        diff = q.x64[:, None] - q.alpha[:, None, None] * rows_new
+        l_new = q.c[:, None] * (q.x_sq[:, None] - (diff * diff).sum(2))
+        if self.log_w is not None:
+            l_new = l_new + self.log_w[idx] / temperature
+        l_new = l_new.masked_fill(~valid, -math.inf)
+        z_old = (st.top_l - st.m[:, None]).masked_fill(~valid, -math.inf)
+        w_old = torch.exp(z_old)
+        # the other rows: the sums less the top rows' stored terms; a remainder below the rounding of the float32
+        # sums (REST_FLOOR of the total) is that rounding, not rows, and is dropped
+        s_rest = st.s - w_old.sum(1)
+        rest = s_rest > REST_FLOOR * st.s
+        keep = rest.to(torch.float64)
+        st = rescale(Stats(torch.where(rest, st.m, torch.full_like(st.m, -math.inf)), s_rest * keep,
+                           (st.acc.double() - torch.einsum("bk,bkd->bd", w_old, rows_old)) * keep[:, None],
+                           (st.u - (w_old * z_old.nan_to_num(neginf=0.0)).sum(1)) * keep,
+                           (st.q - (w_old * w_old).sum(1)) * keep, st.top_l, st.top_i),
+                     torch.maximum(torch.where(rest, st.m, torch.full_like(st.m, -math.inf)), l_new.max(1).values))
+        m = st.m
+        w_new = torch.exp(l_new - m[:, None])
+        z_new = (l_new - m[:, None]).nan_to_num(neginf=0.0)
+        top_l, order = l_new.sort(1, descending=True)
+        return Stats(m, st.s + w_new.sum(1), (st.acc + torch.einsum("bk,bkd->bd", w_new, rows_new)).float(),
+                     st.u + (w_new * z_new).sum(1), st.q + (w_new * w_new).sum(1), top_l, st.top_i.gather(1, order))
+
+    def _tiers(self, q: "_Queries", sel: torch.Tensor, l32: torch.Tensor, s0: int, k: int = 0):
+        """Given the screened logits ``l32`` [b, n] of the queries ``sel`` on the span starting at ``s0``: their
+        shifted logits ``z`` (float32 [b, n], candidates recomputed in float64), the shift ``m`` (float64 [b]),
+        which of them are broad (more than ``PILOT_FRACTION`` of the span as candidates), and their top ``k``
+        rows (indices [b, min(k, n)], ranked before screened-out rows are capped at ``-margin``).
+
+        Candidates are recomputed in float64 in difference form, pair by pair, or, for a query with more than
+        ``DENSE_FRACTION`` of the span as candidates (and ``delta <= UNION_DELTA``, where the expanded float64
+        form is accurate to ``delta * 2^-29``), by float64 matrix products over the union of those queries'
+        candidate rows."""
         m32 = l32.max(1).values.double()
         slow = q.slow[sel]
+        top = (lambda z: z.topk(min(k, z.shape[1]), dim=1).indices if k else None)
         if not bool(slow.any()):
-            return sel, l32.sub_(m32.float()[:, None]), m32
+            z = l32.sub_(m32.float()[:, None])
+            return z, m32, torch.zeros_like(slow), top(z)
+        n = l32.shape[1]
         cand = (l32 >= (m32 - q.window[sel]).float()[:, None]) & slow[:, None]
-        many = cand.sum(1) > DENSE_FRACTION * l32.shape[1]
-        if bool(many.any()):  # broad posterior: float64 products for these queries from here on
-            dense[sel[many]] = True
-            keep = ~many
-            sel, l32, cand, m32, slow = sel[keep], l32[keep], cand[keep], m32[keep], slow[keep]
-            if not len(sel):
-                return sel, l32, m32
+        massed = (cand.sum(1) > DENSE_FRACTION * n) & (q.delta[sel] <= UNION_DELTA)
+        if bool(massed.any()):  # many candidates: keep only those the screened mass below them requires
+            cand[massed] = self._by_mass(q, sel[massed], l32[massed], m32[massed])
+        count = cand.sum(1)
+        wide = massed & (count > DENSE_FRACTION * n)
         bb, jj = cand.nonzero(as_tuple=True)  # the span's maximum row is a candidate: m is the exact maximum
-        l64 = self._exact_logits(q, sel[bb], jj + s0)
+        few = ~wide[bb]
+        l64 = torch.empty(len(bb), dtype=torch.float64, device=self.device)
+        if bool(few.any()):
+            l64[few] = self._exact_logits(q, sel[bb[few]], jj[few] + s0)
+        if bool(wide.any()):
+            w = wide.nonzero().squeeze(1)
+            union = cand[w].any(0).nonzero().squeeze(1)
+            lu = self._union_logits(q, sel[w], union + s0)
+            local = torch.full((len(sel),), -1, dtype=torch.long, device=self.device)
+            local[w] = torch.arange(len(w), device=self.device)
+            pos = torch.full((n,), -1, dtype=torch.long, device=self.device)
+            pos[union] = torch.arange(len(union), device=self.device)
+            l64[~few] = lu[local[bb[~few]], pos[jj[~few]]]
         m = torch.where(slow, torch.full_like(m32, -math.inf), m32).scatter_reduce(0, bb, l64, reduce="amax")
         z = l32.sub_(m.float()[:, None])
-        # screened-out rows of slow queries: provably more than `margin` below the top (module docstring)
-        z = torch.where(slow[:, None], torch.minimum(z, -q.margin[sel, None].float()), z)
         z[bb, jj] = (l64 - m[bb]).float()
-        return sel, z, m
+        order = top(z)
+        # screened-out rows of slow queries: provably more than `margin` below the top (module docstring); those
+        # chosen by mass keep their screened logits (off by at most delta <= UNION_DELTA)
+        capped = (slow & ~massed)[:, None] & ~cand
+        z = torch.where(capped, torch.minimum(z, -q.margin[sel, None].float()), z)
+        return z, m, count > PILOT_FRACTION * n, order
+
+    @staticmethod
+    def _by_mass(q: "_Queries", sel: torch.Tensor, l32: torch.Tensor, m32: torch.Tensor) -> torch.Tensor:
+        """The candidates [b, n] of queries ``sel`` chosen by the screened mass below them: rows with
+        ``l32 > m32 - k`` for the smallest integer ``k`` whose screened mass below ``m32 - k``, ``S = sum
+        e^(l32_i - m32)``, satisfies ``2 (e^delta - 1) e^(2 delta) S <= TOL``. The rows below carry, exactly,
+        at most ``e^(2 delta) S`` of the top weight, each changed by a factor within ``e^(+-delta)``, which moves
+        ``x0_hat`` by at most ``2 (e^delta - 1) e^(2 delta) S r``. Where no such ``k`` lies inside the window,
+        the window's candidates (the margin rule)."""
+        z = (l32 - m32.float()[:, None]).clamp_(min=EXP_FLOOR)  # clamping only raises the mass: conservative
+        window = q.window[sel]
+        levels = int(math.ceil(float(window.max()))) + 1
+        bins = (-z).floor_().long().clamp_(max=levels - 1)
+        mass = torch.zeros(len(sel), levels, dtype=torch.float64, device=z.device)
+        mass.scatter_add_(1, bins, torch.exp(z).double())
+        below = mass.flip(1).cumsum(1).flip(1)  # below[:, k]: the mass of rows with l32 <= m32 - k
+        delta = q.delta[sel]
+        allowed = TOL / (2 * torch.expm1(delta) * torch.exp(2 * delta) * 1.01)  # 1 %: the float sums' rounding
+        ok = (below <= allowed[:, None]) & (torch.arange(levels, device=z.device)[None] <= window[:, None])
+        k = torch.where(ok.any(1), ok.float().argmax(1), torch.full_like(bins[:, 0], -1))
+        by_window = z >= -window.float()[:, None]
+        return torch.where((k >= 0)[:, None], bins < k[:, None], by_window)
 
     def _screen(self, q: "_Queries", sel: torch.Tensor | None, rows: torch.Tensor, j0: int, j1: int,
                 out: torch.Tensor | None = None) -> torch.Tensor:
@@ -341,14 +435,14 @@ class Bank:
             l32 += (self.log_w[j0:j1] / q.temperature).float()
         return l32
 
-    def _dense_logits(self, q: "_Queries", sel: torch.Tensor, rows: torch.Tensor, j0: int, j1: int, *,
+    def _dense_logits(self, q: "_Queries", sel: torch.Tensor, rows: torch.Tensor, idx, *,
                       out: torch.Tensor, xs: torch.Tensor | None = None) -> torch.Tensor:
-        """Float64 logits of the queries ``sel`` for rows ``j0:j1``, written into ``out`` [b, n], by float64
-        matrix products (error ~ delta * 2^-29) over blocks of rows converted into one reused float64 buffer (a
-        fresh chunk-sized float64 tensor per chunk costs more in page faults than the product itself).
-        ``xs``: ``q.x64_scaled[sel]``, when the caller has it."""
+        """Float64 logits of the queries ``sel`` for ``rows`` (float32 [n, D], the bank's rows ``idx``: a slice
+        or an index tensor), written into ``out`` [b, n], by float64 matrix products (error ~ delta * 2^-29) over
+        blocks of rows converted into one reused float64 buffer (a fresh chunk-sized float64 tensor per chunk
+        costs more in page faults than the product itself). ``xs``: ``q.x64_scaled[sel]``, when the caller has it."""
         xs = q.x64_scaled[sel] if xs is None else xs
-        step = max(32, DENSE_BLOCK // max(self.dim, 1))  # at least 32 rows: no degenerate products at large D
+        step = self._dense_step()
         step = -(-len(rows) // -(-len(rows) // step))  # equal blocks: no sliver of a few rows at the end
         if q.buf64 is None or len(q.buf64) < step:  # chunks differ in length, and so do their equal blocks
             q.buf64 = torch.empty(step, self.dim, dtype=torch.float64, device=self.device)
@@ -356,9 +450,24 @@ class Bank:
             block = q.buf64[:min(step, len(rows) - s)]
             block.copy_(rows[s:s + len(block)])
             out[:, s:s + len(block)].addmm_(xs, block.T, beta=0)
-        out.addcmul_(q.aac64[sel], self.sq_norms64[j0:j1][None], value=-1.0)
+        out.addcmul_(q.aac64[sel], self.sq_norms64[idx][None], value=-1.0)
         if self.log_w is not None:
-            out += self.log_w[j0:j1] / q.temperature
+            out += self.log_w[idx] / q.temperature
+        return out
+
+    def _dense_step(self) -> int:
+        """Rows per block of the float64 products: ``DENSE_BLOCK`` elements, at least ``DENSE_MIN_ROWS`` rows
+        (thin products of a few long rows run at a fraction of the speed of wider ones)."""
+        return max(DENSE_MIN_ROWS, DENSE_BLOCK // max(self.dim, 1))
+
+    def _union_logits(self, q: "_Queries", sel: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Float64 logits [len(sel), len(idx)] of the queries ``sel`` for the rows ``idx`` (global indices), by
+        float64 matrix products over the gathered rows, block by block."""
+        out = torch.empty(len(sel), len(idx), dtype=torch.float64, device=self.device)
+        xs, step = q.x64_scaled[sel], self._dense_step()
+        for s in range(0, len(idx), step):
+            ii = idx[s:s + step]
+            self._dense_logits(q, sel, self.X[ii], ii, out=out[:, s:s + len(ii)], xs=xs)
         return out
 
     def _exact_logits(self, q: "_Queries", b: torch.Tensor, rows_idx: torch.Tensor, block: int = 1 << 22):
@@ -374,12 +483,14 @@ class Bank:
         return out
 
     @staticmethod
-    def _top(z: torch.Tensor, m: torch.Tensor, k: int, offset: int):
+    def _top(z: torch.Tensor, m: torch.Tensor, k: int, offset: int, order: torch.Tensor | None = None):
+        """The ``k`` largest logits ``z + m`` and their global row indices; ``order``: the rows, when ranked
+        before ``z`` was capped (their logits are read from ``z``, as the sums used them)."""
         if not k:
             return z.new_zeros(z.shape[0], 0, dtype=torch.float64), z.new_zeros(z.shape[0], 0, dtype=torch.long)
         kk = min(k, z.shape[1])
-        val, idx = z.topk(kk, dim=1)
-        top_l, top_i = val.double() + m[:, None], idx + offset
+        idx = z.topk(kk, dim=1).indices if order is None else order
+        top_l, top_i = z.gather(1, idx).double() + m[:, None], idx + offset
         if kk < k:  # pad a short chunk
             pad = k - kk
             top_l = torch.cat([top_l, top_l.new_full((z.shape[0], pad), -math.inf)], 1)

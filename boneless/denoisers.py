@@ -127,6 +127,11 @@ class EmpiricalDenoiser:
         storage: the type ``X`` is held in: ``float32``, ``float16``, ``bfloat16`` or ``uint8`` (8-bit images);
             dequantised exactly chunk by chunk, and the denoiser is then exact for the dequantised data
             (:attr:`data`). See :mod:`boneless.bank`.
+        rescore: with a smaller ``storage``: the top ``rescore`` rows of each query are rescored against ``X``
+            itself (:meth:`boneless.bank.Bank.rescore`), so the reference is ``X`` (:attr:`data`), exact where
+            those rows carry the posterior; ``X`` is read only at those rows, so a memory-mapped ``X`` (a
+            :class:`boneless.rows.MappedRows`, or a tensor over ``np.load(..., mmap_mode="r")``) stays on disk
+            while the bank holds the rows in half (or a quarter) of float32's memory. 0 (default): no rescoring.
         screen: format of the screening product (``float32``; ``tf32``/``bfloat16`` for GPUs, still exact).
         bank: ``"exact"`` (default), or ``"faiss"`` / ``"faiss-flat"``: the approximate nearest-neighbour
             back-end :class:`boneless.bank.FaissBank` (inverted-file or exact search; ``neighbours`` rows per
@@ -143,8 +148,12 @@ class EmpiricalDenoiser:
                  process_group=None, storage: Literal["float32", "float16", "bfloat16", "uint8"] = "float32",
                  screen: Literal["float32", "tf32", "bfloat16"] = "float32",
                  bank: Literal["exact", "faiss", "faiss-flat"] = "exact", neighbours: int = 256,
-                 tail_samples: int = 256, tolerance: float | None = TOLERANCE, seed: int = 0):
+                 tail_samples: int = 256, tolerance: float | None = TOLERANCE, seed: int = 0, rescore: int = 0):
         X = X if hasattr(X, "flat") else check_data(X)  # a MappedRows was checked when opened
+        if not (isinstance(rescore, int) and rescore >= 0):
+            raise ValueError(f"rescore must be a non-negative integer, got {rescore!r}")
+        if rescore and storage == "float32":
+            raise ValueError("rescore applies to a bank held in a smaller storage (float16, bfloat16 or uint8)")
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature must be a positive number, got {temperature!r}")
         if not (isinstance(chunk_size, int) and chunk_size > 0):
@@ -176,7 +185,12 @@ class EmpiricalDenoiser:
         if bank not in ("exact", "faiss", "faiss-flat"):
             raise ValueError(f"bank must be 'exact', 'faiss' or 'faiss-flat', got {bank!r}")
         self.bank = Bank(X, log_weights=log_w, chunk_size=chunk_size, device=device, storage=storage, screen=screen)
+        self.rescore, self.exact_rows = min(rescore, len(X)), None
+        if rescore:  # the original rows, read at the top rows of each query only
+            self.exact_rows = X.flat(self.bank.device) if hasattr(X, "flat") else X.reshape(len(X), -1)
         if bank != "exact":
+            if rescore:
+                raise ValueError(f"rescore applies to the exact bank, not bank={bank!r}")
             if self.sharded:
                 raise ValueError(f"bank={bank!r} cannot be sharded")
             self.bank = FaissBank(self.bank, k=neighbours, tail=tail_samples, tolerance=tolerance, seed=seed,
@@ -194,7 +208,7 @@ class EmpiricalDenoiser:
         total = torch.zeros(bank.dim, dtype=torch.float64, device=bank.device)
         # one reused 4 MB float64 buffer: a fresh float64 copy of each block costs page faults (10-20x the sum
         # for blocks of 128 MB at D = 49152)
-        buf = torch.empty(min(_block_rows(bank.dim, 1 << 22), len(bank)), bank.dim, dtype=torch.float64,
+        buf = torch.empty(max(1, min(_block_rows(bank.dim, 1 << 22), len(bank))), bank.dim, dtype=torch.float64,
                           device=bank.device)
         for j0 in range(0, len(bank), len(buf)):
             rows = buf[:min(len(buf), len(bank) - j0)].copy_(bank.rows(j0, min(j0 + len(buf), len(bank))))
@@ -207,6 +221,9 @@ class EmpiricalDenoiser:
     def data(self):
         """This process's training examples as [n, *shape] (a view of the bank; all N unless sharded; a
         :class:`~boneless.rows.MappedRows` when memory-mapped)."""
+        if self.exact_rows is not None:  # rescored against the original rows: they are the reference
+            rows = self.exact_rows
+            return rows.source if hasattr(rows, "source") else rows.reshape(-1, *self.shape)
         if hasattr(self.bank.X, "source"):
             return self.bank.X.source
         if isinstance(self.bank.X, StoredRows):  # held in a smaller type: the dequantised rows (a new tensor)
@@ -215,7 +232,11 @@ class EmpiricalDenoiser:
 
     def _stats(self, x: torch.Tensor, alpha: Coef, sigma: Coef, k: int) -> Stats:
         a, s = check_query(x, self.shape, alpha, sigma)
-        st = self.bank.reduce(x.reshape(len(x), -1), a, s, temperature=self.temperature, k=k)
+        flat = x.reshape(len(x), -1)
+        st = self.bank.reduce(flat, a, s, temperature=self.temperature, k=max(k, self.rescore))
+        if self.rescore:
+            st = self.bank.rescore(st, flat, a, s, self.exact_rows, temperature=self.temperature)
+            st = st._replace(top_l=st.top_l[:, :k], top_i=st.top_i[:, :k])
         if self.sharded:  # global row indices, then the merge across ranks (boneless.distributed)
             st = st._replace(top_i=torch.where(st.top_i >= 0, st.top_i + self.offset, st.top_i))
             st = distributed.all_reduce_stats(st, self.group)

@@ -112,16 +112,19 @@ class StoredRows:
     maximum. Either way the data are rounded to 8 bits, and the exact reference is the dequantised data.
     """
 
-    def __init__(self, X: torch.Tensor, storage: Storage, *, device: torch.device | str | None = None):
-        X = X.reshape(X.shape[0], -1)
-        device = torch.device(device) if device is not None else X.device
+    def __init__(self, X, storage: Storage, *, device: torch.device | str | None = None):
+        if isinstance(X, torch.Tensor):
+            X = X.reshape(X.shape[0], -1)
+            device = torch.device(device) if device is not None else X.device
+        else:  # a row source read block by block (boneless.rows.FlatRows of a memory-mapped file)
+            device = torch.device(device) if device is not None else torch.device("cpu")
         if storage not in ("float16", "bfloat16", "uint8"):
             raise ValueError(f"StoredRows holds float16, bfloat16 or uint8, got {storage!r}")
         dtype = torch.uint8 if storage == "uint8" else getattr(torch, storage)
         self.data = torch.empty(X.shape, dtype=dtype, device=device)
         self.lo, self.a = -1.0, 127.5  # uint8: x = q / a + lo
         step = _block_rows(X.shape[1])
-        ranges = [torch.aminmax(b) for b in X.split(step)]  # one pass over the data for both ends
+        ranges = [torch.aminmax(X[i:i + step]) for i in range(0, len(X), step)]  # one pass for both ends
         lo, hi = (min(float(r.min) for r in ranges), max(float(r.max) for r in ranges)) if ranges else (0.0, 0.0)
         if storage == "uint8" and (lo < -1 or hi > 1):
             self.lo, self.a = lo, 255.0 / (hi - lo) if hi > lo else 1.0

@@ -1,6 +1,7 @@
 """The bank's fast paths against the float64 reference: every tier, storage types, screening formats, merges of
 partial statistics, and the FAISS back-end. (The core exactness tests of the denoiser are in test_denoisers.py.)"""
 
+import math
 import pytest
 import torch
 
@@ -72,17 +73,18 @@ class Spy:
         monkeypatch.setattr(Bank, name, wrapped)
 
 
-@pytest.mark.parametrize("tier", ["fast", "candidates", "dense"])
+@pytest.mark.parametrize("tier", ["fast", "candidates", "union", "dense"])
 def test_each_tier_is_taken_and_exact(X, monkeypatch, tier):
-    """Force one tier with the module's thresholds (the fast tier: where its bound allows it, broad posteriors);
+    """Force one tier with the module's thresholds (the fast tier: where its bound allows it, broad posteriors;
+    candidates pair by pair; candidates by float64 products over their union; the pilot's dense tier);
     near-ties included, weights and a temperature too."""
     fast_delta = bank_mod.FAST_DELTA if tier == "fast" else 1e-300  # every query slow: screened
-    if tier == "candidates":
-        monkeypatch.setattr(bank_mod, "DENSE_FRACTION", 2.0)
-        monkeypatch.setattr(bank_mod, "PILOT_FRACTION", 2.0)
-    elif tier == "dense":
-        monkeypatch.setattr(bank_mod, "DENSE_FRACTION", 0.0)
-    exact, dense = Spy(monkeypatch, "_exact_logits"), Spy(monkeypatch, "_dense_logits")
+    if tier != "fast":
+        monkeypatch.setattr(bank_mod, "DENSE_FRACTION", 2.0 if tier == "candidates" else 0.0)
+        monkeypatch.setattr(bank_mod, "PILOT_FRACTION", 0.0 if tier == "dense" else 2.0)
+        monkeypatch.setattr(bank_mod, "UNION_DELTA", math.inf)
+    exact, union = Spy(monkeypatch, "_exact_logits"), Spy(monkeypatch, "_union_logits")
+    dense = Spy(monkeypatch, "_dense_logits")
     w = torch.rand(len(X), generator=torch.Generator().manual_seed(3)) + 0.1
     for T in (1.0, 0.7):
         bank = Bank(X, chunk_size=200, log_weights=torch.log(w / w.sum()), fast_delta=fast_delta)
@@ -92,7 +94,8 @@ def test_each_tier_is_taken_and_exact(X, monkeypatch, tier):
             ref = exact_reference(X, x, a, s, weights=w / w.sum(), temperature=T)
             assert rel_err(y, ref) < 1e-4, (tier, ratio, T)
     assert (exact.calls > 0) == (tier == "candidates")
-    assert (dense.calls > 0) == (tier == "dense")
+    assert (union.calls > 0) == (tier == "union")
+    assert (dense.calls > 0) == (tier in ("union", "dense"))
 
 
 def test_merge_of_partial_statistics_equals_one_pass(X):

@@ -78,6 +78,8 @@ def problems(draw, *, n=st.integers(1, 300), d=st.sampled_from([1, 2, 3, 5, 16, 
         temperature=draw(st.sampled_from([1.0, 0.5, 3.0])), weighted=draw(st.booleans()),
         # the bank's internal sizes: float64 buffer blocks, spans of rows, tier thresholds
         dense_block=draw(st.sampled_from([64, 1024, 1 << 14, 1 << 21])),
+        dense_min_rows=draw(st.sampled_from([1, 7, 192])),
+        union_delta=draw(st.sampled_from([0.0, 0.5, 50.0])),
         span_bytes=draw(st.sampled_from([64, 2048, 1 << 16, 1 << 27])),
         dense_fraction=draw(st.sampled_from([0.0, 0.02, 0.5])),
         pilot_fraction=draw(st.sampled_from([0.0, 0.2, 1.0])),
@@ -92,7 +94,8 @@ def check(p: dict, name: str) -> None:
     sigma = 10.0 ** p["log_ratio"] * rms * (alpha if alpha > 0 else 1.0)  # sigma / alpha in units of the RMS
     weights = torch.rand(p["N"], generator=g) + 0.05 if p["weighted"] else None
     with mock.patch.multiple(bank_module, DENSE_BLOCK=p["dense_block"], SPAN_BYTES=p["span_bytes"],
-                             DENSE_FRACTION=p["dense_fraction"], PILOT_FRACTION=p["pilot_fraction"]):
+                             DENSE_FRACTION=p["dense_fraction"], PILOT_FRACTION=p["pilot_fraction"],
+                             DENSE_MIN_ROWS=p["dense_min_rows"], UNION_DELTA=p["union_delta"]):
         den = EmpiricalDenoiser(X, weights=weights, temperature=p["temperature"], chunk_size=p["chunk"],
                                 storage=p["storage"])
         data = den.data  # the dequantised rows (the exact reference of a stored bank)
@@ -127,7 +130,8 @@ def test_empirical_denoiser_matches_float64_reference(p):
 def test_exactness_at_image_dimension(p):
     """D = 3072 (32 x 32 x 3) with ragged chunks at the default internal sizes: the combination that once left
     columns of the broad-posterior tier's float64 logits unwritten."""
-    p.update(dense_block=1 << 21, span_bytes=1 << 27, dense_fraction=0.02, pilot_fraction=0.2, B=min(p["B"], 3),
+    p.update(dense_block=1 << 21, dense_min_rows=192, union_delta=0.5, span_bytes=1 << 27, dense_fraction=0.02,
+             pilot_fraction=0.2, B=min(p["B"], 3),
              chunk=p["chunk"] % 2500 + 500)
     check(p, "D = 3072")
 
