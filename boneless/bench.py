@@ -403,14 +403,16 @@ def _timed_grid(steps: int, timed: int) -> list[float]:
 
 
 def bench_original(X: torch.Tensor, *, batches, steps: int, timed_steps: int, sweep, sweep_batch: int,
-                   repeats: int, seed: int, ideal=None, per_sample_rows: int | None = None) -> dict:
+                   repeats: int, seed: int, ideal=None, per_sample_rows: int | None = None, progress=None) -> dict:
     """The original workload on the data ``X`` [N, *shape] (CPU): for each batch size B, ``timed_steps`` steps of
     a ``steps``-step rectified-flow Euler run (one per equal stratum of the grid, on forward-noised queries; their
     time times ``steps / timed_steps`` is the run's) for the exact denoiser, the two plain float32 products of
     the same shape (``x @ X.T`` and ``p @ X``: the limit) and smalldiffusion's ideal denoiser (``ideal``: its
     class, or None), interleaved; peak memory from an untimed call; at B = ``sweep_batch`` the exact denoiser at
     each sigma / alpha of ``sweep`` against the limit, with its error against float64; the per-sample pattern on
-    ``per_sample_rows`` rows, scaled to N (its cost is linear in N); construction times."""
+    ``per_sample_rows`` rows, scaled to N (its cost is linear in N); construction times. ``progress(res)`` is
+    called with the partial result after each part."""
+    progress = progress or (lambda res: None)
     from .denoisers import EmpiricalDenoiser
     N, D = len(X), X[0].numel()
     Xf = X.reshape(N, D)
@@ -463,8 +465,10 @@ def bench_original(X: torch.Tensor, *, batches, steps: int, timed_steps: int, sw
         res["batches"].append(row)
         print(f"bench: B {B}: exact {row['exact_per_sample_s']:.3g} s per sample for {steps} steps, "
               f"{row['fraction_of_limit']:.2f} of the limit", file=sys.stderr, flush=True)
+        progress(res)
     print(f"bench: sweep over sigma / alpha, B {sweep_batch}", file=sys.stderr, flush=True)
     res["sweep"] = []
+    progress(res)
     for ratio in sweep:
         x, a, s = queries(sweep_batch, ratio)
         out = {}
@@ -479,6 +483,7 @@ def bench_original(X: torch.Tensor, *, batches, steps: int, timed_steps: int, sw
         if "smalldiffusion" in out:
             entry["smalldiffusion_error"] = float(_rel(out["smalldiffusion"][:q], ref).max())
         res["sweep"].append(entry)
+        progress(res)
     n_ps = min(N, per_sample_rows or max(100, (1 << 30) // (20 * D)))  # its N x D temporaries within ~1 GB
     x, a, s = queries(1, 1.0)
     t_ps = min(interleaved({"ps": lambda: per_sample_pattern(Xf[:n_ps], x, a, s)}, repeats, cpu)["ps"])
@@ -501,6 +506,8 @@ def markdown_original(report: dict) -> str:
         "float32 products `x @ X.T` and `p @ X` of the same shapes, timed in the same rounds; `fraction` = limit / "
         f"exact. The original notebook: {report['notebook_s']} s per sample on its GPU.\n"]
     for d in report["datasets"]:
+        if not d.get("batches"):
+            continue
         sd = "smalldiffusion_per_sample_s" in d["batches"][0]
         lines += [f"\n## {d['data']}: N {d['N']}, D {d['D']} ({'x'.join(map(str, d['shape']))}), "
                   f"{d['threads']} threads\n",
@@ -509,7 +516,7 @@ def markdown_original(report: dict) -> str:
                   ("smalldiffusion s / sample (/ exact) | " if sd else "") +
                   "per-sample pattern s / sample | peak memory: exact, limit" + (", smalldiffusion" if sd else "") +
                   " |", "|---" * (6 + sd) + "|"]
-        ps = d["per_sample"]["per_sample_s"]
+        ps = d.get("per_sample", {}).get("per_sample_s", math.nan)  # nan: not reached (a partial report)
         for r in d["batches"]:
             pk = r["peak_bytes"]
             mem = ", ".join(f"{pk[k] / 2**20:.0f} MB" for k in ("exact", "limit", "smalldiffusion") if k in pk)
@@ -517,9 +524,10 @@ def markdown_original(report: dict) -> str:
                          f"{r['limit_per_sample_s']:.3g} | " +
                          (f"{r['smalldiffusion_per_sample_s']:.3g} ({r['smalldiffusion_per_sample_s'] / r['exact_per_sample_s']:.2f}) | "
                           if sd else "") + f"{ps:.4g} | {mem} |")
-        lines += [f"\nPer-sample pattern: one call on {d['per_sample']['rows_timed']} of the {d['N']} rows took "
-                  f"{d['per_sample']['call_s']:.3g} s, scaled by N / rows (its cost is linear in N).\n",
-                  "Fraction of the limit per timed step (t; sigma / alpha):\n",
+        if "per_sample" in d:
+            lines.append(f"\nPer-sample pattern: one call on {d['per_sample']['rows_timed']} of the {d['N']} rows "
+                         f"took {d['per_sample']['call_s']:.3g} s, scaled by N / rows (its cost is linear in N).")
+        lines += ["\nFraction of the limit per timed step (t; sigma / alpha):\n",
                   "| B | " + " | ".join(f"{st['t']:.2f}; {st['ratio']:.3g}" for st in d["batches"][0]["steps"]) + " |",
                   "|---" * (1 + len(d["batches"][0]["steps"])) + "|"]
         for r in d["batches"]:
@@ -528,7 +536,7 @@ def markdown_original(report: dict) -> str:
                   "queries):\n",
                   "| sigma / alpha | exact | limit | fraction of limit | exact error |" +
                   (" smalldiffusion | its error |" if sd else ""), "|---" * (5 + 2 * sd) + "|"]
-        for e in d["sweep"]:
+        for e in d.get("sweep", []):
             lines.append(f"| {e['ratio']:g} | {_fmt_s(e['exact'])} | {_fmt_s(e['limit'])} | "
                          f"{e['fraction_of_limit']:.2f} | {e['exact_error']:.1e} |" +
                          (f" {_fmt_s(e['smalldiffusion'])} | {e['smalldiffusion_error']:.1e} |" if sd else ""))
@@ -554,10 +562,15 @@ def run_original(args, report: dict, save) -> None:
     for name in (("synthetic", "faces") if args.data == "both" else (args.data,)):
         print(f"bench: {name} data, N {n}, {size}x{size}x3", file=sys.stderr, flush=True)
         X = synthetic_images(n, (3, size, size), seed=args.seed) if name == "synthetic" else original_faces(n, size)
-        res = bench_original(X, batches=batches, steps=steps, timed_steps=timed, sweep=ORIGINAL["sweep"],
-                             sweep_batch=report["sweep_batch"], repeats=args.repeats, seed=args.seed, ideal=ideal)
-        report["datasets"].append({"data": name, **res})
-        save(report)
+        report["datasets"].append({"data": name})
+
+        def progress(res):
+            report["datasets"][-1] = {"data": name, **res}
+            save(report)
+
+        bench_original(X, batches=batches, steps=steps, timed_steps=timed, sweep=ORIGINAL["sweep"],
+                       sweep_batch=report["sweep_batch"], repeats=args.repeats, seed=args.seed, ideal=ideal,
+                       progress=progress)
         del X
 
 
