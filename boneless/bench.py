@@ -488,6 +488,7 @@ def bench_original(X: torch.Tensor, *, batches, steps: int, timed_steps: int, sw
     x, a, s = queries(1, 1.0)
     t_ps = min(interleaved({"ps": lambda: per_sample_pattern(Xf[:n_ps], x, a, s)}, repeats, cpu)["ps"])
     res["per_sample"] = {"rows_timed": n_ps, "call_s": t_ps, "per_sample_s": steps * t_ps * N / n_ps}
+    progress(res)
     return res
 
 
