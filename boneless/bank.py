@@ -23,26 +23,34 @@ times ``c 2 alpha |x| r``, with ``u_f = 2^-11`` (TF32) or ``2^-8`` (bf16). Three
 1. ``delta <= FAST_DELTA``: the screened logits are used as they are.
 2. Otherwise the screened logits only *screen*: a row whose screened logit lies within ``margin + 2 delta`` of
    the running screened maximum is a candidate and gets its logit recomputed in float64 in difference form.
-   Every other row carries, exactly and as screened (its logit is clamped to ``-margin``), at most
+   Every other row carries, exactly and as screened (its logit is capped at ``-margin``), at most
    ``exp(-margin)`` of the top weight, changed by at most ``min(1, e^delta - 1)`` of that; with ``n`` rows
    these move ``x0_hat`` by at most ``4 n e^-margin min(1, e^delta - 1) r``, and ``margin`` is chosen to make
    that ``TOL r``. Sharp posteriors, where float32 fails, have few candidates: the exact result costs little
    more than the two matrix products.
-3. A query with more than ``DENSE_FRACTION`` of the rows as candidates (a broad posterior whose float32 logits
-   are not accurate enough) gets float64 logits from float64 matrix products (squared norms in float64; error
-   ~ ``delta * 2^-29``). A pilot screen of the first chunk sends clearly broad posteriors (more than
-   ``PILOT_FRACTION`` of the chunk near its maximum) there without the screen of the other chunks.
+3. A query with more than ``DENSE_FRACTION`` of the rows as candidates (and ``delta <= UNION_DELTA``) keeps
+   only the candidates that the screened mass below them requires (:meth:`Bank._by_mass`: the rows below
+   carry at most ``e^(2 delta) S`` of the top weight, each off by a factor ``e^(+-delta)``; ``S`` is measured,
+   not bounded by ``n e^-margin``), and if still many, gets them in float64 from float64 matrix products over
+   the union of such queries' candidate rows (expanded form, error ~ ``delta * 2^-29``).
+4. Broad posteriors, where most rows carry weight: float64 logits from float64 matrix products over all rows
+   (squared norms in float64). A pilot screen of the first chunk sends queries with more than
+   ``PILOT_FRACTION`` of it as candidates there without the screen of the other chunks, when they are most of
+   the batch (otherwise their share of the screen costs less than it saves); a query found broad in one span
+   goes there from the next span on. Float64 products run at about 0.46 of float32's speed on an AVX-512 CPU
+   (D = 49152), so this tier bounds how close broad posteriors come to the two-product limit.
 
 The loop makes two passes over each span of rows (all rows, unless the float32 logits of the span would exceed
 ``SPAN_BYTES``): the first screens the chunks (float64 products for queries already known to be broad) and
 keeps the logits, so that each query's tier and candidates are decided against the span's true maximum; the
 second reads the chunks again for the weighted sums, one product per chunk for all queries (as the two plain
-matrix products do). Queries found broad only by the screen get their float64 products in one more pass.
+matrix products do).
 
 Storage. Rows may be held as ``float16``, ``bfloat16`` or ``uint8`` (8-bit images, ``q / 127.5 - 1``, or any data
 spread over 256 levels):
 :class:`StoredRows` dequantises each chunk exactly into float32 as it is read; the exact reference is then the
-dequantised data (:attr:`Bank.X`'s rows).
+dequantised data (:attr:`Bank.X`'s rows), or, with :meth:`Bank.rescore`, the original rows at each query's top
+rows (read from memory or disk at those rows only).
 """
 
 from __future__ import annotations

@@ -71,6 +71,9 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", choices=STORAGES,
                    help="type the dataset is held in, dequantised exactly in the loop (uint8: 8-bit images; "
                         "default float32); empirical only")
+    p.add_argument("--rescore", type=positive_int, metavar="K",
+                   help="with --storage float16/bfloat16/uint8: rescore each query's top K rows against the data as "
+                        "given (exact where they hold the posterior; with --mmap the data stay on disk); empirical only")
     p.add_argument("--bank", choices=("exact", "faiss", "faiss-flat"),
                    help="exact (default) or the approximate FAISS back-end for large N (pip install faiss-cpu): "
                         "a query whose certified error exceeds 1%% goes to the exact bank; empirical only")
@@ -130,7 +133,7 @@ def _run_sample(args, rank: int, world: int, device: torch.device) -> int:
         decode = load_decoder(args.decode, X)
     t0 = time.perf_counter()
     given = {"temperature": args.softmax_temperature, "chunk_size": args.chunk_size, "storage": args.storage,
-             "bank": args.bank}  # the options given on the command line; the denoiser's own defaults otherwise
+             "bank": args.bank, "rescore": args.rescore}  # the options given on the command line; the denoiser's own defaults otherwise
     den = make_denoiser(args.denoiser, X, device=device, **{k: v for k, v in given.items() if v is not None})
     timings["build_s"] = time.perf_counter() - t0
     checkpoint = out / "checkpoint.pt"

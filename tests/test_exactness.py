@@ -136,6 +136,15 @@ def test_exactness_at_image_dimension(p):
     check(p, "D = 3072")
 
 
+@settings(max_examples=max(4, settings.default.max_examples // 100))  # 4 in CI, 20 in the thorough profile
+@given(problems(n=st.integers(150, 400), d=st.sampled_from([49152]), log_ratio=st.floats(-1.5, 3)))
+def test_exactness_at_the_original_workloads_dimension(p):
+    """D = 49152 (128 x 128 x 3, the original notebook's images), over the noise levels where the bank's tiers
+    change (sharp, many candidates, broad), with small chunks so that the pilot and ragged chunks are reached."""
+    p.update(B=min(p["B"], 3), chunk=p["chunk"] % 150 + 50)
+    check(p, "D = 49152")
+
+
 @pytest.mark.parametrize("n", [3616, 20000 // 8 + 7])
 def test_broad_posterior_with_ragged_last_chunk_at_d3072(n):
     """The reported failure: uniform data at D = 3072, N not a multiple of the chunk size, sigma = 80 (the
