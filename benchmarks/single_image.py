@@ -2,7 +2,7 @@
 two baselines on scikit-image's bundled pictures, and its speed for 256 x 256 and 1024 x 1024 samples.
 
     OMP_NUM_THREADS=1 python benchmarks/single_image.py quality --out docs/single_image
-    python benchmarks/single_image.py speed --out docs/single_image --threads 1
+    /work/bin/quiet python benchmarks/single_image.py speed --out docs/single_image --previous 1cc7727
 
 Every picture is read offline from scikit-image (``skimage.data``) and resized (Lanczos) to a longer side of 256
 pixels (``quality``; the usual SinGAN/SinDDM size) or 256 and 512 (``speed``). Baselines: the source circularly
@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 
 from boneless.plots import atomic_path, image_grid, save_image
-from boneless.single_image import (copy_share, diversity, generate, load_source, nearest_patch_reshuffle,
-                                   random_shifts, resize, sifid)
+from boneless.single_image import (SAMPLER, WINDOW, copy_share, diversity, generate, load_source,
+                                   nearest_patch_reshuffle, random_shifts, resize, sifid)
 
 IMAGES = ("astronaut", "chelsea", "coffee", "immunohistochemistry", "hubble_deep_field")
 
@@ -78,7 +78,8 @@ def quality(args) -> None:
         source, _ = load_source(source_image(name, 256, tmp))
         row = {}
         t0 = time.perf_counter()
-        ours = generate(source, n=args.n, seed=args.seed, start_noise=args.start_noise).samples
+        ours = generate(source, n=args.n, seed=args.seed, start_noise=args.start_noise, window=args.window,
+                        sampler=args.sampler).samples
         row["ours"] = {**scores(ours, source), "seconds": time.perf_counter() - t0}
         if args.only_ours:  # a variant of our settings: no baselines, no pictures
             results[name] = row
@@ -100,10 +101,12 @@ def quality(args) -> None:
                    title=f"{name}: source, then {k} samples of each method (half size)")
     if args.only_ours:
         report = {"images": list(args.images), "n": args.n, "seed": args.seed, "start_noise": args.start_noise,
+                  "window": args.window, "sampler": args.sampler,
                   "per_image": results,
                   "mean": {"ours": {k: float(np.mean([results[i]["ours"][k] for i in args.images]))
                                     for k in ("sifid", "diversity", "copy_share")}}}
-        with atomic_path(out / f"quality_start_noise_{args.start_noise}.json") as t:
+        name = f"quality_start_noise_{args.start_noise}_window_{args.window:g}_{args.sampler}.json"
+        with atomic_path(out / name) as t:
             Path(t).write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps(report["mean"], indent=2))
         return
@@ -132,6 +135,25 @@ def timed(fn):
     return r, time.perf_counter() - w, time.process_time() - c
 
 
+def previous_module(commit: str):
+    """``boneless/single_image.py`` as it was at ``commit`` (git), imported as a module of the package: the
+    implementation being replaced, run side by side with the current one."""
+    import importlib.util
+    import subprocess
+    import sys
+    import boneless
+    code = subprocess.run(["git", "show", f"{commit}:boneless/single_image.py"], check=True, capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parent.parent).stdout
+    path = Path(tempfile.mkdtemp()) / "single_image_previous.py"
+    path.write_text(code)
+    name = f"{boneless.__name__}.single_image_previous"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def speed(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -139,18 +161,25 @@ def speed(args) -> None:
     tmp.mkdir(exist_ok=True)
     src256, _ = load_source(source_image("astronaut", 256, tmp))
     src512, _ = load_source(source_image("astronaut", 512, tmp))
+    previous = previous_module(args.previous) if args.previous else None
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
-        for label, src, size in (("256x256 from 256x256", src256, (256, 256)),
-                                 ("1024x1024 from 512x512", src512, (1024, 1024))):
-            res, wall, cpu = timed(lambda: generate(src, size=size, n=1, seed=args.seed))
-            err = [float(e.max()) for e in res.errors if e is not None]
-            rows.append({"case": label, "threads": threads, "wall_s": wall, "cpu_s": cpu,
-                         "per_scale_s": res.seconds, "max_checked_error": max(err) if err else 0.0})
-            print(json.dumps(rows[-1]), flush=True)
+        cases = [("256x256 from 256x256", src256, (256, 256), generate, "current"),
+                 ("1024x1024 from 512x512", src512, (1024, 1024), generate, "current")]
+        if previous is not None:  # the replaced implementation, side by side (256 x 256 only: minutes at 1024)
+            cases.insert(1, ("256x256 from 256x256", src256, (256, 256), previous.generate, args.previous))
+        for label, src, size, gen, code in cases:
+            res, wall, cpu = timed(lambda: gen(src, size=size, n=1, seed=args.seed))
+            rows.append({"case": label, "code": code, "threads": threads, "wall_s": wall, "cpu_s": cpu,
+                         "per_scale_s": res.seconds,
+                         "checked_error_per_scale": [None if e is None else
+                                                     {"max": float(e.max()), "mean": float(e.mean())}
+                                                     for e in res.errors]})
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "checked_error_per_scale"}), flush=True)
             if size == (1024, 1024) and threads == args.threads[0]:
-                save_image(image_grid([res.samples.clamp(-1, 1)], min_width=0), out / "astronaut_1024.png")
+                save_image(image_grid([resize(res.samples, (512, 512)).clamp(-1, 1)], min_width=0),
+                           out / "astronaut_1024_half.png")
     report = {"runs": rows,
               "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
                           "load_average_at_end": os.getloadavg()}}
@@ -167,10 +196,14 @@ def main():
     q.add_argument("-n", type=int, default=4)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--start-noise", type=float, default=0.35, help="our start noise for every scale after the coarsest")
+    q.add_argument("--window", type=float, default=WINDOW, help="our aggregation window (pixels; 0: plain mean)")
+    q.add_argument("--sampler", default=SAMPLER, help="our sampler")
     q.add_argument("--only-ours", action="store_true", help="only our samples (a settings variant): a json, no pictures")
     s = sub.add_parser("speed")
     s.add_argument("--out", default="docs/single_image")
-    s.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    s.add_argument("--threads", type=int, nargs="+", default=[2, 1])
+    s.add_argument("--previous", metavar="COMMIT",
+                   help="also time boneless/single_image.py at this git commit (256 x 256)")
     s.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     quality(args) if args.what == "quality" else speed(args)

@@ -20,7 +20,7 @@ import torch
 from .checks import positive_int
 from .closed_form import GaussianDenoiser, GMMDenoiser
 from .data import REFERENCE_SPREAD, check_data, spread
-from .denoisers import Coef, EmpiricalDenoiser, check_query
+from .denoisers import Coef, EmpiricalDenoiser, check_query, prior_mean_at_alpha_zero
 from .patches import LocalDenoiser, LocalGaussianDenoiser
 
 
@@ -118,14 +118,10 @@ class BlendDenoiser:
 
     def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
         a, s = check_query(x, self.shape, alpha, sigma)
-        out = self.mean.to(x.device, x.dtype).expand_as(x).clone()
-        keep = a > 0  # alpha = 0: the posterior is the prior, its mean the data mean
-        if bool(keep.any()):
-            idx = torch.nonzero(keep)[:, 0]
-            E = self.members(x[idx.to(x.device)], a[idx], s[idx])  # [M, b, *shape]
-            w = self.weights_at(s[idx] / a[idx])  # [b, M]
-            out[idx.to(x.device)] = torch.einsum("bm,mb...->b...", w, E).to(x.device, x.dtype)
-        return out
+
+        def blended(xk, ak, sk):
+            return torch.einsum("bm,mb...->b...", self.weights_at(sk / ak), self.members(xk, ak, sk))
+        return prior_mean_at_alpha_zero(self.mean, x, a, s, blended)
 
 
 # the switch of CoarseToFineDenoiser: sigma / alpha = t / (1 - t) at t = 0.7 of the rectified flow, chosen on

@@ -52,6 +52,19 @@ def check_query(x: torch.Tensor, shape: tuple[int, ...], alpha: Coef, sigma: Coe
     return a, s
 
 
+def prior_mean_at_alpha_zero(mean: torch.Tensor, x: torch.Tensor, a: torch.Tensor, s: torch.Tensor,
+                             estimate) -> torch.Tensor:
+    """``estimate(x[keep], a[keep], s[keep])`` for the queries with ``alpha > 0`` and ``mean`` for the others
+    (alpha = 0 is pure noise: the posterior is the prior, its mean the data mean). ``a``, ``s`` as returned by
+    :func:`check_query`; ``estimate`` returns [b, *shape]."""
+    out = mean.to(x.device, x.dtype).expand_as(x).clone()
+    keep = a > 0
+    if bool(keep.any()):
+        idx = torch.nonzero(keep)[:, 0]
+        out[idx.to(x.device)] = estimate(x[idx.to(x.device)], a[idx], s[idx]).to(x.device, x.dtype)
+    return out
+
+
 def _expand(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return c.to(x.device, x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
 

@@ -30,6 +30,7 @@ def _number(cast, accept, what: str):
 positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
+non_negative_float = _number(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
 finite_float = _number(float, math.isfinite, "a finite number")
 
 

@@ -14,6 +14,7 @@ import torch
 from .closed_form import GaussianDenoiser, GMMDenoiser, SmoothedDenoiser
 from .composites import BlendDenoiser, CoarseToFineDenoiser
 from .denoisers import EmpiricalDenoiser
+from .experts import SUREExpertsDenoiser
 from .patches import (EquivariantLocalDenoiser, LocalDenoiser, LocalGaussianDenoiser, PatchCompositeDenoiser)
 
 DENOISERS: dict[str, type] = {
@@ -27,6 +28,7 @@ DENOISERS: dict[str, type] = {
     "local-gaussian": LocalGaussianDenoiser,
     "blend": BlendDenoiser,
     "coarse-to-fine": CoarseToFineDenoiser,
+    "sure-experts": SUREExpertsDenoiser,
 }
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .bank import Bank, Stats, empty_stats, merge
+from .bank import EXP_FLOOR, Bank
 from .patches import PATCH_FAST_DELTA, _reduce_mean
 from .samplers import SAMPLERS
 from .schedules import get_schedule, time_grid
@@ -50,6 +50,11 @@ FEATURE_SEED = 0  # the seed of the fixed random feature network of :func:`sifid
 IVF_ROWS = 4096  # search="auto": inverted lists for source scales with more patches than this
 NPROBE = 8  # lists searched per query patch
 PROBE_ROWS = 2048  # ... and at least enough lists for this many rows (small scales: a larger share of the lists)
+WINDOW = 1.0  # default: Gaussian weights of std 1 px around each patch's centre when overlapping patches are averaged
+SAMPLER = "euler-maruyama"  # default sampler (fresh noise at every step but the last)
+PAIR_BLOCK = 1 << 16  # (query, list) pairs per block of PatchLists.mean
+FIT_ROWS_PER_LIST = 64  # k-means fits its centroids on at most this many random rows per list
+C_MAX = 1e20  # cap on 1 / (2 sigma^2): float32 logits stay finite as sigma -> 0
 CHECK_QUERIES = 32  # query patches per call whose inverted-list posterior mean is checked against the exact one
 Sampler = Literal["euler", "heun", "ddim", "ddpm", "euler-maruyama"]
 Search = Literal["auto", "exact", "ivf"]
@@ -124,81 +129,138 @@ def extract(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return p.permute(0, 2, 1, 3).reshape(B, idx.shape[0], C * idx.shape[1])
 
 
-def aggregate(patches: torch.Tensor, idx: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+def aggregate(patches: torch.Tensor, idx: torch.Tensor, shape: tuple[int, int, int],
+              weights: torch.Tensor | None = None) -> torch.Tensor:
     """Images [B, C, h, w] whose pixels average the values ``patches`` [B, L, C * k * k] give them (the inverse of
-    :func:`extract` where patches agree)."""
+    :func:`extract` where patches agree), weighted by ``weights`` [k * k] over the positions in a patch (None:
+    equal weights)."""
     C, h, w = shape
     B, L = patches.shape[:2]
-    vals = patches.reshape(B, L, C, -1).permute(0, 2, 1, 3).reshape(B, C, -1)
+    vals = patches.reshape(B, L, C, -1)
+    if weights is not None:
+        vals = vals * weights.to(vals.dtype)
+    vals = vals.permute(0, 2, 1, 3).reshape(B, C, -1)
     flat = idx.reshape(-1)
     total = torch.zeros(B, C, h * w, dtype=patches.dtype, device=patches.device).index_add_(2, flat, vals)
-    count = torch.bincount(flat, minlength=h * w).to(patches.dtype)
+    if weights is None:
+        count = torch.bincount(flat, minlength=h * w).to(patches.dtype)
+    else:
+        count = torch.bincount(flat, weights=weights.to(torch.float64).repeat(L), minlength=h * w).to(patches.dtype)
     return (total / count).reshape(B, C, h, w)
 
 
+def gaussian_window(k: int, width: float | None) -> torch.Tensor | None:
+    """Gaussian weights [k * k] of the positions of a ``k x k`` patch around its centre, standard deviation
+    ``width`` pixels (None or 0: equal weights)."""
+    if not width:
+        return None
+    d = torch.arange(k, dtype=torch.float64) - (k - 1) / 2
+    g = torch.exp(-d ** 2 / (2 * width ** 2))
+    return (g[:, None] * g[None, :]).reshape(-1)
+
+
 class PatchLists:
-    """Inverted lists over the source patches, for large scales: k-means (Lloyd, ``iterations`` rounds from
-    ``lists`` random rows, seed ``seed``) splits the rows into lists, each held by its own :class:`Bank`. A query's
-    posterior is computed exactly over the rows of its ``nprobe`` lists whose centroids ``mu_c`` are nearest to
-    the query in the posterior's own metric (``|y - alpha mu_c|``); the partial statistics of the lists merge with
-    :func:`boneless.bank.merge`, as chunks and ranks do. This is an approximation (the other lists' posterior mass
-    is dropped); :class:`PatchPosteriorDenoiser` measures its error on every call.
+    """Inverted lists over the source patches, for large scales. k-means (Lloyd, ``iterations`` rounds from
+    ``lists`` random rows, fitted on at most ``FIT_ROWS_PER_LIST`` random rows per list, then every row assigned to
+    its nearest centroid ``mu_c``) splits the rows into lists. A query ``y``'s posterior is computed exactly over
+    the rows of its ``nprobe`` lists whose centroids are nearest to it in the posterior's own metric
+    (``|y - alpha mu_c|``); the other lists' posterior mass is dropped, so this is an approximation, and
+    :class:`PatchPosteriorDenoiser` measures its error on every call.
+
+    Each list holds its rows ``p = mu_c + r`` as residuals ``r`` from its centroid, and a (query, list) pair's
+    logits are ``-c |y' - alpha r|^2`` with ``y' = y - alpha mu_c`` and ``c = 1 / (2 sigma^2)``: expanded into one
+    float32 matrix product per list, ``c (2 alpha y'.r - alpha^2 |r|^2)``, plus ``-c |y'|^2`` once per pair. The
+    residuals are short (a list's rows are close to its centroid), so the float32 rounding of the product, of
+    order ``u sqrt(D) c (|y'| + alpha |r|)^2``, is far below that of the uncentred form. Every pair keeps its
+    own softmax statistics (maximum, sum, weighted sum of rows; Milakov & Gimelshein 2018's online softmax), and
+    the ``nprobe`` pairs of each query merge in one vectorised step.
     """
 
-    def __init__(self, rows: torch.Tensor, *, lists: int, iterations: int = 6, seed: int = 0,
-                 chunk_size: int = 4096, fast_delta: float = PATCH_FAST_DELTA):
+    def __init__(self, rows: torch.Tensor, *, lists: int, iterations: int = 6, seed: int = 0):
         N, device = len(rows), rows.device
         lists = max(1, min(lists, N))
         g = torch.Generator().manual_seed(seed)
-        mu = rows[torch.randperm(N, generator=g)[:lists].to(device)].clone()
-        sq = (rows * rows).sum(1)
+        perm = torch.randperm(N, generator=g).to(device)
+        fit = rows[perm[:min(N, FIT_ROWS_PER_LIST * lists)]]
+        mu = fit[:lists].clone()
         for _ in range(iterations):
-            assign = torch.cat([(sq[i:i + 8192, None] - 2 * rows[i:i + 8192] @ mu.T + (mu * mu).sum(1)[None])
-                                .argmin(1) for i in range(0, N, 8192)])
+            assign = _nearest_centroid(fit, mu)
             count = torch.bincount(assign, minlength=lists)
-            total = torch.zeros_like(mu).index_add_(0, assign, rows)
+            total = torch.zeros_like(mu).index_add_(0, assign, fit)
             keep = count > 0
             mu[keep] = total[keep] / count[keep, None].to(mu.dtype)
-        order = torch.argsort(assign)
-        bounds = torch.cumsum(torch.bincount(assign, minlength=lists), 0).tolist()
-        self.rows = rows[order]
-        self.mu, self.banks, starts = [], [], [0] + bounds[:-1]
-        for c, (b0, b1) in enumerate(zip(starts, bounds)):
-            if b1 > b0:
-                self.mu.append(mu[c])
-                self.banks.append(Bank(self.rows[b0:b1], chunk_size=chunk_size, device=device,
-                                       fast_delta=fast_delta))
-        self.mu = torch.stack(self.mu)
+        assign = _nearest_centroid(rows, mu)
+        count = torch.bincount(assign, minlength=lists)
+        keep = count > 0
+        mu, count = mu[keep], count[keep]
+        assign = (torch.cumsum(keep.long(), 0) - 1)[assign]  # renumbered without the empty lists
+        order = torch.argsort(assign, stable=True)
+        # [N, D + 1], list by list, with a column of ones: one product gives a pair's weighted sum and its normaliser
+        self.rows = torch.cat([rows[order], rows.new_ones(N, 1)], 1)
+        self.mu = mu.contiguous()  # [lists, D]
+        self.mu_sq = (mu * mu).sum(1)
+        self.residuals = (rows[order] - mu[assign[order]]).contiguous()
+        self.res_sq = (self.residuals.double() ** 2).sum(1).float()
+        self.bounds = [0] + torch.cumsum(count, 0).tolist()
         self.dim = rows.shape[1]
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.residuals)
+
+    @property
+    def n_lists(self) -> int:
+        return len(self.mu)
 
     def mean(self, q: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, *, nprobe: int = NPROBE) -> torch.Tensor:
-        """Posterior means [Q, D] over the ``nprobe`` nearest lists of each query ``q`` [Q, D]."""
-        Q, device = len(q), q.device
-        nprobe = min(nprobe, len(self.banks))
-        a32 = alpha.to(device, torch.float32)[:, None]
-        d = -2 * a32 * (q @ self.mu.T) + a32 ** 2 * (self.mu * self.mu).sum(1)[None]  # |q - alpha mu|^2 - |q|^2
-        probe = d.topk(nprobe, dim=1, largest=False).indices  # [Q, nprobe]
-        st = empty_stats(Q, self.dim, 0, device)
-        flat_q = torch.arange(Q, device=device).repeat_interleave(nprobe)
-        flat_c = probe.reshape(-1)
-        order = torch.argsort(flat_c)
-        flat_q, flat_c = flat_q[order], flat_c[order]
-        counts = torch.bincount(flat_c, minlength=len(self.banks)).tolist()
+        """Posterior means [Q, D] over the ``nprobe`` nearest lists of each query ``q`` [Q, D] at per-query
+        ``alpha``, ``sigma`` [Q] (in blocks of about ``PAIR_BLOCK`` (query, list) pairs)."""
+        nprobe = min(nprobe, self.n_lists)
+        a = alpha.to(q.device, torch.float64)
+        c = (0.5 / sigma.to(q.device, torch.float64) ** 2).clamp(max=C_MAX)  # sigma -> 0: the nearest rows
+        step = max(1, PAIR_BLOCK // nprobe)
+        return torch.cat([self._mean(q[i:i + step], a[i:i + step], c[i:i + step], nprobe)
+                          for i in range(0, len(q), step)])
+
+    def _mean(self, q: torch.Tensor, a: torch.Tensor, c: torch.Tensor, nprobe: int) -> torch.Tensor:
+        Q, D, device = len(q), self.dim, q.device
+        a32 = a.float()[:, None]
+        d = -2 * a32 * (q @ self.mu.T) + a32 ** 2 * self.mu_sq[None]  # |q - alpha mu|^2 - |q|^2
+        probe = d.topk(nprobe, dim=1, largest=False).indices.reshape(-1)  # [Q * nprobe], query-major
+        order = torch.argsort(probe, stable=True)  # the pairs (query, list), list by list
+        pair_q, probe = torch.div(order, nprobe, rounding_mode="floor"), probe[order]
+        counts = torch.bincount(probe, minlength=self.n_lists).tolist()
+        # per pair: y' = y - alpha mu_c, scaled by 2 alpha c for the product; -c |y'|^2, the pair's own term
+        a_p, c_p = a[pair_q], c[pair_q]
+        y = q[pair_q].sub_(a32[pair_q] * self.mu[probe])
+        base = -c_p * (y * y).sum(1, dtype=torch.float64)
+        y.mul_((2 * a_p * c_p).float()[:, None])
+        aac = (a_p * a_p * c_p).float()[:, None]
+        top = torch.empty(len(order), device=device)
+        acc = torch.empty(len(order), D + 1, device=device)  # weighted sums of rows, and of the weights
         pos = 0
-        for c, n_c in enumerate(counts):
+        for ci, n_c in enumerate(counts):
             if not n_c:
                 continue
-            qi = flat_q[pos:pos + n_c]
+            sl, r0, r1 = slice(pos, pos + n_c), self.bounds[ci], self.bounds[ci + 1]
             pos += n_c
-            part = self.banks[c].reduce(q[qi], alpha[qi], sigma[qi])
-            old = Stats(*(t[qi] for t in st))
-            new = merge(old, part)
-            for t, v in zip(st, new):
-                t[qi] = v
-        return st.acc / st.s.to(st.acc.dtype)[:, None]
+            l = torch.mm(y[sl], self.residuals[r0:r1].T)  # 2 alpha c y'.r
+            l.addcmul_(aac[sl], self.res_sq[r0:r1][None], value=-1.0)  # - alpha^2 c |r|^2
+            torch.amax(l, 1, out=top[sl])
+            w = torch.exp_(l.sub_(top[sl, None]).clamp_(min=EXP_FLOOR))
+            torch.mm(w, self.rows[r0:r1], out=acc[sl])
+        # the merge of the pairs of each query: weights relative to the query's largest logit
+        m_pair = top.double() + base
+        m = torch.full((Q,), -math.inf, dtype=torch.float64, device=device).scatter_reduce_(0, pair_q, m_pair, "amax")
+        acc.mul_(torch.exp(m_pair - m[pair_q]).float()[:, None])
+        total = torch.zeros(Q, D + 1, device=device).index_add_(0, pair_q, acc)
+        return total[:, :D] / total[:, D:]
+
+
+def _nearest_centroid(rows: torch.Tensor, mu: torch.Tensor, *, block: int = 8192) -> torch.Tensor:
+    """Index [N] of the nearest centroid ``mu`` [K, D] of each row [N, D] (float32 products, in blocks)."""
+    mu_sq = (mu * mu).sum(1)[None]
+    return torch.cat([torch.addmm(mu_sq, rows[i:i + block], mu.T, alpha=-2).argmin(1)
+                      for i in range(0, len(rows), block)])
 
 
 class PatchPosteriorDenoiser:
@@ -207,6 +269,9 @@ class PatchPosteriorDenoiser:
     ``x0_hat(x)[q] = mean over patches P covering pixel q of E[p | x[P]][q]``, where ``E[p | y] = sum_i w_i p_i``,
     ``w = softmax(-|y - alpha p_i|^2 / (2 sigma^2))`` over the ``k x k`` patches ``p_i`` of ``source`` (every
     ``source_stride``-th position). Queries ``x`` [B, C, h, w] may have any ``h, w >= k`` (the output size is free).
+    With ``window`` the mean over the covering patches is weighted by a Gaussian of the pixel's distance to each
+    patch's centre (:func:`gaussian_window`), so that a pixel takes its value mostly from the patches centred near
+    it (less averaging of patches that disagree: sharper samples).
 
     Args:
         source: [C, H, W] with ``H, W >= patch_size``.
@@ -223,12 +288,15 @@ class PatchPosteriorDenoiser:
             per call, against the exact posterior, is kept in :attr:`errors`) or ``"auto"`` (``ivf`` above
             ``IVF_ROWS`` source patches).
         nprobe: lists searched per query patch (``ivf``; at least enough lists for ``PROBE_ROWS`` rows).
+        window: standard deviation in pixels of the Gaussian weights of the aggregation (None or 0: the plain
+            mean over the covering patches).
         device: where the bank lives and the posteriors are computed.
     """
 
     def __init__(self, source: torch.Tensor, *, patch_size: int = PATCH_SIZE, stride: int = 1,
                  source_stride: int = 1, chunk_size: int = 4096, fast_delta: float = PATCH_FAST_DELTA,
-                 search: Search = "exact", nprobe: int = NPROBE, device: torch.device | str | None = None):
+                 search: Search = "exact", nprobe: int = NPROBE, window: float | None = None,
+                 device: torch.device | str | None = None):
         if source.ndim != 3:
             raise ValueError(f"source must be [C, H, W], got shape {list(source.shape)}")
         for name, v in (("patch_size", patch_size), ("stride", stride), ("source_stride", source_stride)):
@@ -249,8 +317,8 @@ class PatchPosteriorDenoiser:
         self.nprobe = nprobe
         self.lists = None
         if search == "ivf" or (search == "auto" and len(rows) > IVF_ROWS):
-            self.lists = PatchLists(rows, lists=max(1, round(math.sqrt(len(rows)))), chunk_size=chunk_size,
-                                    fast_delta=fast_delta)
+            self.lists = PatchLists(rows, lists=max(1, round(math.sqrt(len(rows)))))
+        self.weights = gaussian_window(patch_size, window)
         self.errors: list[torch.Tensor] = []  # per call (ivf): relative L2 errors of checked posterior means
         self._check = torch.Generator().manual_seed(0)
         self._index = {}
@@ -273,13 +341,13 @@ class PatchPosteriorDenoiser:
         if self.lists is None:
             m = _reduce_mean(self.bank, q, a, s)
         else:
-            nprobe = max(self.nprobe, math.ceil(PROBE_ROWS * len(self.lists.banks) / len(self.lists)))
+            nprobe = max(self.nprobe, math.ceil(PROBE_ROWS * self.lists.n_lists / len(self.lists)))
             m = self.lists.mean(q, a, s, nprobe=nprobe)
             pick = torch.randperm(len(q), generator=self._check)[:CHECK_QUERIES].to(self.device)
             exact = _reduce_mean(self.bank, q[pick], a[pick], s[pick]).double()
             err = (m[pick].double() - exact).norm(dim=1) / exact.norm(dim=1).clamp(min=1e-12)
             self.errors.append(err.cpu())
-        return aggregate(m.reshape(B, L, -1), idx, (C, h, w)).to(x.device, x.dtype)
+        return aggregate(m.reshape(B, L, -1), idx, (C, h, w), self.weights).to(x.device, x.dtype)
 
     def nearest(self, x: torch.Tensor) -> torch.Tensor:
         """The aggregated nearest source patch of every query patch (the ``sigma -> 0`` limit of the posterior
@@ -395,7 +463,8 @@ def standardise(source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float
 def generate(source: torch.Tensor, *, size: Sequence[int] | None = None, n: int = 4, patch_size: int = PATCH_SIZE,
              scales: int | None = None, factor: float = FACTOR, start_noise: float | Sequence[float] = START_NOISE,
              steps: int = STEPS, stride: int = 3, source_stride: int = 1, search: Search = "auto",
-             nprobe: int = NPROBE, sampler: Sampler = "euler", seed: int = 0, device: torch.device | str = "cpu",
+             nprobe: int = NPROBE, window: float | None = WINDOW, sampler: Sampler = SAMPLER, seed: int = 0,
+             device: torch.device | str = "cpu",
              progress: bool = False) -> Result:
     """``n`` samples of size ``size`` (default: the source's) from the patches of ``source`` [C, H, W].
 
@@ -404,13 +473,16 @@ def generate(source: torch.Tensor, *, size: Sequence[int] | None = None, n: int 
     coarsest source; scale ``s`` upsamples the previous result ``u`` to its size, sets ``x = (1 - t_s) u + t_s eps``
     with ``t_s = start_noise[s]`` and runs from ``t_s`` to 0 over the source's patches at that scale, in
     ``ceil(steps t_s)`` steps. ``start_noise``: one ``t`` for all scales after the coarsest, or a list for them (or
-    for all scales, the first being the coarsest's). Randomness comes from ``seed`` only."""
+    for all scales, the first being the coarsest's). ``window``: the Gaussian aggregation weights of
+    :class:`PatchPosteriorDenoiser`. Randomness comes from ``seed`` only."""
     if source.ndim != 3 or not source.is_floating_point() or not bool(torch.isfinite(source).all()):
         raise ValueError("source must be a finite floating-point tensor [C, H, W]")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    if window is not None and not (isinstance(window, (int, float)) and math.isfinite(window) and window >= 0):
+        raise ValueError(f"window must be a number >= 0 (pixels) or None, got {window!r}")
     scales, size, src, out, start_noise = _check_settings(source, size, patch_size, scales, factor, start_noise,
                                                           steps, stride, source_stride)
     device = torch.device(device)
@@ -429,7 +501,7 @@ def generate(source: torch.Tensor, *, size: Sequence[int] | None = None, n: int 
             t0 = time.perf_counter()
             ref = resize(z_src[None], src[s])[0]
             den = PatchPosteriorDenoiser(ref, patch_size=patch_size, stride=stride, source_stride=source_stride,
-                                         search=search, nprobe=nprobe, device=device)
+                                         search=search, nprobe=nprobe, window=window, device=device)
             noise = torch.randn((n, z_src.shape[0], *out[s]), generator=generator).to(device)
             t = start_noise[s]
             x = noise if x is None else (1 - t) * resize(x, out[s]) + t * noise
@@ -554,7 +626,7 @@ def sifid(sample: torch.Tensor, source: torch.Tensor, *, seed: int = FEATURE_SEE
 # ---------------------------------------------------------------- command line
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .options import positive_float, positive_int
+    from .options import non_negative_float, positive_float, positive_int
     p.add_argument("image", metavar="IMAGE",
                    help="the source: an image file (PNG, JPEG, ...) or a .npy array [C, H, W] of any range (latents)")
     p.add_argument("--out", required=True, help="output folder")
@@ -583,7 +655,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(auto, the default)")
     p.add_argument("--nprobe", type=positive_int, default=NPROBE,
                    help=f"inverted lists searched per patch with ivf (default {NPROBE}; more: slower, closer to exact)")
-    p.add_argument("--sampler", choices=list(SAMPLERS), default="euler", help="sampler (default euler)")
+    p.add_argument("--window", type=non_negative_float, default=WINDOW, metavar="PX",
+                   help="overlapping patches are averaged with Gaussian weights of this std (pixels) around each "
+                        f"patch's centre (0: plain mean, smoother; default {WINDOW:g})")
+    p.add_argument("--sampler", choices=list(SAMPLERS), default=SAMPLER,
+                   help=f"sampler (default {SAMPLER}: fresh noise at every step but the last)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -614,7 +690,8 @@ def run(args) -> int:
     cpu0 = time.process_time()
     res = generate(source, size=args.size, n=args.n, patch_size=args.patch_size, scales=args.scales,
                    factor=args.factor, start_noise=start, steps=args.steps, stride=args.stride,
-                   source_stride=args.source_stride, search=args.search, nprobe=args.nprobe, sampler=args.sampler,
+                   source_stride=args.source_stride, search=args.search, nprobe=args.nprobe, window=args.window,
+                   sampler=args.sampler,
                    seed=args.seed, device=device, progress=not args.no_progress)
     t_gen, cpu_gen = sum(res.seconds), time.process_time() - cpu0
     t0 = time.perf_counter()
@@ -642,7 +719,7 @@ def run(args) -> int:
                      "patch_size": args.patch_size, "scales": len(res.seconds), "factor": args.factor,
                      "start_noise": res.start_noise, "steps": args.steps, "steps_per_scale": res.steps,
                      "stride": args.stride, "source_stride": args.source_stride, "search": args.search,
-                     "nprobe": args.nprobe, "sampler": args.sampler,
+                     "nprobe": args.nprobe, "window": args.window, "sampler": args.sampler,
                      "schedule": "rectified-flow", "device": str(device),
                      "fast_delta": PATCH_FAST_DELTA},
         "pyramid": {"source": [list(v) for v in res.source_sizes], "output": [list(v) for v in res.output_sizes]},

@@ -6,13 +6,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from boneless.bank import FAST_DELTA
 from boneless.cli import main
 from boneless.denoisers import EmpiricalDenoiser, exact_reference
-from boneless.single_image import (PatchPosteriorDenoiser, copy_share, diversity, generate, load_source,
-                                   nearest_patch_reshuffle, random_shifts, sifid)
+from boneless.single_image import (PatchLists, PatchPosteriorDenoiser, aggregate, copy_share, diversity, extract,
+                                   gaussian_window, generate, load_source, nearest_patch_reshuffle, nearest_rows,
+                                   patch_index, random_shifts, sifid)
 
 
 def _rand(*shape, seed=0):
@@ -91,6 +94,49 @@ def test_inverted_lists_searching_every_list_equal_the_exact_posterior():
     few = PatchPosteriorDenoiser(source, patch_size=5, stride=2, search="ivf", nprobe=1)
     few(x[None], 0.7, 0.3)
     assert float(few.errors[0].max()) > 0  # an approximation with one list: its error is measured, not hidden
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 300), lists=st.integers(1, 40), seed=st.integers(0, 2 ** 16))
+def test_inverted_lists_hold_every_source_patch_once(n, lists, seed):
+    rows = torch.randn(n, 12, generator=torch.Generator().manual_seed(seed))
+    pl = PatchLists(rows, lists=lists, seed=seed)
+    assert pl.bounds[0] == 0 and pl.bounds[-1] == n and len(pl.bounds) == pl.n_lists + 1 <= min(lists, n) + 1
+    assert all(b1 > b0 for b0, b1 in zip(pl.bounds, pl.bounds[1:]))  # no empty list
+    held = pl.rows[:, :12]
+    assert torch.equal(held[torch.argsort(_lex_key(held))], rows[torch.argsort(_lex_key(rows))])
+    list_of_row = torch.repeat_interleave(torch.arange(pl.n_lists), torch.tensor(pl.bounds).diff())
+    torch.testing.assert_close(pl.residuals + pl.mu[list_of_row], held, rtol=0, atol=1e-5)
+
+
+def _lex_key(rows):
+    """A key that orders distinct random rows (their first coordinate, with ties broken by the second)."""
+    return rows[:, 0].double() * 1e6 + rows[:, 1].double()
+
+
+def test_inverted_lists_as_sigma_vanishes_give_the_nearest_source_patch():
+    source = _smooth_image(3, 24, 24)
+    den = PatchPosteriorDenoiser(source, patch_size=5, search="ivf", nprobe=10_000)
+    q = extract(_rand(1, 3, 10, 10, seed=7), patch_index(10, 10, 5, 5))[0]
+    ones = torch.ones(len(q), dtype=torch.float64)
+    got = den.lists.mean(q, ones, ones * 1e-30, nprobe=10_000)
+    torch.testing.assert_close(got, den.bank.X[nearest_rows(q, den.bank)], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("width", [None, 1.0, 3.0])
+def test_aggregation_weights_against_brute_force(width):
+    # each pixel: the average of the values the patches covering it give it, weighted by its place in each patch
+    k, C, h, w = 4, 2, 9, 11
+    idx = patch_index(h, w, k, 3)
+    patches = _rand(2, len(idx), C * k * k, seed=8).double()
+    wts = torch.ones(k * k, dtype=torch.float64) if width is None else gaussian_window(k, width)
+    total, norm = torch.zeros(2, C, h * w, dtype=torch.float64), torch.zeros(h * w, dtype=torch.float64)
+    for l, pix in enumerate(idx):
+        for j, p in enumerate(pix.tolist()):
+            total[:, :, p] += wts[j] * patches[:, l].reshape(2, C, k * k)[:, :, j]
+            norm[p] += wts[j]
+    torch.testing.assert_close(aggregate(patches, idx, (C, h, w), gaussian_window(k, width)),
+                               (total / norm).reshape(2, C, h, w))
 
 
 def test_constant_source_yields_that_colour():
@@ -229,5 +275,6 @@ def test_cli_checks_settings_and_output_before_work(tmp_path, capsys):
     assert code == 2 and "start noise" in err
     code, _, err = _run(capsys, src, "--out", tmp_path / "o", "--start-noise", 1.5)
     assert code == 2 and "(0, 1]" in err
-    with pytest.raises(SystemExit):
-        main(["single-image", str(src), "--out", str(tmp_path / "o"), "--size", "0", "5"])
+    for bad in (["--size", "0", "5"], ["--window", "-1"]):
+        with pytest.raises(SystemExit):
+            main(["single-image", str(src), "--out", str(tmp_path / "o"), *bad])
