@@ -557,6 +557,10 @@ class _Queries:
 
 # ---------------------------------------------------------------- approximate back-end for large N (FAISS)
 
+TOLERANCE = 0.01  # FaissBank: a query whose certified relative error of x0_hat exceeds this goes to the exact bank
+GATHER_BYTES = 1 << 28  # FaissBank: float64 rows gathered for one block of queries (256 MB)
+
+
 def _faiss():
     try:
         import faiss
@@ -568,38 +572,65 @@ def _faiss():
 class Approximation(NamedTuple):
     """What :meth:`FaissBank.estimate` knows about its own error, per query [B].
 
-    ``tail_mass``: the importance-sampled estimate of the posterior mass outside the ``k`` neighbours;
-    ``tail_bound``: an upper bound on that mass, ``(N - k) e^(l_k - m) / s_k`` (``l_k`` the smallest neighbour
-    logit), exact when the neighbours are the true top-k (``index="flat"``; for ``"ivf"`` when its probes found
-    them); ``x0_bound``: the bound on ``|x0_hat - E[x0 | x]| / |x0_hat|`` that follows from ``tail_bound``
-    when the tail is neglected, ``2 tail_bound max_i |x_i - x0_hat| / |x0_hat|``."""
+    ``tail_mass``: the importance-sampled estimate of the posterior mass outside the ``k`` neighbours (0 without
+    a tail sample); ``tail_bound``: an upper bound on the tail's mass relative to the neighbours',
+    ``(N - k) e^(l_k - m) / s_k`` (``l_k`` the smallest neighbour logit), valid when the neighbours are the true
+    top k (``index="flat"``; for ``"ivf"`` when its probes found them); ``x0_bound``: the bound on the relative
+    error ``|x0_k - E[x0 | x]| / |E[x0 | x]|`` of the neighbours' average ``x0_k`` that follows,
+    ``2 tail_bound (r + |x0_k|) / |x0_k|`` (``r = max_i |x_i|``; the 2 covers the change of denominator while
+    the bound is below 1/2)."""
 
     tail_mass: torch.Tensor
     tail_bound: torch.Tensor
     x0_bound: torch.Tensor
 
 
+class _Parts(NamedTuple):
+    """A block of queries' neighbours ``idx`` [b, k] (a missing one: row 0 with logit -inf), their float64 rows
+    [b, k, D] and exact float64 logits [b, k], and the same for the uniform tail sample (rows among the
+    neighbours masked with -inf; [b, 0] without a sample)."""
+
+    idx: torch.Tensor
+    rows_top: torch.Tensor
+    l_top: torch.Tensor
+    rows_tail: torch.Tensor
+    l_tail: torch.Tensor
+
+
 class FaissBank:
     """An approximate bank for large N: the ``k`` nearest rows of each query from a FAISS index, with their
-    logits recomputed exactly (float64), plus an unbiased importance-sampled estimate of the rest of the
-    softmax sum from ``tail`` rows drawn uniformly (the nearest-neighbour score estimator of Niedoba et al.,
-    arXiv 2402.08018). Costs O(k + tail) rows per query after the index search instead of all N.
+    logits recomputed exactly (float64). Costs O(k) rows per query after the index search instead of all N.
 
     The logits are ``-|x - alpha x_i|^2 / (2 sigma^2 T)``, so the top-k rows are the nearest neighbours of
-    ``x / alpha``; queries with ``alpha = 0`` (the prior) are passed to the exact bank. Prior weights are not
-    supported (they break that equivalence).
+    ``x / alpha``. Every row outside them has a logit of at most the smallest neighbour's, ``l_k``, so their
+    mass relative to the neighbours' is at most ``(N - k) e^(l_k - m) / s_k``, which bounds the error of the
+    neighbours' weighted average (:class:`Approximation`). Per query: where that bound on the relative error
+    of ``x0_hat`` is at most ``tolerance``, the neighbours alone give the result; elsewhere (broad posteriors,
+    where the neighbours cannot carry the mass) the exact bank computes it. So the error is at most
+    ``tolerance`` for every query when the neighbours are the true top k (``index="flat"``); the inverted-file
+    index (``"ivf"``) can miss some, and the benchmark (``boneless bench --faiss``) measures what that costs.
+    Queries with ``alpha = 0`` (the prior) always go to the exact bank. Prior weights are not supported (they
+    break the equivalence with nearest neighbours).
+
+    ``tolerance=None`` turns the rule off: every query then gets its neighbours plus an unbiased estimate of the
+    rest of the softmax sums from ``tail`` rows drawn uniformly (the nearest-neighbour score estimator of
+    Niedoba et al., arXiv 2402.08018, with the exact sum of the other rows as a control variate). No bound holds
+    then: at intermediate noise, where most of the mass lies outside the neighbours, its error can reach tens
+    of percent.
 
     Args:
-        bank: the exact :class:`Bank` whose rows are indexed (kept for exact recomputation and :meth:`check`).
+        bank: the exact :class:`Bank` whose rows are indexed (the fallback, and for :meth:`check`).
         k: neighbours per query.
-        tail: rows sampled uniformly per query for the tail estimate (0: the tail is neglected).
+        tail: rows sampled uniformly per query for the tail estimate (``tolerance=None`` only; 0: no estimate).
         index: ``"ivf"`` (inverted lists, approximate, fast) or ``"flat"`` (exact search, no speed-up in the search).
         nlist, nprobe: inverted lists and lists probed per query (``ivf``; default ``2 sqrt(N)`` and 32).
+        tolerance: the largest certified relative error of ``x0_hat`` served from the neighbours (default
+            ``TOLERANCE``, 1 %); ``None``: no switch to the exact bank (and no bound).
         seed: seed of the tail sampler and of the index training sample.
     """
 
     def __init__(self, bank: Bank, *, k: int = 256, tail: int = 256, index: Literal["ivf", "flat"] = "ivf",
-                 nlist: int | None = None, nprobe: int = 32, seed: int = 0):
+                 nlist: int | None = None, nprobe: int = 32, tolerance: float | None = TOLERANCE, seed: int = 0):
         faiss = _faiss()
         if bank.log_w is not None:
             raise ValueError("bank='faiss' does not support prior weights (the top-k would not be nearest neighbours)")
@@ -608,7 +639,10 @@ class FaissBank:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
         if index not in ("ivf", "flat"):
             raise ValueError(f"index must be 'ivf' or 'flat', got {index!r}")
+        if tolerance is not None and not (isinstance(tolerance, (int, float)) and 0 < tolerance < math.inf):
+            raise ValueError(f"tolerance must be a positive number or None, got {tolerance!r}")
         self.exact, self.k, self.tail, self.index_kind = bank, min(k, len(bank)), tail, index
+        self.tolerance = tolerance
         self.generator = torch.Generator().manual_seed(seed)
         n, d = len(bank), bank.dim
         if index == "flat":
@@ -623,7 +657,8 @@ class FaissBank:
         for j0 in range(0, n, bank.chunk_size):
             rows = bank.rows(j0, min(j0 + bank.chunk_size, n))
             self.index.add(rows.cpu().contiguous().numpy())
-            self.sum_all += rows.double().sum(0)
+            for block in rows.split(_block_rows(d, 1 << 20)):  # small float64 blocks: no page faults
+                self.sum_all += block.double().sum(0)
 
     def __getattr__(self, name):  # everything else (rows, X, chunk_size, device, ...) is the exact bank's
         return getattr(self.exact, name)
@@ -631,17 +666,22 @@ class FaissBank:
     def __len__(self) -> int:
         return len(self.exact)
 
-    def _parts(self, x, alpha, sigma, temperature):
-        """Neighbours ``idx`` [B, k] (missing ones masked), their float32 rows and exact float64 logits
-        ``c (2 alpha x.x_i - alpha^2 |x_i|^2)``; the same for the tail sample (rows among the neighbours masked)."""
+    def _blocks(self, n: int, tail: int):
+        """Slices of ``n`` queries whose gathered float64 rows fit in ``GATHER_BYTES``."""
+        step = max(1, GATHER_BYTES // (8 * (self.k + tail) * max(self.dim, 1)))
+        return (slice(b0, min(b0 + step, n)) for b0 in range(0, n, step))
+
+    def _parts(self, x, alpha, sigma, temperature, tail: int) -> _Parts:
+        """Neighbours and (``tail`` > 0) the tail sample of a block of queries, with exact float64 logits
+        ``c (2 alpha x.x_i - alpha^2 |x_i|^2)``."""
         dev = self.exact.device
         x64 = x.to(dev, torch.float64)
         alpha, sigma = alpha.to(dev, torch.float64), sigma.to(dev, torch.float64)
         c = 0.5 / (sigma ** 2 * temperature)
 
         def gather(ix):
-            rows = self.exact.X[ix.reshape(-1)].reshape(*ix.shape, -1)
-            dots = torch.einsum("bd,bmd->bm", x64, rows.double())
+            rows = self.exact.X[ix.reshape(-1)].reshape(*ix.shape, -1).double()
+            dots = torch.einsum("bd,bmd->bm", x64, rows)
             return rows, c[:, None] * (2 * alpha[:, None] * dots - alpha[:, None] ** 2 * self.exact.sq_norms64[ix])
 
         _, idx = self.index.search((x64 / alpha[:, None]).float().cpu().numpy(), self.k)
@@ -650,87 +690,113 @@ class FaissBank:
         rows_top, l_top = gather(idx.clamp(min=0))
         l_top = l_top.masked_fill(missing, -math.inf)
         n = len(self.exact)
-        if self.tail and n > self.k:
-            samp = torch.randint(0, n, (len(x), self.tail), generator=self.generator).to(dev)
+        if tail and n > self.k:
+            samp = torch.randint(0, n, (len(x), tail), generator=self.generator).to(dev)
             in_top = (samp[:, :, None] == idx[:, None, :]).any(-1)
             rows_tail, l_tail = gather(samp)
             l_tail = l_tail.masked_fill(in_top, -math.inf)
         else:
             rows_tail, l_tail = rows_top[:, :0], l_top[:, :0]
-        return idx.clamp(min=0), rows_top, l_top, rows_tail, l_tail
+        return _Parts(idx.clamp(min=0), rows_top, l_top, rows_tail, l_tail)
+
+    def _certified(self, p: _Parts):
+        """From the neighbours alone [b]: their maximum logit ``m``, sum ``s_k = sum e^(l - m)``, the bound on
+        the tail's relative mass and the bound on the relative error of their average (:class:`Approximation`)."""
+        m = p.l_top.max(1).values
+        w = torch.exp(p.l_top - m[:, None])
+        s_top = w.sum(1)
+        found = torch.isfinite(p.l_top)
+        l_k = p.l_top.masked_fill(~found, math.inf).min(1).values
+        tail_bound = ((len(self.exact) - found.sum(1)) * torch.exp(l_k - m) / s_top).clamp(max=1.0)
+        x0_norm = torch.einsum("bm,bmd->bd", w / s_top[:, None], p.rows_top).norm(dim=1)
+        x0_bound = 2 * tail_bound * (self.exact.r + x0_norm) / x0_norm.clamp(min=1e-30)
+        return m, s_top, tail_bound, x0_bound
 
     def reduce(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, *, temperature: float = 1.0,
                k: int = 0, start: int = 0, stop: int | None = None, entropy: bool = True) -> Stats:
-        """:meth:`Bank.reduce`'s statistics, estimated from the neighbours and the tail sample (all rows only)."""
+        """:meth:`Bank.reduce`'s statistics (all rows only): from each query's neighbours where their certified
+        error is within ``tolerance`` (with ``tolerance=None``: neighbours plus the tail estimate for every
+        query), from the exact bank for the others and for ``alpha = 0``."""
         if start != 0 or (stop is not None and stop != len(self)):
             raise ValueError("the FAISS bank reduces over all its rows")
-        prior = alpha == 0
-        if bool(prior.all()):
-            return self.exact.reduce(x, alpha, sigma, temperature=temperature, k=k)
-        if bool(prior.any()):  # the prior (alpha = 0) exactly, the rest approximately
-            keep = (~prior).nonzero().squeeze(1)
-            a = self.reduce(x[keep], alpha[keep], sigma[keep], temperature=temperature, k=k)
-            p = self.exact.reduce(x[prior], alpha[prior], sigma[prior], temperature=temperature, k=k)
-            out = [torch.empty((len(x),) + t.shape[1:], dtype=t.dtype, device=t.device) for t in a]
-            for o, ta, tp in zip(out, a, p):
-                o[keep], o[prior] = ta, tp
-            return Stats(*out)
-        idx, rows_top, l_top, rows_tail, l_tail = self._parts(x, alpha, sigma, temperature)
-        m = torch.cat([l_top, l_tail], 1).max(1).values
-        w_top = torch.exp(l_top - m[:, None])
-        acc = torch.einsum("bm,bmd->bd", w_top, rows_top.double())
-        z_top = (l_top - m[:, None]).nan_to_num(neginf=0.0)
+        tail = self.tail if self.tolerance is None else 0
+        approx = (alpha != 0).nonzero().squeeze(1)
+        pieces = []  # (query indices, their Stats)
+        for blk in self._blocks(len(approx), tail):
+            b = approx[blk]
+            p = self._parts(x[b], alpha[b], sigma[b], temperature, tail)
+            if self.tolerance is not None:
+                ok = self._certified(p)[3] <= self.tolerance
+                b, p = b[ok], _Parts(*(t[ok] for t in p))
+            if len(b):
+                pieces.append((b, self._stats(p, k)))
+        served = torch.cat([b for b, _ in pieces]) if pieces else approx[:0]
+        rest = torch.ones(len(x), dtype=torch.bool, device=alpha.device)
+        rest[served] = False
+        if bool(rest.any()):
+            rest = rest.nonzero().squeeze(1)
+            pieces.append((rest, self.exact.reduce(x[rest], alpha[rest], sigma[rest], temperature=temperature, k=k,
+                                                   entropy=entropy)))
+        if len(pieces) == 1:  # every query from one source (indices in order)
+            return pieces[0][1]
+        out = [torch.empty((len(x),) + t.shape[1:], dtype=t.dtype, device=t.device) for t in pieces[0][1]]
+        for b, st in pieces:
+            for o, t in zip(out, st):
+                o[b.to(o.device)] = t
+        return Stats(*out)
+
+    def _stats(self, p: _Parts, k: int) -> Stats:
+        """The statistics of the neighbours (plus the tail estimate, when there is a sample)."""
+        m = torch.cat([p.l_top, p.l_tail], 1).max(1).values
+        w_top = torch.exp(p.l_top - m[:, None])
+        acc = torch.einsum("bm,bmd->bd", w_top, p.rows_top)
+        z_top = (p.l_top - m[:, None]).nan_to_num(neginf=0.0)
         s, u, q = w_top.sum(1), (w_top * z_top).sum(1), (w_top ** 2).sum(1)
-        if l_tail.shape[1]:
-            tail = self._tail(m, idx, l_top, rows_tail, l_tail)
+        if p.l_tail.shape[1]:
+            tail = self._tail(m, p)
             acc, s, u, q = acc + tail[0], s + tail[1], u + tail[2], q + tail[3]
         acc = acc.float()
-        kk = min(k, self.k)
-        top_l, pos = l_top.topk(kk, dim=1)
-        top_i = idx.gather(1, pos)
+        B, kk = len(m), min(k, self.k)
+        top_l, pos = p.l_top.topk(kk, dim=1)
+        top_i = p.idx.gather(1, pos)
         if kk < k:
-            top_l = torch.cat([top_l, top_l.new_full((len(x), k - kk), -math.inf)], 1)
-            top_i = torch.cat([top_i, top_i.new_full((len(x), k - kk), -1)], 1)
+            top_l = torch.cat([top_l, top_l.new_full((B, k - kk), -math.inf)], 1)
+            top_i = torch.cat([top_i, top_i.new_full((B, k - kk), -1)], 1)
         return Stats(m, s, acc, u, q, top_l, top_i)
 
-    def _tail(self, m, idx, l_top, rows_tail, l_tail):
+    def _tail(self, m, p: _Parts):
         """The rows outside the neighbours T, from the uniform sample S (rows of T in S masked): with
         ``w_j = e^(l_j - m)`` and ``w_bar`` the mean of ``w`` over the valid samples, the control-variate estimate
         ``sum_{j not in T} w_j x_j ~ w_bar sum_{j not in T} x_j + (N / |S|) sum_{j in S} (w_j - w_bar) x_j``
         (the plain importance-sampling sum is its ``w_bar = 0`` case; the exact ``sum_{j not in T} x_j`` removes
         most of its variance when the posterior is broad), ``sum_{j not in T} w_j ~ w_bar (N - |T|)``.
         Returns the tail's (acc, s, u, q) contributions."""
-        n, scale = len(self.exact), len(self.exact) / self.tail
-        valid = torch.isfinite(l_tail)
-        w = torch.exp(l_tail - m[:, None]).masked_fill(~valid, 0.0)
-        n_valid = valid.sum(1).clamp(min=1)
-        w_bar = w.sum(1) / n_valid
-        found = torch.isfinite(l_top)
-        rows_top = self.exact.X[idx.reshape(-1)].reshape(*idx.shape, -1).double()
-        rest_sum = self.sum_all[None] - torch.einsum("bm,bmd->bd", found.double(), rows_top)
+        n, scale = len(self.exact), len(self.exact) / p.l_tail.shape[1]
+        valid = torch.isfinite(p.l_tail)
+        w = torch.exp(p.l_tail - m[:, None]).masked_fill(~valid, 0.0)
+        w_bar = w.sum(1) / valid.sum(1).clamp(min=1)
+        found = torch.isfinite(p.l_top)
+        rest_sum = self.sum_all[None] - torch.einsum("bm,bmd->bd", found.double(), p.rows_top)
         dev = (w - w_bar[:, None]).masked_fill(~valid, 0.0)
-        acc = w_bar[:, None] * rest_sum + scale * torch.einsum("bm,bmd->bd", dev, rows_tail.double())
+        acc = w_bar[:, None] * rest_sum + scale * torch.einsum("bm,bmd->bd", dev, p.rows_tail)
         s = w_bar * (n - found.sum(1))
-        z = (l_tail - m[:, None]).masked_fill(~valid, 0.0)
+        z = (p.l_tail - m[:, None]).masked_fill(~valid, 0.0)
         return acc, s, scale * (w * z).sum(1), scale * (w * w).sum(1)
 
     def estimate(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, *,
                  temperature: float = 1.0) -> Approximation:
-        """The tail mass (estimated and bounded) and the resulting bound on the error of ``x0_hat`` [B]."""
+        """The tail mass (estimated from the tail sample, and bounded) and the bound on the relative error of
+        the neighbours' ``x0_hat`` [B] (the quantity that :meth:`reduce` compares with ``tolerance``)."""
         if bool((alpha == 0).any()):
             raise ValueError("the tail bound needs alpha > 0 (alpha = 0 is computed exactly)")
-        idx, rows_top, l_top, rows_tail, l_tail = self._parts(x, alpha, sigma, temperature)
-        n = len(self.exact)
-        m = l_top.max(1).values
-        s_top = torch.exp(l_top - m[:, None]).sum(1)
-        s_tail = self._tail(m, idx, l_top, rows_tail, l_tail)[1] if l_tail.shape[1] else torch.zeros_like(s_top)
-        tail_mass = s_tail / (s_top + s_tail)
-        l_k = l_top.masked_fill(torch.isinf(l_top), math.inf).min(1).values
-        bound = ((n - self.k) * torch.exp(l_k - m) / s_top).clamp(max=1.0)
-        w = torch.exp(l_top - m[:, None]) / s_top[:, None]
-        x0 = torch.einsum("bm,bmd->bd", w, rows_top.double())
-        spread = (self.exact.r + x0.norm(dim=1))
-        return Approximation(tail_mass, bound, (2 * bound * spread / x0.norm(dim=1).clamp(min=1e-30)))
+        out = []
+        for blk in self._blocks(len(x), self.tail):
+            p = self._parts(x[blk], alpha[blk], sigma[blk], temperature, self.tail)
+            m, s_top, tail_bound, x0_bound = self._certified(p)
+            s_tail = self._tail(m, p)[1] if p.l_tail.shape[1] else torch.zeros_like(s_top)
+            out.append(Approximation(s_tail / (s_top + s_tail), tail_bound, x0_bound))
+        return Approximation(*(torch.cat(t) for t in zip(*out))) if out else \
+            Approximation(*(torch.zeros(0, dtype=torch.float64) for _ in range(3)))
 
     def check(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, *,
               temperature: float = 1.0) -> torch.Tensor:

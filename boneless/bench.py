@@ -11,6 +11,11 @@ and error against exact for large N. Data are synthetic images in [-1, 1] with i
 
 Outputs (written atomically to ``--out``): ``bench.json``, ``bench.md`` (tables), ``time_vs_N.png``,
 ``time_vs_D.png``, ``time_vs_B.png``, ``sampling.png`` (and ``faiss.png``).
+
+``--preset original`` measures the original notebook's workload instead (N = 20,000 images of 128 x 128 x 3,
+100 rectified-flow Euler steps; synthetic images and the bundled faces): seconds per sample per batch size
+against the two-product limit, smalldiffusion's ideal denoiser and the per-sample pattern, the exact denoiser
+per noise level with its error against float64, and construction times (``bench.json``, ``bench.md``).
 """
 
 from __future__ import annotations
@@ -48,10 +53,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=positive_int, default=5, help="interleaved repeats per timing (default 5)")
     p.add_argument("--budget", type=positive_float, default=60.0,
                    help="seconds per size: fewer repeats (at least 2) for slow sizes (default 60)")
-    p.add_argument("--steps", type=positive_int, default=50, help="steps of the sampling run (default 50)")
+    p.add_argument("--steps", type=positive_int,
+                   help="steps of the sampling run (default 50; --preset original: 100, the notebook's)")
     p.add_argument("--mem-limit", type=positive_float, help="GB a baseline may use (default: half the free memory)")
     p.add_argument("--faiss", action="store_true", help="also time the FAISS back-end for large N (needs faiss-cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and queries")
+    o = p.add_argument_group("--preset original", "the original notebook's workload: N = 20000 images of 128 x 128 x 3 "
+                             "(D = 49152), 100 rectified-flow Euler steps, synthetic images and the bundled faces "
+                             "(resized, repeated to N rows), beside smalldiffusion's ideal denoiser when installed "
+                             "(about 4 GB per dataset; run one dataset at a time on a small machine)")
+    o.add_argument("--preset", choices=("grid", "original"), default="grid",
+                   help="grid (default): the sizes, sweeps and sampling run above; original: the original workload")
+    o.add_argument("--data", choices=("synthetic", "faces", "both"), default="both",
+                   help="original: which data (default both, one after the other)")
+    o.add_argument("--rows", type=positive_int, help="original: N (default 20000)")
+    o.add_argument("--size", type=positive_int, help="original: image side, D = 3 size^2 (default 128)")
+    o.add_argument("--batches", type=positive_int, nargs="+", help="original: batch sizes (default 1 4 16 64)")
+    o.add_argument("--timed-steps", type=positive_int,
+                   help="original: steps timed, one per equal stratum of the run; the run's time is scaled from "
+                        "them (default 10)")
 
 
 # ---------------------------------------------------------------- data, baselines, timing
@@ -257,8 +277,14 @@ def sampling_run(X: torch.Tensor, B: int, *, device: torch.device, steps: int, s
                       for a, s, t, tl in rec]}
 
 
-def bench_faiss(ns, shape, *, B: int, device: torch.device, repeats: int, seed: int, ratios=(0.03, 0.3, 3.0, 30.0)):
-    """The FAISS back-end against the exact denoiser for large N: build time, time per call, speed-up, error."""
+FAISS_RATIOS = (0.03, 0.1, 0.4, 1.3, 3.0, 10.0, 32.0, 199.0)  # sigma / alpha of the FAISS back-end's table
+
+
+def bench_faiss(ns, shape, *, B: int, device: torch.device, repeats: int, seed: int, ratios=FAISS_RATIOS):
+    """The FAISS back-end against the exact denoiser per noise level, for large N: with its default rule (a
+    query whose certified error exceeds the tolerance goes to the exact bank) and without it (``tolerance=None``:
+    the neighbours plus the sampled tail for every query). Build time; time per call and speed-up of both; the
+    share of queries the rule serves from their neighbours; relative L2 error against the exact denoiser."""
     from .denoisers import EmpiricalDenoiser
     out = []
     for n in ns:
@@ -267,24 +293,286 @@ def bench_faiss(ns, shape, *, B: int, device: torch.device, repeats: int, seed: 
         t0 = time.perf_counter()
         approx = EmpiricalDenoiser(X, device=device, bank="faiss", seed=seed)
         build = time.perf_counter() - t0
+        fb, tol = approx.bank, approx.bank.tolerance
         g = torch.Generator().manual_seed(seed + 3)
         x0, eps = X[torch.randint(0, n, (B,), generator=g)], torch.randn(B, *shape, generator=g)
         for r in ratios:
             a, s = _coeffs(r)
             x = (a * x0 + s * eps).to(device)
-            times = interleaved({"exact": lambda: exact(x, a, s), "faiss": lambda: approx(x, a, s)}, repeats, device)
-            ya, ye = approx(x, a, s).double().flatten(1), exact(x, a, s).double().flatten(1)
-            err = ((ya - ye).norm(dim=1) / ye.norm(dim=1)).cpu()
-            est = approx.bank.estimate(x.flatten(1), torch.full((B,), a, dtype=torch.float64),
-                                       torch.full((B,), s, dtype=torch.float64))
-            out.append({"N": n, "D": X[0].numel(), "B": B, "ratio": r, "build_s": build,
-                        "exact_s": min(times["exact"]), "faiss_s": min(times["faiss"]),
-                        "speedup": min(times["exact"]) / min(times["faiss"]),
-                        "rel_error_median": float(err.median()), "rel_error_max": float(err.max()),
+            ys = {}
+
+            def call(name, den, rule=True):
+                fb.tolerance = tol if rule else None
+                ys[name] = den(x, a, s)
+                fb.tolerance = tol
+
+            times = {k: min(v) for k, v in interleaved({
+                "exact": lambda: call("exact", exact), "faiss": lambda: call("faiss", approx),
+                "no_rule": lambda: call("no_rule", approx, rule=False)}, repeats, device).items()}
+            err = {k: _rel(ys[k].cpu(), ys["exact"].cpu()) for k in ("faiss", "no_rule")}
+            est = fb.estimate(x.flatten(1), torch.full((B,), a, dtype=torch.float64),
+                              torch.full((B,), s, dtype=torch.float64))
+            out.append({"N": n, "D": X[0].numel(), "B": B, "ratio": r, "build_s": build, "tolerance": tol,
+                        "exact_s": times["exact"], "faiss_s": times["faiss"],
+                        "speedup": times["exact"] / times["faiss"],
+                        "served": float((est.x0_bound <= tol).double().mean()),
+                        "rel_error_median": float(err["faiss"].median()), "rel_error_max": float(err["faiss"].max()),
+                        "no_rule_s": times["no_rule"], "no_rule_speedup": times["exact"] / times["no_rule"],
+                        "no_rule_error_median": float(err["no_rule"].median()),
+                        "no_rule_error_max": float(err["no_rule"].max()),
                         "tail_mass_median": float(est.tail_mass.median()),
-                        "tail_bound_max": float(est.tail_bound.max())})
+                        "x0_bound_median": float(est.x0_bound.median())})
         del exact, approx, X
     return out
+
+
+# ---------------------------------------------------------------- the original workload (--preset original)
+
+# The original notebook: 20,000 CelebA faces at 128 x 128 x 3, 100 rectified-flow Euler steps, one sample at a
+# time, 8.5 s per sample on its GPU.
+ORIGINAL = dict(rows=20000, size=128, batches=(1, 4, 16, 64), steps=100, timed_steps=10,
+                sweep=(0.4, 1.3, 3.0, 10.0, 19.0, 32.0, 199.0), sweep_batch=16, notebook_s=8.5)
+
+
+def smalldiffusion_ideal():
+    """smalldiffusion's ``IdealDenoiser`` class and version, or ``None`` when smalldiffusion is not installed.
+    Its package imports its training code (accelerate, torchvision) on import; the ideal denoiser's own module
+    needs only torch and einops, so when the package does not import, that module is loaded alone."""
+    import importlib.metadata
+    import importlib.util
+    try:
+        version = importlib.metadata.version("smalldiffusion")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    try:
+        from smalldiffusion import IdealDenoiser
+        return IdealDenoiser, version
+    except ImportError:
+        pass
+    spec = importlib.util.find_spec("smalldiffusion")
+    path = Path(next(iter(spec.submodule_search_locations))) / "model.py"
+    mspec = importlib.util.spec_from_file_location("_smalldiffusion_model", path)
+    module = importlib.util.module_from_spec(mspec)
+    try:
+        mspec.loader.exec_module(module)
+    except ImportError:
+        return None
+    return getattr(module, "IdealDenoiser", None), version
+
+
+def smalldiffusion_x0(ideal, x: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
+    """``x0_hat`` from smalldiffusion's ideal denoiser, which takes the variance-exploding ``x / alpha`` and
+    ``sigma / alpha`` and returns the noise: ``x0_hat = x_ve - (sigma / alpha) eps``."""
+    x_ve, s_ve = x / alpha, torch.tensor(sigma / alpha)
+    with torch.no_grad():
+        return x_ve - s_ve * ideal(x_ve, s_ve)
+
+
+def original_faces(n: int, size: int) -> torch.Tensor:
+    """The bundled faces (scikit-image's LFW subset, grey) resized to ``size`` x ``size``, copied into three
+    channels and repeated to ``n`` rows: [n, 3, size, size] (every face appears about n / 100 times)."""
+    from .data import load_dataset
+    faces = load_dataset("faces", size=size).expand(-1, 3, -1, -1)
+    return faces.repeat(-(-n // len(faces)), 1, 1, 1)[:n]
+
+
+def reference_x0(X: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Float64 posterior means of a few queries ``x`` [Q, D] at ``alpha``, ``sigma`` [Q], streamed over blocks
+    of rows (X at D = 49152 in float64 would be 7.8 GB): float64 logits ``(2 alpha x.x_i - alpha^2 |x_i|^2) /
+    (2 sigma^2)`` (``|x|^2`` cancels in the softmax; rounding ~1e-16 of the terms), then the weighted sum."""
+    from .rows import _block_rows
+    Xf = X.reshape(len(X), -1)
+    x64, a, c = x.double(), alpha.double()[:, None], 0.5 / sigma.double()[:, None] ** 2
+    step = _block_rows(Xf.shape[1], 1 << 24)
+    logits = torch.empty(len(x), len(Xf), dtype=torch.float64)
+    for j in range(0, len(Xf), step):
+        r = Xf[j:j + step].double()
+        logits[:, j:j + step] = c * (2 * a * (x64 @ r.T) - a ** 2 * (r * r).sum(1)[None])
+    w = torch.softmax(logits, 1)
+    acc = torch.zeros_like(x64)
+    for j in range(0, len(Xf), step):
+        acc.addmm_(w[:, j:j + step], Xf[j:j + step].double())
+    return acc
+
+
+def _timed_grid(steps: int, timed: int) -> list[float]:
+    """The times of ``timed`` of a ``steps``-step rectified-flow Euler grid (t_i = 1 - i / steps): the middle
+    step of each of ``timed`` equal strata, so that their mean time estimates the whole run's."""
+    stride = steps / timed
+    return [1 - int(stride * (j + 0.5)) / steps for j in range(timed)]
+
+
+def bench_original(X: torch.Tensor, *, batches, steps: int, timed_steps: int, sweep, sweep_batch: int,
+                   repeats: int, seed: int, ideal=None, per_sample_rows: int | None = None, progress=None) -> dict:
+    """The original workload on the data ``X`` [N, *shape] (CPU): for each batch size B, ``timed_steps`` steps of
+    a ``steps``-step rectified-flow Euler run (one per equal stratum of the grid, on forward-noised queries; their
+    time times ``steps / timed_steps`` is the run's) for the exact denoiser, the two plain float32 products of
+    the same shape (``x @ X.T`` and ``p @ X``: the limit) and smalldiffusion's ideal denoiser (``ideal``: its
+    class, or None), interleaved; peak memory from an untimed call; at B = ``sweep_batch`` the exact denoiser at
+    each sigma / alpha of ``sweep`` against the limit, with its error against float64; the per-sample pattern on
+    ``per_sample_rows`` rows, scaled to N (its cost is linear in N); construction times. ``progress(res)`` is
+    called with the partial result after each part."""
+    progress = progress or (lambda res: None)
+    from .denoisers import EmpiricalDenoiser
+    N, D = len(X), X[0].numel()
+    Xf = X.reshape(N, D)
+    g = torch.Generator().manual_seed(seed)
+    cpu = torch.device("cpu")
+    res = {"N": N, "D": D, "shape": list(X.shape[1:]), "steps": steps, "timed_steps": timed_steps,
+           "repeats": repeats, "threads": torch.get_num_threads()}
+    print(f"bench: construction, N {N}, D {D}", file=sys.stderr, flush=True)
+    build = {"boneless": lambda: EmpiricalDenoiser(X)}
+    if ideal is not None:
+        build["smalldiffusion"] = lambda: ideal(X)
+    res["construction_s"] = {k: min(v) for k, v in interleaved(build, repeats, cpu).items()}
+    den = EmpiricalDenoiser(X)
+    sd = ideal(X) if ideal is not None else None
+
+    def methods(x, a, s, out):
+        p = torch.softmax(torch.randn(len(x), N, generator=g), 1)
+        fns = {"limit": lambda: (x @ Xf.T, p @ Xf),
+               "exact": lambda: out.__setitem__("exact", den(x.view(len(x), *X.shape[1:]), a, s).flatten(1))}
+        if sd is not None:
+            fns["smalldiffusion"] = lambda: out.__setitem__(
+                "smalldiffusion", smalldiffusion_x0(sd, x.view(len(x), *X.shape[1:]), a, s).flatten(1))
+        return fns
+
+    def queries(b, ratio):
+        a, s = _coeffs(ratio)
+        x0 = Xf[torch.randint(0, N, (b,), generator=g)]
+        return a * x0 + s * torch.randn(b, D, generator=g), a, s
+
+    res["batches"] = []
+    for B in batches:
+        print(f"bench: B {B}", file=sys.stderr, flush=True)
+        row = {"B": B, "steps": []}
+        for t in _timed_grid(steps, timed_steps):
+            x, a, s = queries(B, t / (1 - t))
+            out = {}
+            fns = methods(x, a, s, out)
+            if not row["steps"]:  # peak memory in an untimed call at the first (broadest) step
+                row["peak_bytes"] = {k: peak_memory(fn, cpu) for k, fn in fns.items()}
+            times = interleaved(fns, repeats, cpu)
+            step = {"t": t, "ratio": t / (1 - t), **{k: min(v) for k, v in times.items()}}
+            if "smalldiffusion" in out:
+                step["smalldiffusion_vs_exact"] = float(_rel(out["smalldiffusion"], out["exact"]).max())
+            row["steps"].append(step)
+        scale = steps / timed_steps / B
+        for k in ("limit", "exact", "smalldiffusion"):
+            if k in row["steps"][0]:
+                row[f"{k}_per_sample_s"] = scale * sum(st[k] for st in row["steps"])
+        row["fraction_of_limit"] = row["limit_per_sample_s"] / row["exact_per_sample_s"]
+        res["batches"].append(row)
+        print(f"bench: B {B}: exact {row['exact_per_sample_s']:.3g} s per sample for {steps} steps, "
+              f"{row['fraction_of_limit']:.2f} of the limit", file=sys.stderr, flush=True)
+        progress(res)
+    print(f"bench: sweep over sigma / alpha, B {sweep_batch}", file=sys.stderr, flush=True)
+    res["sweep"] = []
+    progress(res)
+    for ratio in sweep:
+        x, a, s = queries(sweep_batch, ratio)
+        out = {}
+        fns = methods(x, a, s, out)
+        fns["exact"]()  # warm-up
+        times = interleaved(fns, repeats, cpu)
+        q = min(4, sweep_batch)
+        ref = reference_x0(Xf, x[:q], torch.full((q,), a), torch.full((q,), s))
+        entry = {"ratio": ratio, **{k: min(v) for k, v in times.items()},
+                 "exact_error": float(_rel(out["exact"][:q], ref).max())}
+        entry["fraction_of_limit"] = entry["limit"] / entry["exact"]
+        if "smalldiffusion" in out:
+            entry["smalldiffusion_error"] = float(_rel(out["smalldiffusion"][:q], ref).max())
+        res["sweep"].append(entry)
+        progress(res)
+    n_ps = min(N, per_sample_rows or max(100, (1 << 30) // (20 * D)))  # its N x D temporaries within ~1 GB
+    x, a, s = queries(1, 1.0)
+    t_ps = min(interleaved({"ps": lambda: per_sample_pattern(Xf[:n_ps], x, a, s)}, repeats, cpu)["ps"])
+    res["per_sample"] = {"rows_timed": n_ps, "call_s": t_ps, "per_sample_s": steps * t_ps * N / n_ps}
+    progress(res)
+    return res
+
+
+def _rel(y: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    y, ref = y.double().flatten(1), ref.double().flatten(1)
+    return (y - ref).norm(dim=1) / ref.norm(dim=1).clamp(min=1e-300)
+
+
+def markdown_original(report: dict) -> str:
+    """The tables of ``--preset original``."""
+    lines = [f"# boneless bench --preset original\n", f"`{report['command']}`\n", "Machine: " + ", ".join(
+        f"{k} {v}" for k, v in report["machine"].items()) + "\n",
+        f"Seconds per sample for {report['steps']} rectified-flow Euler steps: {report['timed_steps']} of the steps "
+        "timed (the middle step of each equal stratum of the grid, on forward-noised queries; minimum over "
+        f"interleaved repeats), times {report['steps'] / report['timed_steps']:g}, over B. `limit`: the two plain "
+        "float32 products `x @ X.T` and `p @ X` of the same shapes, timed in the same rounds; `fraction` = limit / "
+        f"exact. The original notebook: {report['notebook_s']} s per sample on its GPU.\n"]
+    for d in report["datasets"]:
+        if not d.get("batches"):
+            continue
+        sd = "smalldiffusion_per_sample_s" in d["batches"][0]
+        lines += [f"\n## {d['data']}: N {d['N']}, D {d['D']} ({'x'.join(map(str, d['shape']))}), "
+                  f"{d['threads']} threads\n",
+                  "Construction: " + ", ".join(f"{k} {_fmt_s(v)}" for k, v in d["construction_s"].items()) + ".\n",
+                  "| B | exact s / sample | fraction of limit | limit s / sample | " +
+                  ("smalldiffusion s / sample (/ exact) | " if sd else "") +
+                  "per-sample pattern s / sample | peak memory: exact, limit" + (", smalldiffusion" if sd else "") +
+                  " |", "|---" * (6 + sd) + "|"]
+        ps = d.get("per_sample", {}).get("per_sample_s", math.nan)  # nan: not reached (a partial report)
+        for r in d["batches"]:
+            pk = r["peak_bytes"]
+            mem = ", ".join(f"{pk[k] / 2**20:.0f} MB" for k in ("exact", "limit", "smalldiffusion") if k in pk)
+            lines.append(f"| {r['B']} | {r['exact_per_sample_s']:.3g} | {r['fraction_of_limit']:.2f} | "
+                         f"{r['limit_per_sample_s']:.3g} | " +
+                         (f"{r['smalldiffusion_per_sample_s']:.3g} ({r['smalldiffusion_per_sample_s'] / r['exact_per_sample_s']:.2f}) | "
+                          if sd else "") + f"{ps:.4g} | {mem} |")
+        if "per_sample" in d:
+            lines.append(f"\nPer-sample pattern: one call on {d['per_sample']['rows_timed']} of the {d['N']} rows "
+                         f"took {d['per_sample']['call_s']:.3g} s, scaled by N / rows (its cost is linear in N).")
+        lines += ["\nFraction of the limit per timed step (t; sigma / alpha):\n",
+                  "| B | " + " | ".join(f"{st['t']:.2f}; {st['ratio']:.3g}" for st in d["batches"][0]["steps"]) + " |",
+                  "|---" * (1 + len(d["batches"][0]["steps"])) + "|"]
+        for r in d["batches"]:
+            lines.append(f"| {r['B']} | " + " | ".join(f"{st['limit'] / st['exact']:.2f}" for st in r["steps"]) + " |")
+        lines += [f"\nPer noise level, B = {report['sweep_batch']} (error: max relative L2 against float64 over 4 "
+                  "queries):\n",
+                  "| sigma / alpha | exact | limit | fraction of limit | exact error |" +
+                  (" smalldiffusion | its error |" if sd else ""), "|---" * (5 + 2 * sd) + "|"]
+        for e in d.get("sweep", []):
+            lines.append(f"| {e['ratio']:g} | {_fmt_s(e['exact'])} | {_fmt_s(e['limit'])} | "
+                         f"{e['fraction_of_limit']:.2f} | {e['exact_error']:.1e} |" +
+                         (f" {_fmt_s(e['smalldiffusion'])} | {e['smalldiffusion_error']:.1e} |" if sd else ""))
+    if report.get("note"):
+        lines.append(f"\n{report['note']}")
+    return "\n".join(lines) + "\n"
+
+
+def run_original(args, report: dict, save) -> None:
+    """``--preset original``: the workload on synthetic images and/or the bundled faces at the original size
+    (or ``--rows`` / ``--size``), into ``report``; ``save(report)`` after each dataset."""
+    n, size = args.rows or ORIGINAL["rows"], args.size or ORIGINAL["size"]
+    batches = tuple(args.batches or ORIGINAL["batches"])
+    steps = args.steps or ORIGINAL["steps"]
+    timed = min(args.timed_steps or ORIGINAL["timed_steps"], steps)
+    found = smalldiffusion_ideal()
+    ideal = found[0] if found else None
+    report.update({"steps": steps, "timed_steps": timed, "sweep_batch": min(ORIGINAL["sweep_batch"], max(batches)),
+                   "notebook_s": ORIGINAL["notebook_s"], "datasets": [],
+                   "smalldiffusion": found[1] if found else None})
+    if not found:
+        report["note"] = "smalldiffusion is not installed: its columns are left out (pip install smalldiffusion)."
+    for name in (("synthetic", "faces") if args.data == "both" else (args.data,)):
+        print(f"bench: {name} data, N {n}, {size}x{size}x3", file=sys.stderr, flush=True)
+        X = synthetic_images(n, (3, size, size), seed=args.seed) if name == "synthetic" else original_faces(n, size)
+        report["datasets"].append({"data": name})
+
+        def progress(res):
+            report["datasets"][-1] = {"data": name, **res}
+            save(report)
+
+        bench_original(X, batches=batches, steps=steps, timed_steps=timed, sweep=ORIGINAL["sweep"],
+                       sweep_batch=report["sweep_batch"], repeats=args.repeats, seed=args.seed, ideal=ideal,
+                       progress=progress)
+        del X
 
 
 # ---------------------------------------------------------------- report
@@ -321,13 +609,20 @@ def markdown(report: dict) -> str:
         for c in run["calls"]:
             lines.append(f"| {c['ratio']:.3g} | {_fmt_s(c['seconds'])} | {c['limit_s'] / c['seconds']:.2f} |")
     if report.get("faiss"):
+        tol = report["faiss"][0]["tolerance"]
         lines += ["\n## FAISS back-end (approximate) vs exact\n",
-                  "| N | D | B | sigma / alpha | exact | faiss | speed-up | rel. error median | max | "
-                  "tail mass (est.) | tail bound (max) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  f"`faiss`: the default rule (a query whose certified relative error exceeds {tol:g} goes to the "
+                  "exact bank); `served`: the share of queries it answers from their neighbours. `no rule`: "
+                  "`tolerance=None`, neighbours plus the sampled tail for every query, no bound. Errors: relative "
+                  "L2 against the exact denoiser, median and max over the batch.\n",
+                  "| N | D | B | sigma / alpha | exact | faiss | speed-up | served | error median | max | "
+                  "no rule | speed-up | error median | max | tail mass (est.) |", "|---" * 15 + "|"]
         for f in report["faiss"]:
             lines.append(f"| {f['N']} | {f['D']} | {f['B']} | {f['ratio']:g} | {_fmt_s(f['exact_s'])} | "
-                         f"{_fmt_s(f['faiss_s'])} | {f['speedup']:.1f}x | {f['rel_error_median']:.1e} | "
-                         f"{f['rel_error_max']:.1e} | {f['tail_mass_median']:.1e} | {f['tail_bound_max']:.1e} |")
+                         f"{_fmt_s(f['faiss_s'])} | {f['speedup']:.1f}x | {f['served']:.0%} | "
+                         f"{f['rel_error_median']:.1e} | {f['rel_error_max']:.1e} | {_fmt_s(f['no_rule_s'])} | "
+                         f"{f['no_rule_speedup']:.1f}x | {f['no_rule_error_median']:.1e} | "
+                         f"{f['no_rule_error_max']:.1e} | {f['tail_mass_median']:.1e} |")
     return "\n".join(lines) + "\n"
 
 
@@ -368,13 +663,21 @@ def plots(report: dict, out: Path) -> list[str]:
         written.append("sampling.png")
     if report.get("faiss"):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-        for r in sorted({f["ratio"] for f in report["faiss"]}):
-            fs = [f for f in report["faiss"] if f["ratio"] == r]
-            axes[0].plot([f["N"] for f in fs], [f["speedup"] for f in fs], marker="o", label=f"sigma/alpha {r:g}")
-            axes[1].plot([f["N"] for f in fs], [max(f["rel_error_max"], 1e-17) for f in fs], marker="o",
-                         label=f"sigma/alpha {r:g}")
-        axes[0].set(xscale="log", yscale="log", xlabel="N", ylabel="speed-up over exact")
-        axes[1].set(xscale="log", yscale="log", xlabel="N", ylabel="max relative L2 error vs exact")
+        for n in sorted({f["N"] for f in report["faiss"]}):
+            fs = [f for f in report["faiss"] if f["N"] == n]
+            r = [f["ratio"] for f in fs]
+            line, = axes[0].plot(r, [f["speedup"] for f in fs], marker="o", label=f"N {n}, rule")
+            axes[0].plot(r, [f["no_rule_speedup"] for f in fs], marker="x", ls="--", color=line.get_color(),
+                         label=f"N {n}, no rule")
+            axes[1].plot(r, [max(f["rel_error_median"], 1e-17) for f in fs], marker="o", color=line.get_color(),
+                         label=f"N {n}, rule")
+            axes[1].plot(r, [max(f["no_rule_error_median"], 1e-17) for f in fs], marker="x", ls="--",
+                         color=line.get_color(), label=f"N {n}, no rule")
+        axes[1].axhline(report["faiss"][0]["tolerance"], color="k", lw=0.8, ls=":", label="tolerance")
+        axes[0].set(xscale="log", yscale="log", xlabel="sigma / alpha", ylabel="speed-up over exact",
+                    title="FAISS back-end: speed")
+        axes[1].set(xscale="log", yscale="log", xlabel="sigma / alpha", ylabel="median relative L2 error vs exact",
+                    title="FAISS back-end: error (floored at 1e-17)")
         for ax in axes:
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
@@ -399,12 +702,30 @@ def run(args) -> int:
         _faiss()
     cfg = QUICK if args.quick else FULL
     mem_limit = (args.mem_limit * 2**30) if args.mem_limit else _free_bytes() / 2
+    original = args.preset == "original"
+    if not original and any(v is not None for v in (args.rows, args.size, args.batches, args.timed_steps)):
+        raise ValueError("--rows, --size, --batches and --timed-steps apply to --preset original")
+    if original and (args.faiss or args.device == "cuda"):
+        raise ValueError("--preset original runs on the CPU, without --faiss")
     out = check_output_dir(args.out, files=("bench.json", "bench.md"))
     report = {"command": "boneless bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
               "machine": {"python": platform.python_version(), "torch": torch.__version__,
                           "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-                          "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"},
-              "ratios": list(RATIOS), "grid": [], "sweep_N": [], "sweep_D": [], "sweep_B": [], "sampling": []}
+                          "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}}
+    if original:
+        def save(report):
+            write_json(report, out / "bench.json")
+            with atomic_path(out / "bench.md") as tmp:
+                Path(tmp).write_text(markdown_original(report))
+
+        run_original(args, report, save)
+        for d in report["datasets"]:
+            fr = ", ".join(f"B {r['B']}: {r['exact_per_sample_s']:.3g} s ({r['fraction_of_limit']:.2f})"
+                           for r in d["batches"])
+            print(f"{d['data']}: seconds per sample for {report['steps']} steps (fraction of the limit): {fr}")
+        print(f"wrote {out}/bench.json, bench.md")
+        return 0
+    report.update({"ratios": list(RATIOS), "grid": [], "sweep_N": [], "sweep_D": [], "sweep_B": [], "sampling": []})
     data: dict = {}
 
     def images(n, shape):
@@ -433,7 +754,8 @@ def run(args) -> int:
         report["sweep_N"] += [case(n, tshape, tb, dev) for n in cfg["n_sweep"]]
         report["sweep_D"] += [case(tn, shape, tb, dev) for shape in cfg["d_sweep"]]
         print(f"bench: sampling run, {dev}", file=sys.stderr, flush=True)
-        report["sampling"].append(sampling_run(images(tn, tshape), tb, device=dev, steps=args.steps, seed=args.seed))
+        report["sampling"].append(sampling_run(images(tn, tshape), tb, device=dev, steps=args.steps or 50,
+                                               seed=args.seed))
     data.clear()
     if args.faiss:
         print("bench: FAISS back-end", file=sys.stderr, flush=True)

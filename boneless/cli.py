@@ -75,8 +75,8 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --storage float16/bfloat16/uint8: rescore each query's top K rows against the data as "
                         "given (exact where they hold the posterior; with --mmap the data stay on disk); empirical only")
     p.add_argument("--bank", choices=("exact", "faiss", "faiss-flat"),
-                   help="exact (default) or the approximate FAISS back-end for large N (pip install faiss-cpu); "
-                        "empirical only")
+                   help="exact (default) or the approximate FAISS back-end for large N (pip install faiss-cpu): "
+                        "a query whose certified error exceeds 1%% goes to the exact bank; empirical only")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--mmap", action=argparse.BooleanOptionalAction, default=None,

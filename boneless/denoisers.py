@@ -16,9 +16,9 @@ from typing import Literal, NamedTuple, Protocol, runtime_checkable
 import torch
 
 from . import distributed
-from .bank import Bank, FaissBank, Stats
+from .bank import TOLERANCE, Bank, FaissBank, Stats
 from .data import check_data
-from .rows import StoredRows
+from .rows import StoredRows, _block_rows
 
 Coef = float | torch.Tensor
 
@@ -148,7 +148,9 @@ class EmpiricalDenoiser:
         screen: format of the screening product (``float32``; ``tf32``/``bfloat16`` for GPUs, still exact).
         bank: ``"exact"`` (default), or ``"faiss"`` / ``"faiss-flat"``: the approximate nearest-neighbour
             back-end :class:`boneless.bank.FaissBank` (inverted-file or exact search; ``neighbours`` rows per
-            query plus ``tail_samples`` uniformly drawn rows, drawn from ``seed``).
+            query). A query whose certified relative error exceeds ``tolerance`` (default 1 %) is computed by
+            the exact bank; ``tolerance=None``: none is, and the rest of the posterior is estimated from
+            ``tail_samples`` uniformly drawn rows (drawn from ``seed``), without a bound.
 
     ``X`` may also be a :class:`boneless.rows.MappedRows` (a memory-mapped .npy): rows are then read chunk by
     chunk from disk and never held in memory together.
@@ -159,7 +161,7 @@ class EmpiricalDenoiser:
                  process_group=None, storage: Literal["float32", "float16", "bfloat16", "uint8"] = "float32",
                  screen: Literal["float32", "tf32", "bfloat16"] = "float32",
                  bank: Literal["exact", "faiss", "faiss-flat"] = "exact", neighbours: int = 256,
-                 tail_samples: int = 256, seed: int = 0, rescore: int = 0):
+                 tail_samples: int = 256, tolerance: float | None = TOLERANCE, seed: int = 0, rescore: int = 0):
         X = X if hasattr(X, "flat") else check_data(X)  # a MappedRows was checked when opened
         if not (isinstance(rescore, int) and rescore >= 0):
             raise ValueError(f"rescore must be a non-negative integer, got {rescore!r}")
@@ -204,7 +206,7 @@ class EmpiricalDenoiser:
                 raise ValueError(f"rescore applies to the exact bank, not bank={bank!r}")
             if self.sharded:
                 raise ValueError(f"bank={bank!r} cannot be sharded")
-            self.bank = FaissBank(self.bank, k=neighbours, tail=tail_samples, seed=seed,
+            self.bank = FaissBank(self.bank, k=neighbours, tail=tail_samples, tolerance=tolerance, seed=seed,
                                   index="flat" if bank == "faiss-flat" else "ivf")
         self.mean = self._stats_mean(p_w)
 
@@ -217,8 +219,12 @@ class EmpiricalDenoiser:
         ``p_w`` [n] are this process's rows' normalised weights ``softmax(log w / T)`` (None: uniform)."""
         bank = self.bank
         total = torch.zeros(bank.dim, dtype=torch.float64, device=bank.device)
-        for j0 in range(0, len(bank), bank.chunk_size):
-            rows = bank.rows(j0, min(j0 + bank.chunk_size, len(bank))).double()
+        # one reused 4 MB float64 buffer: a fresh float64 copy of each block costs page faults (10-20x the sum
+        # for blocks of 128 MB at D = 49152)
+        buf = torch.empty(max(1, min(_block_rows(bank.dim, 1 << 22), len(bank))), bank.dim, dtype=torch.float64,
+                          device=bank.device)
+        for j0 in range(0, len(bank), len(buf)):
+            rows = buf[:min(len(buf), len(bank) - j0)].copy_(bank.rows(j0, min(j0 + len(buf), len(bank))))
             total += rows.sum(0) if p_w is None else p_w[j0:j0 + len(rows)].to(bank.device) @ rows
         if self.sharded:
             total = distributed.all_reduce_sum(total, self.group, what="all-reduce (mean)")

@@ -102,3 +102,77 @@ def test_bad_input_is_a_one_line_error(capsys):
     with pytest.raises(SystemExit) as e:
         main(["bench", "--repeats", "0"])
     assert e.value.code == 2
+
+
+# ---------------------------------------------------------------- --preset original
+
+def test_timed_steps_are_grid_points_one_per_stratum():
+    for steps, timed in ((100, 10), (100, 7), (10, 10), (50, 3)):
+        ts = bench._timed_grid(steps, timed)
+        assert len(ts) == timed and ts == sorted(ts, reverse=True)
+        idx = [round((1 - t) * steps) for t in ts]
+        assert all(abs((1 - t) * steps - i) < 1e-9 for t, i in zip(ts, idx))  # points of the steps-step grid
+        assert [int(i // (steps / timed)) for i in idx] == list(range(timed))  # one in each equal stratum
+
+
+def test_reference_x0_is_the_float64_posterior_mean():
+    X = bench.synthetic_images(300, (3, 4, 4), seed=2).flatten(1)
+    g = torch.Generator().manual_seed(3)
+    x = 0.7 * X[:5] + 0.5 * torch.randn(5, X.shape[1], generator=g)
+    a, s = torch.tensor([0.7, 0.7, 0.9, 0.2, 0.7]), torch.tensor([0.5, 0.05, 2.0, 0.9, 0.5])
+    ref = torch.stack([exact_reference(X, x[i:i + 1], float(a[i]), float(s[i]))[0] for i in range(5)])
+    got = bench.reference_x0(X, x, a, s)
+    assert float(((got - ref).norm(dim=1) / ref.norm(dim=1)).max()) < 1e-12
+
+
+def test_original_faces_are_the_bundled_faces_repeated():
+    pytest.importorskip("skimage")
+    F = bench.original_faces(250, 8)
+    assert F.shape == (250, 3, 8, 8) and float(F.abs().max()) <= 1
+    assert torch.equal(F[0, 0], F[0, 2]) and torch.equal(F[:50], F[100:150]) and not torch.equal(F[0], F[1])
+
+
+def test_smalldiffusion_side_by_side_computes_the_posterior_mean():
+    found = bench.smalldiffusion_ideal()
+    if found is None:
+        pytest.skip("smalldiffusion is not installed")
+    X = bench.synthetic_images(200, (3, 4, 4), seed=4)
+    a, s = bench._coeffs(0.5)
+    x = a * X[:6] + s * torch.randn(6, 3, 4, 4, generator=torch.Generator().manual_seed(5))
+    ref = exact_reference(X.flatten(1), x.flatten(1), a, s)
+    y = bench.smalldiffusion_x0(found[0](X), x, a, s).flatten(1)
+    assert float(((y.double() - ref).norm(dim=1) / ref.norm(dim=1)).max()) < 1e-4
+
+
+def test_original_preset_on_tiny_shapes(tmp_path, capsys):
+    pytest.importorskip("skimage")
+    args = ["bench", "--preset", "original", "--rows", "120", "--size", "4", "--batches", "1", "3",
+            "--timed-steps", "4", "--steps", "20", "--repeats", "1", "--threads", "1", "--out", str(tmp_path)]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert "## synthetic" in (tmp_path / "bench.md").read_text()
+    assert [d["data"] for d in report["datasets"]] == ["synthetic", "faces"]
+    sd = report["smalldiffusion"] is not None
+    for d in report["datasets"]:
+        assert (d["N"], d["D"], d["steps"], d["timed_steps"]) == (120, 48, 20, 4)
+        assert set(d["construction_s"]) == ({"boneless", "smalldiffusion"} if sd else {"boneless"})
+        assert [r["B"] for r in d["batches"]] == [1, 3]
+        for r in d["batches"]:
+            assert len(r["steps"]) == 4
+            for k in ("exact", "limit") + (("smalldiffusion",) if sd else ()):
+                # the run's time per sample is the timed steps' sum, scaled to all steps, over B
+                assert abs(r[f"{k}_per_sample_s"] - 5 / r["B"] * sum(st[k] for st in r["steps"])) < 1e-12
+                assert r["peak_bytes"][k] >= -1
+            assert abs(r["fraction_of_limit"] - r["limit_per_sample_s"] / r["exact_per_sample_s"]) < 1e-12
+        assert [e["ratio"] for e in d["sweep"]] == list(bench.ORIGINAL["sweep"])
+        assert max(e["exact_error"] for e in d["sweep"]) < 1e-4  # the exactness contract at every swept level
+        ps = d["per_sample"]
+        assert abs(ps["per_sample_s"] - 20 * ps["call_s"] * 120 / ps["rows_timed"]) < 1e-12
+    assert "seconds per sample for 20 steps" in capsys.readouterr().out
+
+
+def test_original_preset_options_are_checked(capsys):
+    assert main(["bench", "--rows", "100", "--out", "/tmp/never"]) == 2
+    assert main(["bench", "--preset", "original", "--faiss", "--out", "/tmp/never"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(e.startswith("boneless: error:") for e in err)

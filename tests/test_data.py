@@ -324,6 +324,9 @@ def test_check_data():
         (torch.zeros(3), "expected shape"), (torch.zeros(0, 2), "empty"),
         (torch.zeros(2, 3, dtype=torch.int64), "floating"),
         (torch.tensor([[0.0, float("nan")]]), r"NaN or inf values \(1 entries\)"),
+        (torch.tensor([[float("inf"), 1.0], [float("-inf"), 2.0]]), r"NaN or inf values \(2 entries\)"),
         (np.zeros((2, 2)), "torch.Tensor"),
     ]:
         _raises(f"^mine: .*{match}", check_data, bad, name="mine")
+    huge = torch.full((4, 3), torch.finfo(torch.float32).max)  # finite, though its float32 sum overflows
+    assert torch.equal(check_data(huge), huge)
