@@ -1,9 +1,9 @@
 """Construction time of the exact denoiser against smalldiffusion's ideal denoiser, and where it goes.
 
 Interleaved repeats, in one process, for N rows of synthetic images of D = 3 size^2: ``EmpiricalDenoiser(X)``;
-its parts (the data check, the bank's float64 squared norms as ``Bank.__init__`` computes them, in 128 MB float64
-blocks, and the same norms through one reused 4 MB float64 buffer squared in place, bitwise the same: the change
-proposed for ``Bank.__init__``; the mean); and smalldiffusion's ``IdealDenoiser(X)`` (when installed).
+its parts (the data check, the bank's float64 squared norms as ``Bank.__init__`` computed them before, in 128 MB
+float64 blocks, and as it computes them now, through one reused 4 MB float64 buffer squared in place, bitwise the
+same; the mean); and smalldiffusion's ``IdealDenoiser(X)`` (when installed).
 
     python benchmarks/construction.py --rows 20000 --size 32 128 --repeats 3
 """
@@ -50,8 +50,8 @@ def main(argv=None) -> int:
 
         fns = {"EmpiricalDenoiser(X)": lambda: EmpiricalDenoiser(X),
                "  check_data": lambda: check_data(X),
-               "  float64 norms, 128 MB blocks (Bank.__init__ now)": lambda: norms64(Xf),
-               "  float64 norms, reused 4 MB buffer (proposed)": lambda: norms64_buffer(Xf)}
+               "  float64 norms, 128 MB blocks (Bank.__init__ before)": lambda: norms64(Xf),
+               "  float64 norms, reused 4 MB buffer (Bank.__init__ now)": lambda: norms64_buffer(Xf)}
         assert torch.equal(norms64(Xf), norms64_buffer(Xf))
         den = EmpiricalDenoiser(X)
         fns["  mean (_stats_mean)"] = lambda: den._stats_mean(None)
