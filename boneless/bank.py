@@ -427,7 +427,8 @@ class Bank:
         below = mass.flip(1).cumsum(1).flip(1)  # below[:, k]: the mass of rows with l32 <= m32 - k
         delta = q.delta[sel]
         allowed = TOL / (2 * torch.expm1(delta) * torch.exp(2 * delta) * 1.01)  # 1 %: the float sums' rounding
-        ok = (below <= allowed[:, None]) & (torch.arange(levels, device=z.device)[None] <= window[:, None])
+        level = torch.arange(levels, device=z.device)[None]
+        ok = (below <= allowed[:, None]) & (level >= 1) & (level <= window[:, None])  # k >= 1: the top row stays
         k = torch.where(ok.any(1), ok.float().argmax(1), torch.full_like(bins[:, 0], -1))
         by_window = z >= -window.float()[:, None]
         return torch.where((k >= 0)[:, None], bins < k[:, None], by_window)

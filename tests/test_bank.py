@@ -98,6 +98,18 @@ def test_each_tier_is_taken_and_exact(X, monkeypatch, tier):
     assert (dense.calls > 0) == (tier in ("union", "dense"))
 
 
+def test_mass_rule_keeps_the_top_row_when_its_bound_allows_none(X, monkeypatch):
+    """Every query slow (a tiny ``fast_delta``) at noise levels whose logit error bound is far below the mass rule's
+    tolerance: the rule would allow no candidate at all, yet the top row must stay one (its exact logit is the
+    shift of the sums)."""
+    monkeypatch.setattr(bank_mod, "DENSE_FRACTION", 0.0)
+    bank = Bank(X, chunk_size=200, fast_delta=1e-300)
+    for ratio in (1e2, 1e3, 1e4):
+        x, a, s = queries(X, ratio)
+        _, y = reduce_x0(bank, x, a, s)
+        assert rel_err(y, exact_reference(X, x, a, s)) < 1e-4, ratio
+
+
 def test_merge_of_partial_statistics_equals_one_pass(X):
     """Chunks, row ranges (as devices or ranks hold them) and their merge in either order give one answer."""
     x, a, s = queries(X, 0.3)
