@@ -505,19 +505,21 @@ class Bank:
         return out
 
     @staticmethod
-    def _top(z: torch.Tensor, m: torch.Tensor, k: int, offset: int, order: torch.Tensor | None = None):
-        """The ``k`` largest logits ``z + m`` and their global row indices; ``order``: the rows, when ranked
-        before ``z`` was capped (their logits are read from ``z``, as the sums used them)."""
+    def _top(z: torch.Tensor, m: torch.Tensor, k: int, offset: int, order: torch.Tensor | None):
+        """The logits ``z + m`` of the rows ``order`` [B, min(k, n)] (the top ``k``, ranked before ``z`` was capped;
+        their logits are read from ``z``, as the sums used them) and their global indices, padded to ``k``."""
         if not k:
             return z.new_zeros(z.shape[0], 0, dtype=torch.float64), z.new_zeros(z.shape[0], 0, dtype=torch.long)
-        kk = min(k, z.shape[1])
-        idx = z.topk(kk, dim=1).indices if order is None else order
-        top_l, top_i = z.gather(1, idx).double() + m[:, None], idx + offset
-        if kk < k:  # pad a short chunk
-            pad = k - kk
-            top_l = torch.cat([top_l, top_l.new_full((z.shape[0], pad), -math.inf)], 1)
-            top_i = torch.cat([top_i, top_i.new_full((z.shape[0], pad), -1)], 1)
+        return _pad_top(z.gather(1, order).double() + m[:, None], order + offset, k)
+
+
+def _pad_top(top_l: torch.Tensor, top_i: torch.Tensor, k: int):
+    """Top logits [B, kk] and row indices padded to ``k`` columns with ``-inf`` and ``-1`` (fewer rows than ``k``)."""
+    pad = k - top_l.shape[1]
+    if pad <= 0:
         return top_l, top_i
+    return (torch.cat([top_l, top_l.new_full((len(top_l), pad), -math.inf)], 1),
+            torch.cat([top_i, top_i.new_full((len(top_i), pad), -1)], 1))
 
 
 @contextlib.contextmanager
@@ -770,13 +772,8 @@ class FaissBank:
             tail = self._tail(m, p)
             acc, s, u, q = acc + tail[0], s + tail[1], u + tail[2], q + tail[3]
         acc = acc.float()
-        B, kk = len(m), min(k, self.k)
-        top_l, pos = p.l_top.topk(kk, dim=1)
-        top_i = p.idx.gather(1, pos)
-        if kk < k:
-            top_l = torch.cat([top_l, top_l.new_full((B, k - kk), -math.inf)], 1)
-            top_i = torch.cat([top_i, top_i.new_full((B, k - kk), -1)], 1)
-        return Stats(m, s, acc, u, q, top_l, top_i)
+        top_l, pos = p.l_top.topk(min(k, self.k), dim=1)
+        return Stats(m, s, acc, u, q, *_pad_top(top_l, p.idx.gather(1, pos), k))
 
     def _tail(self, m, p: _Parts):
         """The rows outside the neighbours T, from the uniform sample S (rows of T in S masked): with
