@@ -376,25 +376,6 @@ def original_faces(n: int, size: int) -> torch.Tensor:
     return faces.repeat(-(-n // len(faces)), 1, 1, 1)[:n]
 
 
-def reference_x0(X: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Float64 posterior means of a few queries ``x`` [Q, D] at ``alpha``, ``sigma`` [Q], streamed over blocks
-    of rows (X at D = 49152 in float64 would be 7.8 GB): float64 logits ``(2 alpha x.x_i - alpha^2 |x_i|^2) /
-    (2 sigma^2)`` (``|x|^2`` cancels in the softmax; rounding ~1e-16 of the terms), then the weighted sum."""
-    from .rows import _block_rows
-    Xf = X.reshape(len(X), -1)
-    x64, a, c = x.double(), alpha.double()[:, None], 0.5 / sigma.double()[:, None] ** 2
-    step = _block_rows(Xf.shape[1], 1 << 24)
-    logits = torch.empty(len(x), len(Xf), dtype=torch.float64)
-    for j in range(0, len(Xf), step):
-        r = Xf[j:j + step].double()
-        logits[:, j:j + step] = c * (2 * a * (x64 @ r.T) - a ** 2 * (r * r).sum(1)[None])
-    w = torch.softmax(logits, 1)
-    acc = torch.zeros_like(x64)
-    for j in range(0, len(Xf), step):
-        acc.addmm_(w[:, j:j + step], Xf[j:j + step].double())
-    return acc
-
-
 def _timed_grid(steps: int, timed: int) -> list[float]:
     """The times of ``timed`` of a ``steps``-step rectified-flow Euler grid (t_i = 1 - i / steps): the middle
     step of each of ``timed`` equal strata, so that their mean time estimates the whole run's."""
@@ -413,7 +394,7 @@ def bench_original(X: torch.Tensor, *, batches, steps: int, timed_steps: int, sw
     ``per_sample_rows`` rows, scaled to N (its cost is linear in N); construction times. ``progress(res)`` is
     called with the partial result after each part."""
     progress = progress or (lambda res: None)
-    from .denoisers import EmpiricalDenoiser
+    from .denoisers import EmpiricalDenoiser, exact_reference
     N, D = len(X), X[0].numel()
     Xf = X.reshape(N, D)
     g = torch.Generator().manual_seed(seed)
@@ -476,7 +457,7 @@ def bench_original(X: torch.Tensor, *, batches, steps: int, timed_steps: int, sw
         fns["exact"]()  # warm-up
         times = interleaved(fns, repeats, cpu)
         q = min(4, sweep_batch)
-        ref = reference_x0(Xf, x[:q], torch.full((q,), a), torch.full((q,), s))
+        ref = exact_reference(Xf, x[:q], a, s)
         entry = {"ratio": ratio, **{k: min(v) for k, v in times.items()},
                  "exact_error": float(_rel(out["exact"][:q], ref).max())}
         entry["fraction_of_limit"] = entry["limit"] / entry["exact"]

@@ -274,17 +274,24 @@ class EmpiricalDenoiser:
 
 
 def exact_reference(X: torch.Tensor, x: torch.Tensor, alpha: Coef, sigma: Coef, *, weights=None,
-                    temperature: float = 1.0) -> torch.Tensor:
-    """The empirical denoiser in plain float64, difference form, one query at a time (N x D memory: for tests
-    and checks)."""
-    X64 = X.reshape(len(X), -1).double()
+                    temperature: float = 1.0, block_bytes: int = 1 << 26) -> torch.Tensor:
+    """The empirical denoiser in plain float64, difference form ``-|x - alpha x_i|^2 / (2 sigma^2)``, for tests,
+    checks and benchmarks. Streamed over blocks of rows converted to float64 (``block_bytes`` each), so that it
+    runs at any size (X at N = 20000, D = 49152 would be 7.8 GB in float64); memory is B x N logits."""
+    from .rows import _block_rows
+    Xf = X.reshape(len(X), -1)
     x64 = x.reshape(len(x), -1).double()
     a, s = per_sample(alpha, len(x), "alpha"), per_sample(sigma, len(x), "sigma")
-    log_w = None if weights is None else torch.log(torch.as_tensor(weights, dtype=torch.float64).flatten())
-    out = torch.empty_like(x64)
-    for b in range(len(x64)):
-        logits = -((x64[b] - a[b] * X64) ** 2).sum(1) / (2 * s[b] ** 2)
-        if log_w is not None:
-            logits = logits + log_w
-        out[b] = torch.softmax(logits / temperature, dim=0) @ X64
+    step = _block_rows(Xf.shape[1], block_bytes)
+    logits = torch.empty(len(x64), len(Xf), dtype=torch.float64)
+    for j in range(0, len(Xf), step):
+        r = Xf[j:j + step].double()
+        for b in range(len(x64)):
+            logits[b, j:j + step] = -((x64[b] - a[b] * r) ** 2).sum(1) / (2 * s[b] ** 2)
+    if weights is not None:
+        logits += torch.log(torch.as_tensor(weights, dtype=torch.float64).flatten())
+    p = torch.softmax(logits / temperature, dim=1)
+    out = torch.zeros_like(x64)
+    for j in range(0, len(Xf), step):
+        out.addmm_(p[:, j:j + step], Xf[j:j + step].double())
     return out.reshape(x.shape)

@@ -115,14 +115,20 @@ def test_timed_steps_are_grid_points_one_per_stratum():
         assert [int(i // (steps / timed)) for i in idx] == list(range(timed))  # one in each equal stratum
 
 
-def test_reference_x0_is_the_float64_posterior_mean():
+def test_exact_reference_streamed_over_row_blocks_equals_one_block():
+    """The float64 reference the benchmarks compare against, streamed over blocks of rows (as at D = 49152),
+    equals its one-block result, weights and temperature included."""
     X = bench.synthetic_images(300, (3, 4, 4), seed=2).flatten(1)
     g = torch.Generator().manual_seed(3)
     x = 0.7 * X[:5] + 0.5 * torch.randn(5, X.shape[1], generator=g)
     a, s = torch.tensor([0.7, 0.7, 0.9, 0.2, 0.7]), torch.tensor([0.5, 0.05, 2.0, 0.9, 0.5])
-    ref = torch.stack([exact_reference(X, x[i:i + 1], float(a[i]), float(s[i]))[0] for i in range(5)])
-    got = bench.reference_x0(X, x, a, s)
-    assert float(((got - ref).norm(dim=1) / ref.norm(dim=1)).max()) < 1e-12
+    w = torch.rand(300, generator=g) + 0.1
+    whole = exact_reference(X, x, a, s, weights=w, temperature=0.8)
+    blocks = exact_reference(X, x, a, s, weights=w, temperature=0.8, block_bytes=8 * 48 * 7)  # blocks of 7 rows
+    assert float(((blocks - whole).norm(dim=1) / whole.norm(dim=1)).max()) < 1e-12
+    one = torch.stack([exact_reference(X, x[i:i + 1], float(a[i]), float(s[i]), weights=w, temperature=0.8)[0]
+                       for i in range(5)])
+    assert float(((whole - one).norm(dim=1) / one.norm(dim=1)).max()) < 1e-12
 
 
 def test_original_faces_are_the_bundled_faces_repeated():
