@@ -46,6 +46,13 @@ keeps the logits, so that each query's tier and candidates are decided against t
 second reads the chunks again for the weighted sums, one product per chunk for all queries (as the two plain
 matrix products do).
 
+Repeated rows. ``log_counts`` gives row ``i`` the multiplicity ``c_i``: it stands for ``c_i`` equal rows (of
+equal weight), so ``log c_i`` is added to its logit outside the temperature, and the statistics that tell the
+copies apart are those of the ``sum c_i`` rows it stands for: ``top_l`` holds the logit of one copy
+(``l_i - log c_i``, which ranks the top ``k``), ``u`` and ``q`` sum over copies. ``EmpiricalDenoiser`` merges
+repeated rows this way (:func:`boneless.rows.repeated_rows`), so a dataset with many repeats costs what its
+distinct rows cost, and exact ties between copies never reach the float64 tiers.
+
 Storage. Rows may be held as ``float16``, ``bfloat16`` or ``uint8`` (8-bit images, ``q / 127.5 - 1``, or any data
 spread over 256 levels):
 :class:`StoredRows` dequantises each chunk exactly into float32 as it is read; the exact reference is then the
@@ -73,6 +80,7 @@ SPAN_BYTES = 1 << 27  # screened float32 logits kept between the two passes over
 STORED_CHUNK_BYTES = 1 << 21  # dequantised rows per chunk of StoredRows (2 MB of float32)
 DENSE_BLOCK = 1 << 21  # elements of the reused float64 buffer of the dense tier (16 MB)
 DENSE_MIN_ROWS = 192  # but at least this many rows per block (at D = 49152: 0.46 of float32's speed against 0.29 at 42)
+DENSE_WIDE = 16  # from this many queries the float64 products are compute-bound (DENSE_MIN_ROWS); below, memory-bound
 REST_FLOOR = 1e-6  # rescoring: a remainder of the sums below this share of the total is their rounding
 UNION_DELTA = 0.5  # float64 products for many candidates only where their expanded-form error delta 2^-29 <= 1e-9
 C_MAX = 1e30  # sigma -> 0 cap on c (keeps float32 logits finite; the limit is the nearest row)
@@ -88,6 +96,8 @@ class Stats(NamedTuple):
 
     ``s = sum_i e^(l_i - m)``, ``acc = sum_i e^(l_i - m) x_i``, ``u = sum_i e^(l_i - m) (l_i - m)``,
     ``q = sum_i e^(2 (l_i - m))``; ``top_l``/``top_i`` are the ``k`` largest logits and their row indices.
+    With row multiplicities (``Bank(log_counts=...)``) the sums run over the copies and ``top_l`` holds one
+    copy's logit.
     """
 
     m: torch.Tensor  # [B] float64
@@ -151,6 +161,8 @@ class Bank:
         X: [N, *shape] float tensor; flattened to [N, D] (a view where possible, never copied per step). Or a
             row source with ``len()`` and ``flat(device)`` (:class:`boneless.rows.MappedRows`), read per chunk.
         log_weights: optional [N] log prior weights ``log w_i`` (unnormalised).
+        log_counts: optional [N] log multiplicities ``log c_i >= 0``: row ``i`` stands for ``c_i`` equal rows
+            (module docstring, "Repeated rows").
         chunk_size: rows per step of the streaming loop.
         device: where the rows live and the loop runs.
         storage: the type the rows are held in (a tensor ``X`` only); other than float32 they are held by a
@@ -162,7 +174,8 @@ class Bank:
             screened (weights within a factor ``e^(2 delta)``); the patch denoisers use this.
     """
 
-    def __init__(self, X: torch.Tensor, *, log_weights: torch.Tensor | None = None, chunk_size: int = 2048,
+    def __init__(self, X: torch.Tensor, *, log_weights: torch.Tensor | None = None,
+                 log_counts: torch.Tensor | None = None, chunk_size: int = 2048,
                  device: torch.device | str | None = None, storage: Storage = "float32", screen: Screen = "float32",
                  fast_delta: float = FAST_DELTA):
         if storage not in STORAGES:
@@ -182,7 +195,8 @@ class Bank:
         if not isinstance(X, torch.Tensor):  # a row source (boneless.rows.MappedRows): rows stay on disk
             if isinstance(X, StoredRows):  # dequantised chunks small enough to stay in cache for their products
                 chunk_size = min(int(chunk_size), max(32, STORED_CHUNK_BYTES // (4 * max(X.shape[1], 1))))
-            self._init_source(X, log_weights=log_weights, chunk_size=chunk_size, device=device)
+            self._init_source(X, chunk_size=chunk_size, device=device)
+            self._set_prior(log_weights, log_counts)
             return
         X = X.reshape(X.shape[0], -1)
         self.device = torch.device(device) if device is not None else X.device
@@ -191,11 +205,31 @@ class Bank:
                                            self.device)  # |x_i|^2 in float64 (float64 tiers)
         self.sq_norms = self.sq_norms64.to(torch.float32)  # and rounded once (float32 screen)
         self.r = float(self.sq_norms64.max().sqrt()) if len(self.X) else 0.0
+        self.chunk_size = int(chunk_size)
+        self._set_prior(log_weights, log_counts)
+
+    def _set_prior(self, log_weights, log_counts):
         self.log_w = None if log_weights is None else log_weights.to(self.device, torch.float64)
         self.log_w_max = 0.0 if log_weights is None else float(self.log_w.abs().max())
-        self.chunk_size = int(chunk_size)
+        self.log_c = None if log_counts is None else log_counts.to(self.device, torch.float64)
+        if self.log_c is not None and (self.log_c.shape != (len(self),) or not bool((self.log_c >= 0).all())):
+            raise ValueError(f"log_counts must be [{len(self)}] and >= 0")
+        self.log_c_max = 0.0 if log_counts is None else float(self.log_c.max())
 
-    def _init_source(self, source, *, log_weights, chunk_size, device):
+    def _log_prior(self, idx, temperature: float) -> torch.Tensor | None:
+        """``log w_i / T + log c_i`` (float64) of the rows ``idx`` (a slice or indices), or None (neither)."""
+        out = None if self.log_w is None else self.log_w[idx] / temperature
+        if self.log_c is not None:
+            out = self.log_c[idx] if out is None else out + self.log_c[idx]
+        return out
+
+    def _rank(self, z: torch.Tensor, s0: int, k: int) -> torch.Tensor:
+        """The top ``k`` rows [b, min(k, n)] of span logits ``z`` [b, n] (rows ``s0:s0 + n``), ranked by one
+        copy's logit (``z - log c_i``: a row of many copies is not one large example)."""
+        key = z if self.log_c is None else z - self.log_c[s0:s0 + z.shape[1]].float()
+        return key.topk(min(k, z.shape[1]), dim=1).indices
+
+    def _init_source(self, source, *, chunk_size, device):
         """Rows read chunk by chunk: ``self.X = source.flat(device)`` gives ``X[i:j]`` and ``X[indices]`` as
         float32 [n, D] on the device (no other use of ``self.X`` touches all rows); norms in one streaming pass."""
         self.device = torch.device(device) if device is not None else torch.device("cpu")
@@ -205,8 +239,6 @@ class Bank:
                                            self.X.shape[1], self.device)
         self.sq_norms = self.sq_norms64.to(torch.float32)
         self.r = float(self.sq_norms64.max().sqrt()) if n else 0.0
-        self.log_w = None if log_weights is None else log_weights.to(self.device, torch.float64)
-        self.log_w_max = 0.0 if log_weights is None else float(self.log_w.abs().max())
 
     def __len__(self) -> int:
         return self.X.shape[0]
@@ -301,7 +333,7 @@ class Bank:
                 if len(sel):
                     ranked[sel] = order_sel
                 if len(d):
-                    ranked[d] = z_d.topk(min(k, n), dim=1).indices
+                    ranked[d] = self._rank(z_d, s0, k)
             if not len(d):
                 z, m = z_sel, m_sel
             elif not len(sel):
@@ -317,8 +349,7 @@ class Bank:
             for j0 in range(s0, s1, self.chunk_size):  # pass 2: weighted sums
                 j1 = min(j0 + self.chunk_size, s1)
                 acc.addmm_(p[:, j0 - s0:j1 - s0], read(j0, j1))
-            u, q2 = ((p * z).sum(1, dtype=torch.float64), (p * p).sum(1, dtype=torch.float64)) if entropy else \
-                (torch.zeros_like(m), torch.zeros_like(m))
+            u, q2 = self._copy_sums(p, z, s0) if entropy else (torch.zeros_like(m), torch.zeros_like(m))
             st = merge(st, Stats(m, p.sum(1, dtype=torch.float64), acc, u, q2, *self._top(z, m, k, s0, ranked)))
         return st
 
@@ -330,6 +361,8 @@ class Bank:
         difference form from the exact rows, their stored weights and rows in the sums replaced by these. The
         other rows keep their stored values: the result is exact where the top rows carry the posterior (sharp
         posteriors), and off by at most the storage's rounding times the mass outside them elsewhere."""
+        if self.log_c is not None:
+            raise ValueError("rescoring needs one stored row per original row (no log_counts)")
         valid = st.top_i >= 0
         B, k = st.top_i.shape
         if not k:
@@ -375,7 +408,7 @@ class Bank:
         candidate rows."""
         m32 = l32.max(1).values.double()
         slow = q.slow[sel]
-        top = (lambda z: z.topk(min(k, z.shape[1]), dim=1).indices if k else None)
+        top = (lambda z: self._rank(z, s0, k) if k else None)
         if not bool(slow.any()):
             z = l32.sub_(m32.float()[:, None])
             return z, m32, torch.zeros_like(slow), top(z)
@@ -453,8 +486,9 @@ class Bank:
     def _screen_bias(self, q: "_Queries", sel: torch.Tensor | None, l32: torch.Tensor, j0: int, j1: int):
         """``l32 - alpha^2 c |x_i|^2 + log w_i / T`` for rows ``j0:j1``, in place."""
         l32.addcmul_(q.aac if sel is None else q.aac[sel], self.sq_norms[j0:j1][None], value=-1.0)
-        if self.log_w is not None:
-            l32 += (self.log_w[j0:j1] / q.temperature).float()
+        prior = self._log_prior(slice(j0, j1), q.temperature)
+        if prior is not None:
+            l32 += prior.float()
         return l32
 
     def _dense_logits(self, q: "_Queries", sel: torch.Tensor, rows: torch.Tensor, idx, *,
@@ -464,7 +498,7 @@ class Bank:
         blocks of rows converted into one reused float64 buffer (a fresh chunk-sized float64 tensor per chunk
         costs more in page faults than the product itself). ``xs``: ``q.x64_scaled[sel]``, when the caller has it."""
         xs = q.x64_scaled[sel] if xs is None else xs
-        step = self._dense_step()
+        step = self._dense_step(len(xs))
         step = -(-len(rows) // -(-len(rows) // step))  # equal blocks: no sliver of a few rows at the end
         if q.buf64 is None or len(q.buf64) < step:  # chunks differ in length, and so do their equal blocks
             q.buf64 = torch.empty(step, self.dim, dtype=torch.float64, device=self.device)
@@ -473,44 +507,64 @@ class Bank:
             block.copy_(rows[s:s + len(block)])
             out[:, s:s + len(block)].addmm_(xs, block.T, beta=0)
         out.addcmul_(q.aac64[sel], self.sq_norms64[idx][None], value=-1.0)
-        if self.log_w is not None:
-            out += self.log_w[idx] / q.temperature
+        prior = self._log_prior(idx, q.temperature)
+        if prior is not None:
+            out += prior
         return out
 
-    def _dense_step(self) -> int:
-        """Rows per block of the float64 products: ``DENSE_BLOCK`` elements, at least ``DENSE_MIN_ROWS`` rows
-        (thin products of a few long rows run at a fraction of the speed of wider ones)."""
-        return max(DENSE_MIN_ROWS, DENSE_BLOCK // max(self.dim, 1))
+    def _dense_step(self, batch: int) -> int:
+        """Rows per block of the float64 products for ``batch`` queries. From ``DENSE_WIDE`` queries on, the
+        products are compute-bound: ``DENSE_BLOCK`` elements, at least ``DENSE_MIN_ROWS`` rows (thin products of
+        a few long rows run at a fraction of the speed of wider ones). With fewer queries they are memory-bound:
+        ``DENSE_BLOCK / 2`` elements (8 MB), so that the block stays in the last-level cache between its
+        conversion and its product (at D = 49152, N = 4000, one thread, sigma / alpha = 19: 0.52 of the limit at
+        B = 1 with 21-32 rows against 0.31 with 192)."""
+        if batch >= DENSE_WIDE:
+            return max(DENSE_MIN_ROWS, DENSE_BLOCK // max(self.dim, 1))
+        return max(1, DENSE_BLOCK // 2 // max(self.dim, 1))
 
     def _union_logits(self, q: "_Queries", sel: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Float64 logits [len(sel), len(idx)] of the queries ``sel`` for the rows ``idx`` (global indices), by
         float64 matrix products over the gathered rows, block by block."""
         out = torch.empty(len(sel), len(idx), dtype=torch.float64, device=self.device)
-        xs, step = q.x64_scaled[sel], self._dense_step()
+        xs, step = q.x64_scaled[sel], self._dense_step(len(sel))
         for s in range(0, len(idx), step):
             ii = idx[s:s + step]
             self._dense_logits(q, sel, self.X[ii], ii, out=out[:, s:s + len(ii)], xs=xs)
         return out
 
     def _exact_logits(self, q: "_Queries", b: torch.Tensor, rows_idx: torch.Tensor, block: int = 1 << 22):
-        """Float64 logits ``c (|x|^2 - |x - alpha x_i|^2) + log w_i / T`` for the pairs (query ``b``, row), in blocks."""
+        """Float64 logits ``c (|x|^2 - |x - alpha x_i|^2) + log w_i / T + log c_i`` for the pairs (query ``b``,
+        row), in blocks."""
         out = torch.empty(len(rows_idx), dtype=torch.float64, device=self.device)
         step = max(1, block // max(self.dim, 1))
         for s in range(0, len(rows_idx), step):
             bb, ii = b[s:s + step], rows_idx[s:s + step]
             diff = q.x64[bb] - q.alpha[bb, None] * self.X[ii].double()
             out[s:s + step] = q.c[bb] * (q.x_sq[bb] - (diff * diff).sum(1))
-        if self.log_w is not None:
-            out += self.log_w[rows_idx] / q.temperature
+        prior = self._log_prior(rows_idx, q.temperature)
+        if prior is not None:
+            out += prior
         return out
 
-    @staticmethod
-    def _top(z: torch.Tensor, m: torch.Tensor, k: int, offset: int, order: torch.Tensor | None):
-        """The logits ``z + m`` of the rows ``order`` [B, min(k, n)] (the top ``k``, ranked before ``z`` was capped;
-        their logits are read from ``z``, as the sums used them) and their global indices, padded to ``k``."""
+    def _copy_sums(self, p: torch.Tensor, z: torch.Tensor, s0: int):
+        """The entropy and effective-size sums ``u``, ``q`` [b] (float64) of a span's weights ``p = e^z``, over the
+        copies of its rows: ``c`` copies of logit ``z - log c`` each give ``p (z - log c)`` and ``p^2 / c``."""
+        if self.log_c is None:
+            return (p * z).sum(1, dtype=torch.float64), (p * p).sum(1, dtype=torch.float64)
+        lc = self.log_c[s0:s0 + z.shape[1]].float()
+        return (p * (z - lc)).sum(1, dtype=torch.float64), (p * p * torch.exp(-lc)).sum(1, dtype=torch.float64)
+
+    def _top(self, z: torch.Tensor, m: torch.Tensor, k: int, offset: int, order: torch.Tensor | None):
+        """The logits ``z + m`` (of one copy: less ``log c_i``) of the rows ``order`` [B, min(k, n)] (the top
+        ``k``, ranked before ``z`` was capped; their logits are read from ``z``, as the sums used them) and their
+        global indices, padded to ``k``."""
         if not k:
             return z.new_zeros(z.shape[0], 0, dtype=torch.float64), z.new_zeros(z.shape[0], 0, dtype=torch.long)
-        return _pad_top(z.gather(1, order).double() + m[:, None], order + offset, k)
+        top_l = z.gather(1, order).double() + m[:, None]
+        if self.log_c is not None:
+            top_l = top_l - self.log_c[order + offset]
+        return _pad_top(top_l, order + offset, k)
 
 
 def _pad_top(top_l: torch.Tensor, top_i: torch.Tensor, k: int):
@@ -556,7 +610,7 @@ class _Queries:
         self.c = torch.minimum(c, C_MAX / (1.0 + spread))  # sigma = 0: the nearest row(s), without overflow
         kappa = 2 * math.sqrt(bank.dim) + 8  # probabilistic dot-product bound (Higham & Mary 2019)
         # the log weights are rounded once and added once: 3 u |log w / T| (no dot-product growth)
-        self.delta = kappa * U32 * self.c * spread + 3 * U32 * bank.log_w_max / temperature + \
+        self.delta = kappa * U32 * self.c * spread + 3 * U32 * (bank.log_w_max / temperature + bank.log_c_max) + \
             SCREEN_DOT[bank.screen] * self.c * cross
         self.slow = self.delta > getattr(bank, "fast_delta", FAST_DELTA)
         # n screened-out rows, each changed by at most e^-margin min(1, e^delta - 1) of the top weight, move
@@ -648,7 +702,7 @@ class FaissBank:
     def __init__(self, bank: Bank, *, k: int = 256, tail: int = 256, index: Literal["ivf", "flat"] = "ivf",
                  nlist: int | None = None, nprobe: int = 32, tolerance: float | None = TOLERANCE, seed: int = 0):
         faiss = _faiss()
-        if bank.log_w is not None:
+        if bank.log_w is not None or bank.log_c is not None:
             raise ValueError("bank='faiss' does not support prior weights (the top-k would not be nearest neighbours)")
         for name, v, lo in (("k", k, 1), ("tail", tail, 0), ("nprobe", nprobe, 1)):
             if not (isinstance(v, int) and v >= lo):

@@ -72,6 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--timed-steps", type=positive_int,
                    help="original: steps timed, one per equal stratum of the run; the run's time is scaled from "
                         "them (default 10)")
+    o.add_argument("--no-dedupe", action="store_true",
+                   help="original: hold every row, repeats included (EmpiricalDenoiser(dedupe=False)); by default "
+                        "repeated rows (the faces: each about 200 times) are held once with their count")
 
 
 # ---------------------------------------------------------------- data, baselines, timing
@@ -384,15 +387,17 @@ def _timed_grid(steps: int, timed: int) -> list[float]:
 
 
 def bench_original(X: torch.Tensor, *, batches, steps: int, timed_steps: int, sweep, sweep_batch: int,
-                   repeats: int, seed: int, ideal=None, per_sample_rows: int | None = None, progress=None) -> dict:
+                   repeats: int, seed: int, ideal=None, per_sample_rows: int | None = None, progress=None,
+                   dedupe: bool = True) -> dict:
     """The original workload on the data ``X`` [N, *shape] (CPU): for each batch size B, ``timed_steps`` steps of
     a ``steps``-step rectified-flow Euler run (one per equal stratum of the grid, on forward-noised queries; their
     time times ``steps / timed_steps`` is the run's) for the exact denoiser, the two plain float32 products of
     the same shape (``x @ X.T`` and ``p @ X``: the limit) and smalldiffusion's ideal denoiser (``ideal``: its
     class, or None), interleaved; peak memory from an untimed call; at B = ``sweep_batch`` the exact denoiser at
     each sigma / alpha of ``sweep`` against the limit, with its error against float64; the per-sample pattern on
-    ``per_sample_rows`` rows, scaled to N (its cost is linear in N); construction times. ``progress(res)`` is
-    called with the partial result after each part."""
+    ``per_sample_rows`` rows, scaled to N (its cost is linear in N); construction times. ``dedupe``: the exact
+    denoiser's option (repeated rows held once). ``progress(res)`` is called with the partial result after each
+    part."""
     progress = progress or (lambda res: None)
     from .denoisers import EmpiricalDenoiser, exact_reference
     N, D = len(X), X[0].numel()
@@ -402,11 +407,12 @@ def bench_original(X: torch.Tensor, *, batches, steps: int, timed_steps: int, sw
     res = {"N": N, "D": D, "shape": list(X.shape[1:]), "steps": steps, "timed_steps": timed_steps,
            "repeats": repeats, "threads": torch.get_num_threads()}
     print(f"bench: construction, N {N}, D {D}", file=sys.stderr, flush=True)
-    build = {"boneless": lambda: EmpiricalDenoiser(X)}
+    build = {"boneless": lambda: EmpiricalDenoiser(X, dedupe=dedupe)}
     if ideal is not None:
         build["smalldiffusion"] = lambda: ideal(X)
     res["construction_s"] = {k: min(v) for k, v in interleaved(build, repeats, cpu).items()}
-    den = EmpiricalDenoiser(X)
+    den = EmpiricalDenoiser(X, dedupe=dedupe)
+    res["rows_held"] = len(den.bank)  # distinct rows when repeats are held once
     sd = ideal(X) if ideal is not None else None
 
     def methods(x, a, s, out):
@@ -493,7 +499,9 @@ def markdown_original(report: dict) -> str:
         sd = "smalldiffusion_per_sample_s" in d["batches"][0]
         lines += [f"\n## {d['data']}: N {d['N']}, D {d['D']} ({'x'.join(map(str, d['shape']))}), "
                   f"{d['threads']} threads\n",
-                  "Construction: " + ", ".join(f"{k} {_fmt_s(v)}" for k, v in d["construction_s"].items()) + ".\n",
+                  "Construction: " + ", ".join(f"{k} {_fmt_s(v)}" for k, v in d["construction_s"].items()) + ". " +
+                  (f"Rows held by the exact denoiser: {d['rows_held']} (repeats held once, with their count).\n"
+                   if d.get("rows_held", d["N"]) < d["N"] else "Every row held.\n"),
                   "| B | exact s / sample | fraction of limit | limit s / sample | " +
                   ("smalldiffusion s / sample (/ exact) | " if sd else "") +
                   "per-sample pattern s / sample | peak memory: exact, limit" + (", smalldiffusion" if sd else "") +
@@ -552,7 +560,7 @@ def run_original(args, report: dict, save) -> None:
 
         bench_original(X, batches=batches, steps=steps, timed_steps=timed, sweep=ORIGINAL["sweep"],
                        sweep_batch=report["sweep_batch"], repeats=args.repeats, seed=args.seed, ideal=ideal,
-                       progress=progress)
+                       progress=progress, dedupe=not args.no_dedupe)
         del X
 
 

@@ -18,7 +18,7 @@ import torch
 from . import distributed
 from .bank import TOLERANCE, Bank, FaissBank, Stats
 from .data import check_data
-from .rows import StoredRows, _block_rows
+from .rows import StoredRows, _block_rows, repeated_rows
 
 Coef = float | torch.Tensor
 
@@ -151,6 +151,11 @@ class EmpiricalDenoiser:
             query). A query whose certified relative error exceeds ``tolerance`` (default 1 %) is computed by
             the exact bank; ``tolerance=None``: none is, and the rest of the posterior is estimated from
             ``tail_samples`` uniformly drawn rows (drawn from ``seed``), without a bound.
+        dedupe: hold repeated rows (equal values and weights) once, with their count
+            (:func:`boneless.rows.repeated_rows`; the bank's "Repeated rows"), when at least ``1 / 8`` of the rows
+            are repeats: the same posterior (indices, weights, entropy and effective size are those of the rows
+            given), at the cost of the distinct rows. Applies to a tensor ``X`` with the exact bank and no
+            rescoring.
 
     ``X`` may also be a :class:`boneless.rows.MappedRows` (a memory-mapped .npy): rows are then read chunk by
     chunk from disk and never held in memory together.
@@ -161,7 +166,8 @@ class EmpiricalDenoiser:
                  process_group=None, storage: Literal["float32", "float16", "bfloat16", "uint8"] = "float32",
                  screen: Literal["float32", "tf32", "bfloat16"] = "float32",
                  bank: Literal["exact", "faiss", "faiss-flat"] = "exact", neighbours: int = 256,
-                 tail_samples: int = 256, tolerance: float | None = TOLERANCE, seed: int = 0, rescore: int = 0):
+                 tail_samples: int = 256, tolerance: float | None = TOLERANCE, seed: int = 0, rescore: int = 0,
+                 dedupe: bool = True):
         X = X if hasattr(X, "flat") else check_data(X)  # a MappedRows was checked when opened
         if not (isinstance(rescore, int) and rescore >= 0):
             raise ValueError(f"rescore must be a non-negative integer, got {rescore!r}")
@@ -197,7 +203,12 @@ class EmpiricalDenoiser:
             self.offset = start
         if bank not in ("exact", "faiss", "faiss-flat"):
             raise ValueError(f"bank must be 'exact', 'faiss' or 'faiss-flat', got {bank!r}")
-        self.bank = Bank(X, log_weights=log_w, chunk_size=chunk_size, device=device, storage=storage, screen=screen)
+        self.counts = self.members = self.starts = self.owner = None  # repeated rows held once (dedupe)
+        log_c = None
+        if dedupe and isinstance(X, torch.Tensor) and not rescore and bank == "exact":
+            X, log_w, p_w, log_c = self._merge_repeats(X, log_w, p_w)
+        self.bank = Bank(X, log_weights=log_w, log_counts=log_c, chunk_size=chunk_size, device=device,
+                         storage=storage, screen=screen)
         self.rescore, self.exact_rows = min(rescore, len(X)), None
         if rescore:  # the original rows, read at the top rows of each query only
             self.exact_rows = X.flat(self.bank.device) if hasattr(X, "flat") else X.reshape(len(X), -1)
@@ -213,6 +224,44 @@ class EmpiricalDenoiser:
     @property
     def sharded(self) -> bool:
         return self.world_size > 1
+
+    def _merge_repeats(self, X, log_w, p_w):
+        """Equal rows of equal weight held once (when at least 1/8 of the rows are repeats): the distinct rows, their
+        log weights and mean weights, and their log counts; records which rows each stands for."""
+        flat = X.reshape(len(X), -1).to(torch.float32)
+        found = repeated_rows(flat, log_w)
+        if found is None or 8 * (len(X) - len(found[0])) < len(X):
+            return X, log_w, p_w, None
+        first, owner = found
+        counts = torch.bincount(owner, minlength=len(first))
+        self.counts, self.owner = counts, owner
+        self.members = torch.argsort(owner, stable=True)  # rows of each group, in order, group after group
+        self.starts = counts.cumsum(0) - counts
+        p_w = counts.double() / self.n_total if p_w is None else p_w[first] * counts
+        return (flat[first].reshape(-1, *self.shape), None if log_w is None else log_w[first], p_w,
+                counts.double().log())
+
+    def _expand_top(self, top_l: torch.Tensor, top_i: torch.Tensor, k: int):
+        """The top ``k`` of the rows given, from the top ``k`` of the distinct rows held (ranked by one copy's
+        logit): each distinct row's copies in turn, in order of index."""
+        dev = top_i.device
+        B, kk = top_i.shape
+        valid = (top_i >= 0).cpu()
+        u = top_i.clamp(min=0).cpu()
+        reps = torch.where(valid, self.counts[u].clamp(max=k), torch.ones_like(u)).flatten()
+        ent = torch.repeat_interleave(torch.arange(B * kk), reps)
+        t = torch.arange(len(ent)) - (reps.cumsum(0) - reps)[ent]  # copy number within its row
+        per_query = reps.reshape(B, kk)
+        pos = (per_query.cumsum(1) - per_query).flatten()[ent] + t
+        keep = pos < k
+        ent, t, pos = ent[keep], t[keep], pos[keep]
+        rows = torch.where(valid.flatten()[ent], self.members[self.starts[u.flatten()[ent]] + t],
+                           torch.full_like(t, -1))
+        out_l = torch.full((B, k), -math.inf, dtype=top_l.dtype)
+        out_i = torch.full((B, k), -1, dtype=torch.long)
+        out_l[ent // kk, pos] = top_l.cpu().flatten()[ent]
+        out_i[ent // kk, pos] = rows
+        return out_l.to(dev), out_i.to(dev)
 
     def _stats_mean(self, p_w):
         """The (weighted) mean of all examples, streamed over the bank's rows (and summed over ranks);
@@ -239,9 +288,12 @@ class EmpiricalDenoiser:
             return rows.source if hasattr(rows, "source") else rows.reshape(-1, *self.shape)
         if hasattr(self.bank.X, "source"):
             return self.bank.X.source
-        if isinstance(self.bank.X, StoredRows):  # held in a smaller type: the dequantised rows (a new tensor)
-            return self.bank.X.dequantised().reshape(-1, *self.shape)
-        return self.bank.X.reshape(-1, *self.shape)
+        rows = self.bank.X
+        if isinstance(rows, StoredRows):  # held in a smaller type: the dequantised rows (a new tensor)
+            rows = rows.dequantised()
+        if self.owner is not None:  # repeated rows held once: the rows as given (a new tensor)
+            rows = rows[self.owner.to(rows.device)]
+        return rows.reshape(-1, *self.shape)
 
     def _stats(self, x: torch.Tensor, alpha: Coef, sigma: Coef, k: int) -> Stats:
         a, s = check_query(x, self.shape, alpha, sigma)
@@ -250,6 +302,8 @@ class EmpiricalDenoiser:
         if self.rescore:
             st = self.bank.rescore(st, flat, a, s, self.exact_rows, temperature=self.temperature)
             st = st._replace(top_l=st.top_l[:, :k], top_i=st.top_i[:, :k])
+        if self.counts is not None and k:
+            st = st._replace(**dict(zip(("top_l", "top_i"), self._expand_top(st.top_l, st.top_i, k))))
         if self.sharded:  # global row indices, then the merge across ranks (boneless.distributed)
             st = st._replace(top_i=torch.where(st.top_i >= 0, st.top_i + self.offset, st.top_i))
             st = distributed.all_reduce_stats(st, self.group)

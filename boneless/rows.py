@@ -3,6 +3,7 @@
 - :func:`array_rule` and :func:`convert`: how a stored array (any layout and dtype) maps to float32 rows (8-bit
   images and float images in [0, 1] to [-1, 1]; everything else as it is): the one rule of
   :func:`boneless.load_dataset` and of memory-mapped files.
+- :func:`repeated_rows`: groups of equal rows (held once by the exact denoiser, with their count).
 - :class:`StoredRows`: rows held once in float16, bfloat16 or uint8, dequantised exactly as they are read.
 - :class:`MappedRows`: a ``.npy`` file on disk, read a few rows at a time; :class:`FlatRows`: its ``[N, D]``
   view for the bank.
@@ -100,6 +101,46 @@ def convert(a: np.ndarray | torch.Tensor, *, rule: str | None) -> torch.Tensor:
 def _block_rows(dim: int, nbytes: int = 1 << 27) -> int:
     """Rows per block so that a float64 block of ``dim`` columns stays within ``nbytes`` (128 MB)."""
     return max(1, nbytes // (8 * max(dim, 1)))
+
+
+def repeated_rows(X: torch.Tensor, key: torch.Tensor | None = None, *, columns: int = 64,
+                  rounds: int = 4) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Groups of equal rows of ``X`` [N, D] (and equal ``key`` [N], e.g. log weights): ``(first, owner)``, the
+    first row of each group [U] (ascending) and each row's group [N] (an index into ``first``), or None when
+    every row is distinct.
+
+    Rows whose ``columns`` random columns (bit patterns, mixed into one integer) agree are candidates; each
+    candidate is then compared in full with the first remaining row of its candidates, for up to ``rounds``
+    rounds (rows left over stay on their own). So equal rows are grouped only when they are equal, and a pass
+    over the candidates (not a sort of whole rows) is the cost: cheap when rows are distinct, one read of the
+    repeats otherwise. Rows left apart (more than ``rounds`` distinct rows sharing the sampled columns, or
+    ``-0.0`` against ``0.0``) only cost speed: merging is never needed for the result."""
+    n, d = X.shape
+    if n < 2 or d == 0:
+        return None
+    g = torch.Generator().manual_seed(0)
+    cols = torch.randperm(d, generator=g)[:columns].sort().values.to(X.device)
+    bits = X[:, cols].contiguous().view(torch.int32)
+    if key is not None:
+        bits = torch.cat([bits, key.to(X.device, torch.float64).reshape(n, 1).view(torch.int32)], 1)
+    mix = torch.randint(1, 1 << 31, (bits.shape[1],), generator=g).to(X.device)  # one int64 per row (wrapping)
+    _, group, counts = torch.unique((bits.long() * mix).sum(1), return_inverse=True, return_counts=True)
+    owner = torch.arange(n, device=X.device)
+    pending = (counts[group] > 1).nonzero().squeeze(1)
+    step = max(1, _block_rows(d, 1 << 25))
+    for _ in range(rounds):
+        if len(pending) < 2:
+            break
+        first = torch.full((len(counts),), n, dtype=torch.long, device=X.device)
+        first.scatter_reduce_(0, group[pending], pending, reduce="amin")
+        rep = first[group[pending]]
+        same = torch.empty(len(pending), dtype=torch.bool, device=X.device)
+        for s in range(0, len(pending), step):
+            same[s:s + step] = (X[pending[s:s + step]] == X[rep[s:s + step]]).all(1)
+        owner[pending[same]] = rep[same]
+        pending = pending[~same]
+    first, owner = torch.unique(owner, return_inverse=True)
+    return None if len(first) == n else (first, owner)
 
 
 class StoredRows:

@@ -24,12 +24,13 @@ from conftest import EXACTNESS
 
 CONTRACT = 1e-4
 
-DATA_KINDS = ("uniform", "latent", "tiny", "any-scale", "clustered")
+DATA_KINDS = ("uniform", "latent", "tiny", "any-scale", "clustered", "repeated")
 
 
 def make_data(kind: str, n: int, d: int, g: torch.Generator, log_scale: float) -> torch.Tensor:
     """Data of the kinds users bring: images in [-1, 1], VAE-like latents (``randn * 5 + 3``), data of tiny
-    scale (1e-3), Gaussian data of any scale and offset, and tight clusters (many near-ties)."""
+    scale (1e-3), Gaussian data of any scale and offset, tight clusters (many near-ties), and rows repeated
+    many times (exact ties, held once by the denoiser)."""
     if kind == "uniform":
         return torch.rand(n, d, generator=g) * 2 - 1
     if kind == "latent":
@@ -37,6 +38,9 @@ def make_data(kind: str, n: int, d: int, g: torch.Generator, log_scale: float) -
     if kind == "tiny":
         return torch.randn(n, d, generator=g) * 1e-3
     scale = 10.0 ** log_scale
+    if kind == "repeated":
+        base = (torch.randn(max(1, n // 4), d, generator=g) + torch.randn(1, d, generator=g)) * scale
+        return base[torch.randint(len(base), (n,), generator=g)]
     if kind == "any-scale":
         return (torch.randn(n, d, generator=g) + 3 * torch.randn(1, d, generator=g)) * scale
     centres = torch.randn(max(1, n // 8), d, generator=g)
@@ -76,9 +80,10 @@ def problems(draw, *, n=st.integers(1, 300), d=st.sampled_from([1, 2, 3, 5, 16, 
         alpha=draw(st.sampled_from([1.0, 0.3, 0.0]) | st.floats(0.01, 1.0)),
         log_ratio=draw(log_ratio), query=draw(st.sampled_from(["forward", "near-tie", "tie"])),
         temperature=draw(st.sampled_from([1.0, 0.5, 3.0])), weighted=draw(st.booleans()),
+        dedupe=draw(st.booleans()),
         # the bank's internal sizes: float64 buffer blocks, spans of rows, tier thresholds
         dense_block=draw(st.sampled_from([64, 1024, 1 << 14, 1 << 21])),
-        dense_min_rows=draw(st.sampled_from([1, 7, 192])),
+        dense_min_rows=draw(st.sampled_from([1, 7, 192])), dense_wide=draw(st.sampled_from([1, 3, 16])),
         union_delta=draw(st.sampled_from([0.0, 0.5, 50.0])),
         span_bytes=draw(st.sampled_from([64, 2048, 1 << 16, 1 << 27])),
         dense_fraction=draw(st.sampled_from([0.0, 0.02, 0.5])),
@@ -93,11 +98,14 @@ def check(p: dict, name: str) -> None:
     alpha = p["alpha"]
     sigma = 10.0 ** p["log_ratio"] * rms * (alpha if alpha > 0 else 1.0)  # sigma / alpha in units of the RMS
     weights = torch.rand(p["N"], generator=g) + 0.05 if p["weighted"] else None
+    if weights is not None and p["kind"] == "repeated" and p["N"] > 1:  # equal weights for some of the repeats
+        weights[torch.rand(p["N"], generator=g) < 0.5] = 0.5
     with mock.patch.multiple(bank_module, DENSE_BLOCK=p["dense_block"], SPAN_BYTES=p["span_bytes"],
                              DENSE_FRACTION=p["dense_fraction"], PILOT_FRACTION=p["pilot_fraction"],
-                             DENSE_MIN_ROWS=p["dense_min_rows"], UNION_DELTA=p["union_delta"]):
+                             DENSE_MIN_ROWS=p["dense_min_rows"], UNION_DELTA=p["union_delta"],
+                             DENSE_WIDE=p["dense_wide"]):
         den = EmpiricalDenoiser(X, weights=weights, temperature=p["temperature"], chunk_size=p["chunk"],
-                                storage=p["storage"])
+                                storage=p["storage"], dedupe=p["dedupe"])
         data = den.data  # the dequantised rows (the exact reference of a stored bank)
         x = make_queries(p["query"], data, alpha, sigma, p["B"], g)
         post = den.posterior(x, alpha, sigma, k=3)
@@ -117,6 +125,11 @@ def check(p: dict, name: str) -> None:
     got = prob.gather(1, post.indices)
     assert torch.allclose(post.weights.double(), got, atol=CONTRACT, rtol=0)
     assert bool((got[:, -1] >= prob.topk(k, dim=1).values[:, -1] - CONTRACT).all())
+    assert all(len(set(row.tolist()) - {-1}) == int((row >= 0).sum()) for row in post.indices)  # distinct rows
+    # entropy and effective size of the posterior over the rows given (repeats held once or not)
+    entropy = -(prob * torch.log(prob.clamp(min=1e-300))).sum(1)
+    assert torch.allclose(post.entropy.double(), entropy, atol=1e-4, rtol=1e-4), (post.entropy, entropy)
+    assert torch.allclose(post.n_eff.double(), 1 / (prob * prob).sum(1), rtol=1e-4), (post.n_eff, prob)
 
 
 @given(problems())
@@ -131,7 +144,7 @@ def test_exactness_at_image_dimension(p):
     """D = 3072 (32 x 32 x 3) with ragged chunks at the default internal sizes: the combination that once left
     columns of the broad-posterior tier's float64 logits unwritten."""
     p.update(dense_block=1 << 21, dense_min_rows=192, union_delta=0.5, span_bytes=1 << 27, dense_fraction=0.02,
-             pilot_fraction=0.2, B=min(p["B"], 3),
+             pilot_fraction=0.2, B=min(p["B"], 3),  # dense_wide as drawn: both block rules at the default sizes
              chunk=p["chunk"] % 2500 + 500)
     check(p, "D = 3072")
 

@@ -82,7 +82,7 @@ def log_density(den: EmpiricalDenoiser, x: torch.Tensor, alpha, sigma) -> torch.
     D = flat.shape[1]
     out = st.m + torch.log(st.s) - x_sq / (2 * s * s) - 0.5 * D * torch.log(2 * math.pi * s * s)
     if den.bank.log_w is None:
-        out = out - math.log(len(den.bank))
+        out = out - math.log(den.n_total)
     return out.cpu()
 
 
