@@ -232,13 +232,13 @@ class EmpiricalDenoiser:
         found = repeated_rows(flat, log_w)
         if found is None or 8 * (len(X) - len(found[0])) < len(X):
             return X, log_w, p_w, None
-        first, owner = found
+        first, owner = found[0], found[1].cpu()  # the bookkeeping of copies on the CPU, with the top-k's expansion
         counts = torch.bincount(owner, minlength=len(first))
         self.counts, self.owner = counts, owner
         self.members = torch.argsort(owner, stable=True)  # rows of each group, in order, group after group
         self.starts = counts.cumsum(0) - counts
-        p_w = counts.double() / self.n_total if p_w is None else p_w[first] * counts
-        return (flat[first].reshape(-1, *self.shape), None if log_w is None else log_w[first], p_w,
+        p_w = counts.double() / self.n_total if p_w is None else p_w[first.cpu()] * counts
+        return (flat[first].reshape(-1, *self.shape), None if log_w is None else log_w[first.cpu()], p_w,
                 counts.double().log())
 
     def _expand_top(self, top_l: torch.Tensor, top_i: torch.Tensor, k: int):

@@ -34,6 +34,8 @@ def data():
     X = (torch.rand(N, D, generator=g) * 2 - 1).cumsum(1) / math.sqrt(D / 4)
     X = (X - X.mean(1, keepdim=True)).clamp(-1, 1)
     w = torch.rand(N, generator=g) + 0.1
+    repeat = torch.arange(N) >= 200  # the last rows repeat earlier ones (with their weights): held once per shard
+    X[repeat], w[repeat] = X[torch.arange(N)[repeat] % 40], w[torch.arange(N)[repeat] % 40]
     x = torch.randn(6, D, generator=g)
     x[0] = 0.5 * (X[3] + X[7])  # near-tie: equidistant from two examples
     return X, w, x
@@ -166,9 +168,17 @@ def test_two_ranks_equal_one_process(tmp_path):
             for key in ("x0", "post_x0"):
                 assert (np.linalg.norm(got[f"{prefix}{key}_{j}"] - one[f"x0_{j}"], axis=1) / scale).max() < 1e-5
                 assert (np.linalg.norm(got[f"{prefix}{key}_{j}"] - ref, axis=1) / scale).max() < 1e-4
-            real = one[f"w_{j}"] > 1e-25  # weights at the bank's exp floor tie: their order is arbitrary
-            assert np.array_equal(got[f"{prefix}idx_{j}"][real], one[f"idx_{j}"][real])  # global indices
+            # global indices; copies of a repeated row tie exactly (as do weights at the bank's exp floor), and
+            # their order is arbitrary: each listed row must carry the weight listed, and each real weight's rows
+            # must be the same rows
+            real = one[f"w_{j}"] > 1e-25
             assert np.abs(got[f"{prefix}w_{j}"] - one[f"w_{j}"]).max() < 1e-5
+            for q in range(len(x)):
+                rows_got, rows_one = got[f"{prefix}idx_{j}"][q][real[q]], one[f"idx_{j}"][q][real[q]]
+                assert sorted(X[rows_got].sum(1).tolist()) == sorted(X[rows_one].sum(1).tolist())
+                last = one[f"w_{j}"][q][real[q]][-1] if real[q].any() else 0.0
+                solid = one[f"w_{j}"][q] > last * (1 + 1e-4)  # above the last listed weight: the same rows
+                assert set(got[f"{prefix}idx_{j}"][q][solid]) == set(one[f"idx_{j}"][q][solid])
             assert np.abs(got[f"{prefix}ent_{j}"] - one[f"ent_{j}"]).max() < 1e-4
             assert np.allclose(got[f"{prefix}neff_{j}"], one[f"neff_{j}"], rtol=1e-4)
     r = sample(EmpiricalDenoiser(X, chunk_size=64), "rectified-flow", shape=(D,), n=5, steps=12,
