@@ -84,6 +84,7 @@ DENSE_WIDE = 16  # from this many queries the float64 products are compute-bound
 REST_FLOOR = 1e-6  # rescoring: a remainder of the sums below this share of the total is their rounding
 UNION_DELTA = 0.5  # float64 products for many candidates only where their expanded-form error delta 2^-29 <= 1e-9
 C_MAX = 1e30  # sigma -> 0 cap on c (keeps float32 logits finite; the limit is the nearest row)
+CANCEL = 0.05  # |sum_i p_i x_i| below this share of r sqrt(sum_i p_i^2): a mean that cancels (float64 fallback)
 Screen = Literal["float32", "tf32", "bfloat16"]
 SCREENS = ("float32", "tf32", "bfloat16")
 # extra error of a screened dot product, in units of sum_j |x_j x_ij|: inputs rounded to the format (2 u_f),
@@ -352,6 +353,43 @@ class Bank:
             u, q2 = self._copy_sums(p, z, s0) if entropy else (torch.zeros_like(m), torch.zeros_like(m))
             st = merge(st, Stats(m, p.sum(1, dtype=torch.float64), acc, u, q2, *self._top(z, m, k, s0, ranked)))
         return st
+
+    def cancelling(self, st: Stats) -> torch.Tensor:
+        """Queries [B] (bool) whose weighted sum ``acc`` nearly cancels: ``|acc| < CANCEL r sqrt(q)``. The float32
+        sums and weights carry rounding of about ``u |p_i x_i|`` per term, which adds up like a random walk to
+        about ``u r sqrt(q)`` (``q = sum p_i^2``); when the rows' contributions also add up like a random walk
+        (broad posteriors of centred data), ``|acc|`` is of the order of ``r sqrt(q)`` and the relative error of
+        order ``u``. A sum far smaller than that (opposite rows of a tie, symmetric data) is a cancellation, where
+        the same rounding is a large *relative* error of ``x0_hat``: :meth:`float64_sums` recomputes those."""
+        return st.acc.double().norm(dim=1) < CANCEL * self.r * st.q.clamp(min=0).sqrt()
+
+    def float64_sums(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, *, temperature: float = 1.0,
+                     block_bytes: int = 1 << 24) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(m, s, acc)`` of the queries ``x`` [b, D] in float64 throughout: logits in difference form and the
+        weighted sums of float64 rows, streamed over blocks of rows (``acc`` float64 [b, D]). Exact to float64
+        rounding, at the cost of a float64 pass per query: for the few means that cancel (:meth:`cancelling`)."""
+        q = _Queries(self, x, alpha, sigma, temperature, n_rows=max(len(self), 1))
+        b = len(q.x)
+        m = torch.full((b,), -math.inf, dtype=torch.float64, device=self.device)
+        s = torch.zeros(b, dtype=torch.float64, device=self.device)
+        acc = torch.zeros(b, self.dim, dtype=torch.float64, device=self.device)
+        step = _block_rows(self.dim, block_bytes)
+        for j0 in range(0, len(self), step):
+            j1 = min(j0 + step, len(self))
+            rows = self.rows(j0, j1).double()
+            prior = self._log_prior(slice(j0, j1), temperature)
+            for i in range(b):
+                diff = q.x64[i] - q.alpha[i] * rows
+                logits = q.c[i] * (q.x_sq[i] - (diff * diff).sum(1))
+                if prior is not None:
+                    logits = logits + prior
+                m_new = torch.maximum(m[i], logits.max())
+                w = torch.exp(logits - m_new)
+                shrink = torch.exp(m[i] - m_new)
+                s[i] = s[i] * shrink + w.sum()
+                acc[i] = acc[i] * shrink + w @ rows
+                m[i] = m_new
+        return m, s, acc
 
     def rescore(self, st: Stats, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, exact, *,
                 temperature: float = 1.0) -> Stats:

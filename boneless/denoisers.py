@@ -307,6 +307,22 @@ class EmpiricalDenoiser:
         if self.sharded:  # global row indices, then the merge across ranks (boneless.distributed)
             st = st._replace(top_i=torch.where(st.top_i >= 0, st.top_i + self.offset, st.top_i))
             st = distributed.all_reduce_stats(st, self.group)
+        elif isinstance(self.bank, Bank) and not self.rescore:
+            st = self._cancellations_in_float64(st, flat, a, s)
+        return st
+
+    def _cancellations_in_float64(self, st: Stats, flat: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> Stats:
+        """Posterior means that nearly cancel (:meth:`boneless.bank.Bank.cancelling`) recomputed in float64
+        throughout, so that their *relative* error stays within the contract (not sharded: every rank would have
+        to take part)."""
+        bad = self.bank.cancelling(st)
+        if not bool(bad.any()):
+            return st
+        idx = bad.nonzero().squeeze(1)
+        m, total, acc = self.bank.float64_sums(flat[idx.to(flat.device)], a[idx.cpu()], s[idx.cpu()],
+                                               temperature=self.temperature)
+        shift = torch.exp(m - st.m[idx])  # onto the statistics' own maximum (u, q and the top-k stay)
+        st.s[idx], st.acc[idx] = total * shift, (acc * shift[:, None]).to(st.acc.dtype)
         return st
 
     def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:

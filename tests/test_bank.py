@@ -229,3 +229,23 @@ def test_spans_pilot_and_dense_carry_over(X, monkeypatch):
     x, a, s = queries(X, 0.1)
     _, y = reduce_x0(bank, x, a, s)
     assert rel_err(y, exact_reference(X, x, a, s)) < 1e-4 and dense.calls > 0
+
+
+def test_means_that_cancel_are_exact_relative_to_themselves():
+    """Symmetric data (each row and its negative) and a tie between opposite rows: the posterior mean is far
+    smaller than the rows, and float32 sums would be off by up to 97 % of it (measured before the fallback); the
+    means that cancel are recomputed in float64 (Bank.cancelling, Bank.float64_sums)."""
+    g = torch.Generator().manual_seed(0)
+    half = torch.randn(200, 3, generator=g)
+    X = torch.cat([half, -half])
+    x = 1e-3 * torch.randn(4, 3, generator=g)
+    den = EmpiricalDenoiser(X)
+    for sigma in (0.3, 3.0, 300.0):
+        ref = exact_reference(X, x, 1.0, sigma)
+        for out in (den(x, 1.0, sigma), den.posterior(x, 1.0, sigma, k=2).x0_hat):
+            err = (out.double() - ref).norm(dim=1) / ref.norm(dim=1)
+            assert float(err.max()) < 1e-6, (sigma, err)
+    X = torch.tensor([[-1.0], [1.0 + 2 ** -20], [5.0], [-7.0]])  # a tie between opposite rows
+    x = torch.tensor([[2 ** -21]])
+    ref = exact_reference(X, x, 1.0, 1.0)
+    assert abs(float(EmpiricalDenoiser(X)(x, 1.0, 1.0)) / float(ref) - 1) < 1e-6

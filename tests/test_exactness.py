@@ -24,13 +24,14 @@ from conftest import EXACTNESS
 
 CONTRACT = 1e-4
 
-DATA_KINDS = ("uniform", "latent", "tiny", "any-scale", "clustered", "repeated")
+DATA_KINDS = ("uniform", "latent", "tiny", "any-scale", "clustered", "repeated", "symmetric")
 
 
 def make_data(kind: str, n: int, d: int, g: torch.Generator, log_scale: float) -> torch.Tensor:
     """Data of the kinds users bring: images in [-1, 1], VAE-like latents (``randn * 5 + 3``), data of tiny
-    scale (1e-3), Gaussian data of any scale and offset, tight clusters (many near-ties), and rows repeated
-    many times (exact ties, held once by the denoiser)."""
+    scale (1e-3), Gaussian data of any scale and offset, tight clusters (many near-ties), rows repeated many
+    times (exact ties, held once by the denoiser), and symmetric data (each row and its negative: posterior means
+    near 0 cancel, where float32 sums lose their relative accuracy)."""
     if kind == "uniform":
         return torch.rand(n, d, generator=g) * 2 - 1
     if kind == "latent":
@@ -38,6 +39,9 @@ def make_data(kind: str, n: int, d: int, g: torch.Generator, log_scale: float) -
     if kind == "tiny":
         return torch.randn(n, d, generator=g) * 1e-3
     scale = 10.0 ** log_scale
+    if kind == "symmetric":
+        half = torch.randn((n + 1) // 2, d, generator=g) * scale
+        return torch.cat([half, -half])[:n]
     if kind == "repeated":
         base = (torch.randn(max(1, n // 4), d, generator=g) + torch.randn(1, d, generator=g)) * scale
         return base[torch.randint(len(base), (n,), generator=g)]
@@ -49,10 +53,13 @@ def make_data(kind: str, n: int, d: int, g: torch.Generator, log_scale: float) -
 
 
 def make_queries(kind: str, X: torch.Tensor, alpha: float, sigma: float, b: int, g: torch.Generator):
-    """Forward-noised training examples, or points (nearly) equidistant from two examples: the midpoint of an
-    example and its nearest other example (``tie``), nudged by about sigma / 100 (``near-tie``)."""
+    """Forward-noised training examples, points (nearly) equidistant from two examples: the midpoint of an
+    example and its nearest other example (``tie``), nudged by about sigma / 100 (``near-tie``), or points near
+    the origin (``origin``)."""
     n, d = X.shape
     i = torch.randint(n, (b,), generator=g)
+    if kind == "origin":  # near 0 (on symmetric data, the point where the posterior mean cancels)
+        return 1e-3 * sigma * torch.randn(b, d, generator=g) / math.sqrt(d)
     if kind == "forward" or n == 1:
         return alpha * X[i] + sigma * torch.randn(b, d, generator=g)
     dist = torch.cdist(X[i].double(), X.double())
@@ -78,7 +85,7 @@ def problems(draw, *, n=st.integers(1, 300), d=st.sampled_from([1, 2, 3, 5, 16, 
         storage=draw(st.sampled_from(STORAGES)), kind=draw(st.sampled_from(DATA_KINDS)),
         log_scale=draw(st.floats(-3, 3)), seed=draw(st.integers(0, 2 ** 31 - 1)),
         alpha=draw(st.sampled_from([1.0, 0.3, 0.0]) | st.floats(0.01, 1.0)),
-        log_ratio=draw(log_ratio), query=draw(st.sampled_from(["forward", "near-tie", "tie"])),
+        log_ratio=draw(log_ratio), query=draw(st.sampled_from(["forward", "near-tie", "tie", "origin"])),
         temperature=draw(st.sampled_from([1.0, 0.5, 3.0])), weighted=draw(st.booleans()),
         dedupe=draw(st.booleans()),
         # the bank's internal sizes: float64 buffer blocks, spans of rows, tier thresholds
