@@ -354,20 +354,22 @@ class Bank:
             st = merge(st, Stats(m, p.sum(1, dtype=torch.float64), acc, u, q2, *self._top(z, m, k, s0, ranked)))
         return st
 
-    def cancelling(self, st: Stats) -> torch.Tensor:
+    def cancelling(self, st: Stats, r: float | None = None) -> torch.Tensor:
         """Queries [B] (bool) whose weighted sum ``acc`` nearly cancels: ``|acc| < CANCEL r sqrt(q)``. The float32
         sums and weights carry rounding of about ``u |p_i x_i|`` per term, which adds up like a random walk to
         about ``u r sqrt(q)`` (``q = sum p_i^2``); when the rows' contributions also add up like a random walk
         (broad posteriors of centred data), ``|acc|`` is of the order of ``r sqrt(q)`` and the relative error of
         order ``u``. A sum far smaller than that (opposite rows of a tie, symmetric data) is a cancellation, where
-        the same rounding is a large *relative* error of ``x0_hat``: :meth:`float64_sums` recomputes those."""
-        return st.acc.double().norm(dim=1) < CANCEL * self.r * st.q.clamp(min=0).sqrt()
+        the same rounding is a large *relative* error of ``x0_hat``: :meth:`float64_sums` recomputes those.
+        ``r``: the largest row norm (default this bank's; the largest over all ranks when sharded)."""
+        return st.acc.double().norm(dim=1) < CANCEL * (self.r if r is None else r) * st.q.clamp(min=0).sqrt()
 
     def float64_sums(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, *, temperature: float = 1.0,
-                     block_bytes: int = 1 << 24) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     rows=None, block_bytes: int = 1 << 24) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(m, s, acc)`` of the queries ``x`` [b, D] in float64 throughout: logits in difference form and the
         weighted sums of float64 rows, streamed over blocks of rows (``acc`` float64 [b, D]). Exact to float64
-        rounding, at the cost of a float64 pass per query: for the few means that cancel (:meth:`cancelling`)."""
+        rounding, at the cost of a float64 pass per query: for the few means that cancel (:meth:`cancelling`).
+        ``rows``: other rows to read in place of the bank's (the original rows of a stored bank, sliceable)."""
         q = _Queries(self, x, alpha, sigma, temperature, n_rows=max(len(self), 1))
         b = len(q.x)
         m = torch.full((b,), -math.inf, dtype=torch.float64, device=self.device)
@@ -376,10 +378,10 @@ class Bank:
         step = _block_rows(self.dim, block_bytes)
         for j0 in range(0, len(self), step):
             j1 = min(j0 + step, len(self))
-            rows = self.rows(j0, j1).double()
+            block = (self.rows(j0, j1) if rows is None else rows[j0:j1]).to(self.device, torch.float64)
             prior = self._log_prior(slice(j0, j1), temperature)
             for i in range(b):
-                diff = q.x64[i] - q.alpha[i] * rows
+                diff = q.x64[i] - q.alpha[i] * block
                 logits = q.c[i] * (q.x_sq[i] - (diff * diff).sum(1))
                 if prior is not None:
                     logits = logits + prior
@@ -387,7 +389,7 @@ class Bank:
                 w = torch.exp(logits - m_new)
                 shrink = torch.exp(m[i] - m_new)
                 s[i] = s[i] * shrink + w.sum()
-                acc[i] = acc[i] * shrink + w @ rows
+                acc[i] = acc[i] * shrink + w @ block
                 m[i] = m_new
         return m, s, acc
 

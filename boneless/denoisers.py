@@ -220,10 +220,18 @@ class EmpiricalDenoiser:
             self.bank = FaissBank(self.bank, k=neighbours, tail=tail_samples, tolerance=tolerance, seed=seed,
                                   index="flat" if bank == "faiss-flat" else "ivf")
         self.mean = self._stats_mean(p_w)
+        self.r = self._exact_bank.r  # the largest row norm, over all ranks (the test for means that cancel)
+        if self.sharded:
+            self.r = float(distributed.all_reduce_sum(torch.tensor([self.r], dtype=torch.float64), self.group,
+                                                      what="all-reduce (largest row norm)", op="MAX"))
 
     @property
     def sharded(self) -> bool:
         return self.world_size > 1
+
+    @property
+    def _exact_bank(self) -> Bank:
+        return self.bank.exact if isinstance(self.bank, FaissBank) else self.bank
 
     def _merge_repeats(self, X, log_w, p_w):
         """Equal rows of equal weight held once (when at least 1/8 of the rows are repeats): the distinct rows, their
@@ -307,20 +315,25 @@ class EmpiricalDenoiser:
         if self.sharded:  # global row indices, then the merge across ranks (boneless.distributed)
             st = st._replace(top_i=torch.where(st.top_i >= 0, st.top_i + self.offset, st.top_i))
             st = distributed.all_reduce_stats(st, self.group)
-        elif isinstance(self.bank, Bank) and not self.rescore:
-            st = self._cancellations_in_float64(st, flat, a, s)
-        return st
+        return self._cancellations_in_float64(st, flat, a, s)
 
     def _cancellations_in_float64(self, st: Stats, flat: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> Stats:
         """Posterior means that nearly cancel (:meth:`boneless.bank.Bank.cancelling`) recomputed in float64
-        throughout, so that their *relative* error stays within the contract (not sharded: every rank would have
-        to take part)."""
-        bad = self.bank.cancelling(st)
+        throughout (from the original rows when rescoring), so that their *relative* error stays within the
+        contract. Sharded: the test reads the merged statistics and the largest row norm of all ranks, so every
+        rank takes the same queries, and their float64 sums are merged like any statistics."""
+        bank = self._exact_bank
+        bad = bank.cancelling(st, self.r)
         if not bool(bad.any()):
             return st
         idx = bad.nonzero().squeeze(1)
-        m, total, acc = self.bank.float64_sums(flat[idx.to(flat.device)], a[idx.cpu()], s[idx.cpu()],
-                                               temperature=self.temperature)
+        m, total, acc = bank.float64_sums(flat[idx.to(flat.device)], a[idx.cpu()], s[idx.cpu()],
+                                          temperature=self.temperature, rows=self.exact_rows)
+        if self.sharded:
+            zero = torch.zeros_like(total)
+            part = distributed.all_reduce_stats(Stats(m, total, acc, zero, zero, zero[:, None][:, :0],
+                                                      zero[:, None][:, :0].long()), self.group)
+            m, total, acc = part.m, part.s, part.acc
         shift = torch.exp(m - st.m[idx])  # onto the statistics' own maximum (u, q and the top-k stay)
         st.s[idx], st.acc[idx] = total * shift, (acc * shift[:, None]).to(st.acc.dtype)
         return st

@@ -139,11 +139,11 @@ def all_reduce_stats(st: Stats, group=None) -> Stats:
     return Stats(m, suq[0], acc, suq[1], suq[2], top_l, top_i)
 
 
-def all_reduce_sum(t: torch.Tensor, group=None, *, what: str = "all-reduce (sum)") -> torch.Tensor:
-    """The sum over ranks of ``t`` (a new tensor, identical on every rank)."""
+def all_reduce_sum(t: torch.Tensor, group=None, *, what: str = "all-reduce (sum)", op: str = "SUM") -> torch.Tensor:
+    """The sum (``op="MAX"``: the maximum) over ranks of ``t`` (a new tensor, identical on every rank)."""
     dist = _dist()
     out = t.clone()
-    _collective(what, group, lambda: dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group))
+    _collective(what, group, lambda: dist.all_reduce(out, op=getattr(dist.ReduceOp, op), group=group))
     return out
 
 

@@ -240,9 +240,10 @@ def test_means_that_cancel_are_exact_relative_to_themselves():
     X = torch.cat([half, -half])
     x = 1e-3 * torch.randn(4, 3, generator=g)
     den = EmpiricalDenoiser(X)
+    stored = EmpiricalDenoiser(X, storage="bfloat16", rescore=400)  # every row rescored: the reference is X
     for sigma in (0.3, 3.0, 300.0):
         ref = exact_reference(X, x, 1.0, sigma)
-        for out in (den(x, 1.0, sigma), den.posterior(x, 1.0, sigma, k=2).x0_hat):
+        for out in (den(x, 1.0, sigma), den.posterior(x, 1.0, sigma, k=2).x0_hat, stored(x, 1.0, sigma)):
             err = (out.double() - ref).norm(dim=1) / ref.norm(dim=1)
             assert float(err.max()) < 1e-6, (sigma, err)
     X = torch.tensor([[-1.0], [1.0 + 2 ** -20], [5.0], [-7.0]])  # a tie between opposite rows

@@ -41,6 +41,13 @@ def data():
     return X, w, x
 
 
+def symmetric():
+    """Rows and their negatives, queried near 0: posterior means that cancel."""
+    g = torch.Generator().manual_seed(1)
+    half = torch.randn(150, 5, generator=g)
+    return torch.cat([half, -half]), 1e-3 * torch.randn(3, 5, generator=g)
+
+
 def results(den, x):
     """Everything a sharded denoiser must reproduce, as float64 numpy arrays."""
     out = {"mean": den.mean.double().numpy()}
@@ -83,8 +90,11 @@ def worker(mode: str, out: str) -> int:
     mapped = results(EmpiricalDenoiser(M, weights=w, temperature=0.7, chunk_size=50), x)
     r = sample(EmpiricalDenoiser(X, chunk_size=64), "rectified-flow", shape=(D,), n=5, steps=12,
                sampler="euler-maruyama", seed=1, noise_strength=(0.5, 0.0))
+    Y, q = symmetric()
+    cancel = EmpiricalDenoiser(Y)(q, 1.0, 300.0)  # means that cancel: float64 sums on every rank, then merged
     if rank == 0:
-        np.savez(out, samples=r.samples.numpy(), **res, **{"mm_" + k: v for k, v in mapped.items()})
+        np.savez(out, samples=r.samples.numpy(), cancel=cancel.numpy(), **res,
+                 **{"mm_" + k: v for k, v in mapped.items()})
     distributed.close()
     return 0
 
@@ -156,6 +166,9 @@ def test_two_ranks_equal_one_process(tmp_path):
         code, stdout, stderr = finish(p, 120)
         assert code == 0, f"rank {rank}: {stderr[-2000:]}"
     got = np.load(out + ".npz")
+    Y, q = symmetric()
+    ref = exact_reference(Y, q, 1.0, 300.0).numpy()
+    assert (np.linalg.norm(got["cancel"] - ref, axis=1) / np.linalg.norm(ref, axis=1)).max() < 1e-6
     X, w, x = data()
     one = results(EmpiricalDenoiser(X, weights=w, temperature=0.7, chunk_size=64), x)
     refs = [exact_reference(X, torch.from_numpy(one[f"query_{j}"]), a, s, weights=w, temperature=0.7).numpy()
