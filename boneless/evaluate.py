@@ -34,6 +34,7 @@ from .checks import one_line
 from .data import DATASETS, is_image, load_dataset
 from .denoisers import PosteriorDenoiser
 from .classifier import fashion_classifier
+from .memo import sharing
 from .metrics import (COPY_RATIO, PCAFeatures, WienerFilter, denoising_error, effective_examples, frechet_distance,
                       nearest, nearest_distance_stats, split_consistency)
 from .options import non_negative_int, positive_float, positive_int, torch_device
@@ -339,28 +340,31 @@ def run(args) -> int:
     take_in(out, results, samples, kept, skip=redo)
     if results["denoisers"]:
         print(f"resuming: {', '.join(results['denoisers'])} already in {out / 'results.json'}")
-    for name in names:
-        if name in results["denoisers"]:
+    # one sharing block for the run (boneless.memo): a denoiser built again from the same pool and options (a
+    # composite's member, the second pool's copy) is the same object, and no query is answered twice
+    with sharing():
+        for name in names:
+            if name in results["denoisers"]:
+                if bar is not None:
+                    bar.update(per_denoiser)
+                continue
             if bar is not None:
-                bar.update(per_denoiser)
-            continue
-        if bar is not None:
-            bar.set_postfix_str(name)
-        done_before = bar.n if bar is not None else 0
-        rec = evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule, device, bar, shape,
-                                build=(lambda X: network[0]) if name == REFERENCE else None)
-        if name == REFERENCE:
-            rec["network"] = network[1]
-        if bar is not None:
-            bar.update(max(0, done_before + per_denoiser - bar.n))
-        s = rec.pop("_samples", None)
-        if s is not None:
-            samples[name] = s
-            _write_sample_pictures(out, name, s, pool)
-        results["denoisers"][name] = rec
-        if rec["status"] != "ok":
-            warnings.warn(f"{name}: {rec['status']}: {rec.get('error', '')}")
-        _merge_and_write(out, results, samples, test[:args.samples], pool, args, start, names)
+                bar.set_postfix_str(name)
+            done_before = bar.n if bar is not None else 0
+            rec = evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule, device, bar, shape,
+                                    build=(lambda X: network[0]) if name == REFERENCE else None)
+            if name == REFERENCE:
+                rec["network"] = network[1]
+            if bar is not None:
+                bar.update(max(0, done_before + per_denoiser - bar.n))
+            s = rec.pop("_samples", None)
+            if s is not None:
+                samples[name] = s
+                _write_sample_pictures(out, name, s, pool)
+            results["denoisers"][name] = rec
+            if rec["status"] != "ok":
+                warnings.warn(f"{name}: {rec['status']}: {rec.get('error', '')}")
+            _merge_and_write(out, results, samples, test[:args.samples], pool, args, start, names)
     if bar is not None:
         bar.close()
     _merge_and_write(out, results, samples, test[:args.samples], pool, args, start, names)
