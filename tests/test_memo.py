@@ -147,3 +147,30 @@ class _no_sharing:
 
     def __exit__(self, *exc):
         return False
+
+
+class Recording:
+    """Records the batch size and noise level of every call; the Wiener filter's answer."""
+
+    calls: list = []
+
+    def __init__(self, X):
+        from boneless.metrics import WienerFilter
+        self.shape, self.wiener = tuple(X.shape[1:]), WienerFilter(X)
+
+    def __call__(self, x, alpha, sigma):
+        Recording.calls.append((len(x), float(torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)[0])))
+        return self.wiener(x, alpha, sigma)
+
+
+def test_eval_takes_the_held_out_batch_of_its_probe_from_memory(tmp_path, monkeypatch):
+    from boneless import DENOISERS
+    monkeypatch.setitem(DENOISERS, "recording-test", Recording)
+    Recording.calls = []
+    assert main(["eval", "--data", "digits", "--pool", "100", "--test", "12", "--batch-size", "12", "--in-sample", "8",
+                 "--samples", "4", "--steps", "3", "--sigmas", "0.1,1", "--consistency", "0", "--classifier", "off",
+                 "--no-progress", "--denoisers", "recording-test", "--out", str(tmp_path / "run")]) == 0
+    # the probe: one image, then the first held-out batch at the middle level (sigma 1); the held-out stage asks
+    # it again and gets it from memory
+    assert Recording.calls[:2] == [(1, 1.0), (12, 1.0)]
+    assert Recording.calls.count((12, 1.0)) == 1 and Recording.calls.count((12, 0.1)) == 1
