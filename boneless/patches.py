@@ -212,9 +212,10 @@ class _PatchDenoiser:
     def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
         return self._estimates(x, alpha, sigma)[0]
 
-    def _estimates(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _estimates(self, x: torch.Tensor, alpha: Coef, sigma: Coef, **options) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``x0_hat`` [B, *shape], and the second estimate some machines produce on the way (the composite of
-        :class:`LocalGaussianDenoiser`; None for the others), queries grouped by patch size."""
+        :class:`LocalGaussianDenoiser`; None for the others), queries grouped by patch size; ``options`` go to
+        ``_denoise``."""
         a, s = check_query(x, self.shape, alpha, sigma)
         xd = x.to(self.device, torch.float32)
         out = torch.empty_like(xd)
@@ -225,7 +226,7 @@ class _PatchDenoiser:
         by_product = None  # a second estimate some machines produce on the way (LocalGaussianDenoiser)
         for k in sorted(set(sizes[~prior].tolist())):
             idx = torch.nonzero(sizes == k)[:, 0].to(self.device)
-            res = self._denoise(xd[idx], a[idx.cpu()], s[idx.cpu()], int(k))
+            res = self._denoise(xd[idx], a[idx.cpu()], s[idx.cpu()], int(k), **options)
             if isinstance(res, tuple):
                 res, extra = res
                 if by_product is None:
@@ -470,16 +471,19 @@ class LocalGaussianDenoiser(_PatchDenoiser):
             raise ValueError(f"shift must be an integer >= 0, got {shift!r}")
         self.shift = shift
 
-    def _denoise(self, x, a, s, k):
+    def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
+        return self._estimates(x, alpha, sigma, composite=False)[0]  # without the composite's weighted sums
+
+    def _denoise(self, x, a, s, k, composite=True):
         lam = float((s / a).max())
         K = min(self.neighbours.size(lam / self.unit), len(self.X))
         a, s = a.to(self.device), s.to(self.device)
         y = x / a.to(x.dtype)[:, None, None, None]
         lam_b = (s / a)  # [B] float64
-        est, comp = self._pass(x, y, a, s, lam_b, k, K, None)
+        est, comp = self._pass(x, y, a, s, lam_b, k, K, None, composite)
         if self.passes == 2:
-            est, _ = self._pass(x, y, a, s, lam_b, k, K, est)
-        return est, comp
+            est, _ = self._pass(x, y, a, s, lam_b, k, K, est, False)
+        return (est, comp) if composite else est
 
     def with_composite(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> tuple[torch.Tensor, torch.Tensor]:
         """``x0_hat`` and, computed on the way, the PSPC posterior mean (first pass, same patch sizes) [B, *shape]
@@ -494,7 +498,7 @@ class LocalGaussianDenoiser(_PatchDenoiser):
                 for v in range(max(0, j - self.shift), min(W - kw, j + self.shift) + 1)]
         return torch.cat([self.X[:, :, u:u + kh, v:v + kw].reshape(len(self.X), -1) for u, v in locs])
 
-    def _pass(self, x, y, a, s, lam_b, k, K, pilot):
+    def _pass(self, x, y, a, s, lam_b, k, K, pilot, composite):
         B, C, H, W = x.shape
         kh, kw = min(k, H), min(k, W)
         d = C * kh * kw
@@ -512,10 +516,10 @@ class LocalGaussianDenoiser(_PatchDenoiser):
         for b0 in range(0, len(locs), step):
             block = locs[b0:b0 + step]
             R = self._candidates(*block[0], kh, kw)[None] if self.shift else _square_rows(self.X, kh, kw, block)
-            if pilot is None:  # posterior top-K of the noisy square (and its posterior mean)
-                m, top = _reduce_locations(R, _square_rows(x, kh, kw, block), a, s, k=K, fast_delta=self.fast_delta,
-                                           chunk_size=self.chunk_size)
-                for l, (i, j) in enumerate(block):
+            if pilot is None:  # posterior top-K of the noisy square (and its posterior mean for the composite)
+                m, top = _reduce_locations(R, _square_rows(x, kh, kw, block), a, s, k=K, mean=composite,
+                                           fast_delta=self.fast_delta, chunk_size=self.chunk_size)
+                for l, (i, j) in enumerate(block if composite else ()):
                     comp[:, :, i:i + kh, j:j + kw] += m[l].reshape(B, C, kh, kw)
             else:  # the K training squares nearest to the pilot's square
                 _, top = _reduce_locations(R, _square_rows(pilot.float(), kh, kw, block), ones, ones, k=K,
