@@ -130,9 +130,10 @@ def _square_rows(X: torch.Tensor, kh: int, kw: int, locs) -> torch.Tensor:
     return torch.stack([X[:, :, i:i + kh, j:j + kw].reshape(len(X), -1) for i, j in locs])
 
 
-def _location_block(B: int, n: int) -> int:
-    """Locations per block of :func:`_reduce_locations` for ``B`` queries and ``n`` rows per location."""
-    return max(1, LOCATION_BLOCK // max(1, B * n))
+def _location_block(B: int, n: int, d: int) -> int:
+    """Locations per block of :func:`_reduce_locations` for ``B`` queries and ``n`` rows of ``d`` values per
+    location: their logits and their rows each within ``LOCATION_BLOCK`` values."""
+    return max(1, LOCATION_BLOCK // max(1, B * n, n * d))
 
 
 def _reduce_locations(R: torch.Tensor, q: torch.Tensor, a: torch.Tensor, s: torch.Tensor, *, k: int = 0,
@@ -273,8 +274,8 @@ class LocalDenoiser(_PatchDenoiser):
             for j in range(W):
                 j0, j1 = _window(j, r, W)
                 shapes.setdefault((i1 - i0, j1 - j0), []).append((i, j, i0, j0))
-        step = _location_block(B, len(self.X))
         for (ph, pw), places in shapes.items():
+            step = _location_block(B, len(self.X), C * ph * pw)
             for b0 in range(0, len(places), step):
                 block = places[b0:b0 + step]
                 corners = [(i0, j0) for _, _, i0, j0 in block]
@@ -309,7 +310,7 @@ class PatchCompositeDenoiser(_PatchDenoiser):
         count = torch.zeros(H, W, dtype=x.dtype, device=x.device)
         a, s = a.to(self.device), s.to(self.device)
         locs = [(i, j) for i in range(H - kh + 1) for j in range(W - kw + 1)]
-        step = _location_block(B, len(self.X))
+        step = _location_block(B, len(self.X), C * kh * kw)
         for b0 in range(0, len(locs), step):
             block = locs[b0:b0 + step]
             m, _ = _reduce_locations(_square_rows(self.X, kh, kw, block), _square_rows(x, kh, kw, block), a, s,
@@ -511,7 +512,7 @@ class LocalGaussianDenoiser(_PatchDenoiser):
         locs = [(i, j) for i in range(H - kh + 1) for j in range(W - kw + 1)]
         # the squares of a block of locations in one batched reduction (shifted candidates: one location at a
         # time, their counts differ), the Wiener steps of a few locations per batched solve
-        step = 1 if self.shift else _location_block(B, len(self.X))
+        step = 1 if self.shift else _location_block(B, len(self.X), d)
         per_solve = max(1, WIENER_BLOCK // (B * K * d))
         for b0 in range(0, len(locs), step):
             block = locs[b0:b0 + step]
