@@ -39,7 +39,7 @@ from typing import Literal, NamedTuple, Sequence
 
 import torch
 
-from .bank import C_MAX, EXP_FLOOR, U32, Bank, _squared_norms64
+from .bank import C_MAX, EXP_FLOOR, U32, Bank
 from .checks import non_negative, positive_int
 from .data import REFERENCE_SPREAD, check_data, spread
 from .denoisers import Coef, check_query
@@ -125,9 +125,27 @@ def _reduce_mean(bank: Bank, q: torch.Tensor, a: torch.Tensor, s: torch.Tensor) 
 LOCATION_BLOCK = 1 << 24  # locations x queries x rows per block of a batched reduction (64 MB of float32 logits)
 
 
-def _square_rows(X: torch.Tensor, kh: int, kw: int, locs) -> torch.Tensor:
-    """The training squares ``X[:, :, i:i + kh, j:j + kw]`` of every corner ``(i, j)`` in ``locs``: [L, N, C kh kw]."""
-    return torch.stack([X[:, :, i:i + kh, j:j + kw].reshape(len(X), -1) for i, j in locs])
+def _square_rows(x: torch.Tensor, kh: int, kw: int, locs) -> torch.Tensor:
+    """The squares ``x[:, :, i:i + kh, j:j + kw]`` of images ``x`` [B, C, H, W] at every corner ``(i, j)`` in
+    ``locs``, each flattened in (row, column, channel) order: [L, B, kh kw C]."""
+    xl = x.permute(0, 2, 3, 1)
+    return torch.stack([xl[:, i:i + kh, j:j + kw].reshape(len(x), -1) for i, j in locs])
+
+
+def _square_columns(XT: torch.Tensor, kh: int, kw: int, locs) -> torch.Tensor:
+    """The training squares at every corner in ``locs`` as columns, from the images held as ``XT`` [H, W, C, N]:
+    [L, kh kw C, N] (values in the order of :func:`_square_rows`). Each square is ``kh`` contiguous runs of
+    ``XT``, so this costs a few block copies, not ``N`` small ones."""
+    C, N = XT.shape[2:]
+    out = torch.empty(len(locs), kh * kw * C, N, dtype=XT.dtype, device=XT.device)
+    for l, (i, j) in enumerate(locs):
+        out[l].view(kh, kw * C * N).copy_(XT[i:i + kh, j:j + kw].reshape(kh, kw * C * N))
+    return out
+
+
+def _square(m: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
+    """Flattened squares [B, kh kw C] (order of :func:`_square_rows`) as images [B, C, kh, kw]."""
+    return m.reshape(len(m), kh, kw, -1).permute(0, 3, 1, 2)
 
 
 def _location_block(B: int, n: int, d: int) -> int:
@@ -138,16 +156,17 @@ def _location_block(B: int, n: int, d: int) -> int:
 
 def _reduce_locations(R: torch.Tensor, q: torch.Tensor, a: torch.Tensor, s: torch.Tensor, *, k: int = 0,
                       mean: bool = True, fast_delta: float, chunk_size: int):
-    """Patch posteriors at ``L`` locations at once: location ``l`` has the stored rows ``R[l]`` [n, d] and the
-    queries ``q[l]`` [B, d] at per-query ``alpha``, ``sigma`` ``a``, ``s`` [B] (float64). Returns the posterior
-    means [L, B, d] (float32; None unless ``mean``) and the top-``k`` row indices [L, B, k] (None if ``k`` = 0).
+    """Patch posteriors at ``L`` locations at once: location ``l`` has the stored rows ``R[l].T`` (``R`` [L, d, n]:
+    rows as columns) and the queries ``q[l]`` [B, d] at per-query ``alpha``, ``sigma`` ``a``, ``s`` [B] (float64).
+    Returns the posterior means [L, B, d] (float32; None unless ``mean``) and the top-``k`` row indices [L, B, k]
+    (None if ``k`` = 0).
 
     The same computation as one :meth:`boneless.bank.Bank.reduce` per location (with ``fast_delta``), batched
     over the locations: where the bank's bound on the float32 logit error, ``delta``, is within ``fast_delta``
     (its tier 1, nearly every query of a patch posterior) the float32 logits of one batched product are used as
     they are, as the bank uses them; the queries past it go to the bank itself, location by location. The two
     differ only in the order of float32 sums (one product per location here, one per chunk of rows there)."""
-    L, n, d = R.shape
+    L, d, n = R.shape
     B = q.shape[1]
     step = max(1, LOCATION_BLOCK // max(1, L * n))
     if B > step:  # queries in blocks: the logits of a block stay within LOCATION_BLOCK
@@ -155,7 +174,7 @@ def _reduce_locations(R: torch.Tensor, q: torch.Tensor, a: torch.Tensor, s: torc
                                    fast_delta=fast_delta, chunk_size=chunk_size) for i in range(0, B, step)]
         return (torch.cat([p[0] for p in parts], 1) if mean else None,
                 torch.cat([p[1] for p in parts], 1) if k else None)
-    sq64 = torch.stack([_squared_norms64(R[l].split(chunk_size), n, d, R.device) for l in range(L)])  # [L, n]
+    sq64 = torch.stack([(col.double() ** 2).sum(0) for col in R])  # [L, n] squared row norms, as the bank's
     # the bank's per-query constants (boneless.bank._Queries), for every location
     x64 = q.double()
     x_sq = (x64 * x64).sum(-1)  # [L, B]
@@ -165,17 +184,17 @@ def _reduce_locations(R: torch.Tensor, q: torch.Tensor, a: torch.Tensor, s: torc
     c = torch.minimum(0.5 / s ** 2, C_MAX / (1.0 + spread))
     delta = (2 * math.sqrt(d) + 8) * U32 * c * spread
     slow = delta > fast_delta  # [L, B]
-    logits = torch.bmm(q * (2 * a * c).float()[..., None], R.transpose(1, 2))  # [L, B, n]
+    logits = torch.bmm(q * (2 * a * c).float()[..., None], R)  # [L, B, n]
     logits.addcmul_((a ** 2 * c).float()[..., None], sq64.float()[:, None, :], value=-1.0)
     z = logits.sub_(logits.max(2, keepdim=True).values)
     top = z.topk(min(k, n), dim=2).indices if k else None
     out = None
     if mean:
         p = z.clamp_(min=EXP_FLOOR).exp_()
-        out = torch.bmm(p, R).div_(p.sum(2, dtype=torch.float64).float()[..., None])
+        out = torch.bmm(p, R.transpose(1, 2)).div_(p.sum(2, dtype=torch.float64).float()[..., None])
     for l in torch.nonzero(slow.any(1))[:, 0].tolist():  # the bank's exact tiers for the queries past tier 1
         b = torch.nonzero(slow[l])[:, 0]
-        st = Bank(R[l], chunk_size=chunk_size, device=R.device, fast_delta=fast_delta).reduce(
+        st = Bank(R[l].T, chunk_size=chunk_size, device=R.device, fast_delta=fast_delta).reduce(
             q[l, b], a[b], s[b], k=k, entropy=False)
         if mean:
             out[l, b] = st.acc / st.s.to(st.acc.dtype)[:, None]
@@ -202,6 +221,7 @@ class _PatchDenoiser:
         self.chunk_size = positive_int(chunk_size, "chunk_size")
         self.device = torch.device(device) if device is not None else X.device
         self.X = X.to(self.device)
+        self.XT = self.X.permute(2, 3, 1, 0).contiguous()  # [H, W, C, N]: squares as columns (_square_columns)
         self.shape = tuple(X.shape[1:])
         self.mean = self.X.double().mean(0).float()
         self.unit = spread(X) / REFERENCE_SPREAD  # the data's scale relative to the calibration images
@@ -279,10 +299,10 @@ class LocalDenoiser(_PatchDenoiser):
             for b0 in range(0, len(places), step):
                 block = places[b0:b0 + step]
                 corners = [(i0, j0) for _, _, i0, j0 in block]
-                m, _ = _reduce_locations(_square_rows(self.X, ph, pw, corners), _square_rows(x, ph, pw, corners), a, s,
-                                         fast_delta=self.fast_delta, chunk_size=self.chunk_size)
+                m, _ = _reduce_locations(_square_columns(self.XT, ph, pw, corners), _square_rows(x, ph, pw, corners),
+                                         a, s, fast_delta=self.fast_delta, chunk_size=self.chunk_size)
                 for l, (i, j, i0, j0) in enumerate(block):
-                    out[:, :, i, j] = m[l].reshape(B, C, ph, pw)[:, :, i - i0, j - j0]
+                    out[:, :, i, j] = m[l].reshape(B, ph, pw, C)[:, i - i0, j - j0]
         return out
 
 
@@ -313,10 +333,10 @@ class PatchCompositeDenoiser(_PatchDenoiser):
         step = _location_block(B, len(self.X), C * kh * kw)
         for b0 in range(0, len(locs), step):
             block = locs[b0:b0 + step]
-            m, _ = _reduce_locations(_square_rows(self.X, kh, kw, block), _square_rows(x, kh, kw, block), a, s,
+            m, _ = _reduce_locations(_square_columns(self.XT, kh, kw, block), _square_rows(x, kh, kw, block), a, s,
                                      fast_delta=self.fast_delta, chunk_size=self.chunk_size)
             for l, (i, j) in enumerate(block):
-                total[:, :, i:i + kh, j:j + kw] += m[l].reshape(B, C, kh, kw)
+                total[:, :, i:i + kh, j:j + kw] += _square(m[l], kh, kw)
                 count[i:i + kh, j:j + kw] += 1
         return total / count
 
@@ -493,11 +513,11 @@ class LocalGaussianDenoiser(_PatchDenoiser):
         return x0_hat, x0_hat if composite is None else composite
 
     def _candidates(self, i, j, kh, kw):
-        """Training squares [n, d] at (i, j) and at the locations up to ``shift`` pixels away."""
+        """Training squares as columns [d, n] at (i, j) and at the locations up to ``shift`` pixels away."""
         H, W = self.shape[1:]
         locs = [(u, v) for u in range(max(0, i - self.shift), min(H - kh, i + self.shift) + 1)
                 for v in range(max(0, j - self.shift), min(W - kw, j + self.shift) + 1)]
-        return torch.cat([self.X[:, :, u:u + kh, v:v + kw].reshape(len(self.X), -1) for u, v in locs])
+        return _square_columns(self.XT, kh, kw, locs).permute(1, 0, 2).reshape(-1, len(locs) * len(self.X))
 
     def _pass(self, x, y, a, s, lam_b, k, K, pilot, composite):
         B, C, H, W = x.shape
@@ -516,12 +536,12 @@ class LocalGaussianDenoiser(_PatchDenoiser):
         per_solve = max(1, WIENER_BLOCK // (B * K * d))
         for b0 in range(0, len(locs), step):
             block = locs[b0:b0 + step]
-            R = self._candidates(*block[0], kh, kw)[None] if self.shift else _square_rows(self.X, kh, kw, block)
+            R = self._candidates(*block[0], kh, kw)[None] if self.shift else _square_columns(self.XT, kh, kw, block)
             if pilot is None:  # posterior top-K of the noisy square (and its posterior mean for the composite)
                 m, top = _reduce_locations(R, _square_rows(x, kh, kw, block), a, s, k=K, mean=composite,
                                            fast_delta=self.fast_delta, chunk_size=self.chunk_size)
                 for l, (i, j) in enumerate(block if composite else ()):
-                    comp[:, :, i:i + kh, j:j + kw] += m[l].reshape(B, C, kh, kw)
+                    comp[:, :, i:i + kh, j:j + kw] += _square(m[l], kh, kw)
             else:  # the K training squares nearest to the pilot's square
                 _, top = _reduce_locations(R, _square_rows(pilot.float(), kh, kw, block), ones, ones, k=K,
                                            mean=False, fast_delta=self.fast_delta, chunk_size=self.chunk_size)
@@ -529,7 +549,7 @@ class LocalGaussianDenoiser(_PatchDenoiser):
                 part = block[w0:w0 + per_solve]
                 nL = len(part)
                 at = torch.arange(w0, w0 + nL, device=x.device)[:, None, None]
-                nb = R[at, top[w0:w0 + nL].clamp(min=0)].double().reshape(nL * B, K, d)  # [nL B, K, d]
+                nb = R[at, :, top[w0:w0 + nL].clamp(min=0)].double().reshape(nL * B, K, d)  # [nL B, K, d]
                 mu = nb.mean(1)
                 dev = nb - mu[:, None]
                 yS = _square_rows(y, kh, kw, part).reshape(nL * B, d).double()
@@ -545,10 +565,10 @@ class LocalGaussianDenoiser(_PatchDenoiser):
                 else:
                     est = _wiener_mean(dev, yS, yS - mu, lam2, self.ridge * self.unit ** 2)
                     wgt = torch.ones_like(est)
-                est, wgt = (wgt * est).reshape(nL, B, C, kh, kw), wgt.reshape(nL, B, C, kh, kw)
+                est, wgt = (wgt * est).reshape(nL, B, d), wgt.reshape(nL, B, d)
                 for l, (i, j) in enumerate(part):
-                    total[:, :, i:i + kh, j:j + kw] += est[l]
-                    count[:, :, i:i + kh, j:j + kw] += wgt[l]
+                    total[:, :, i:i + kh, j:j + kw] += _square(est[l], kh, kw)
+                    count[:, :, i:i + kh, j:j + kw] += _square(wgt[l], kh, kw)
                     ccount[i:i + kh, j:j + kw] += 1
         return (total / count).to(x.dtype), comp / ccount.to(x.dtype)
 

@@ -380,16 +380,17 @@ def test_batched_locations_equal_one_bank_per_location(X, queries, sigma, monkey
     to float32 rounding, the same top-k rows), in the float32 tier and past it (sigma 1e-3: the bank's exact
     tiers), with the queries split into blocks or not."""
     from boneless.bank import Bank
-    from boneless.patches import PATCH_FAST_DELTA, _reduce_locations, _square_rows
+    from boneless.patches import PATCH_FAST_DELTA, _reduce_locations, _square_columns, _square_rows
     x = queries[0]
     a = torch.tensor([1.0, 0.8, 1.0, 0.5], dtype=torch.float64)
     s = torch.full((4,), sigma, dtype=torch.float64)
     s[0] = 1e-3  # one query past the float32 tier at every sigma
     locs = [(i, j) for i in range(H - 2) for j in range(W - 2)]
-    R, q = _square_rows(X, 3, 3, locs), _square_rows(x, 3, 3, locs)
+    R, q = _square_columns(X.permute(2, 3, 1, 0).contiguous(), 3, 3, locs), _square_rows(x, 3, 3, locs)
+    torch.testing.assert_close(R.transpose(1, 2), _square_rows(X, 3, 3, locs), rtol=0, atol=0)  # one order
     mean, top = _reduce_locations(R, q, a, s, k=5, fast_delta=PATCH_FAST_DELTA, chunk_size=16)
     for l in range(len(locs)):
-        st = Bank(R[l], chunk_size=16, fast_delta=PATCH_FAST_DELTA).reduce(q[l], a, s, k=5, entropy=False)
+        st = Bank(R[l].T, chunk_size=16, fast_delta=PATCH_FAST_DELTA).reduce(q[l], a, s, k=5, entropy=False)
         torch.testing.assert_close(mean[l], st.acc / st.s.float()[:, None], rtol=0, atol=2e-6)
         assert torch.equal(top[l].sort(1).values, st.top_i.sort(1).values)
     monkeypatch.setattr("boneless.patches.LOCATION_BLOCK", len(locs) * N)  # one query per block
