@@ -143,6 +143,13 @@ def _square_columns(XT: torch.Tensor, kh: int, kw: int, locs) -> torch.Tensor:
     return out
 
 
+def _square_norms(R: torch.Tensor):
+    """Squared norms of the rows ``R[l].T`` (``R`` [L, d, n]): in float64, rounded once to float32 [L, n], and the
+    largest norm of each location [L] (float64), as :class:`boneless.bank.Bank` keeps them."""
+    sq64 = torch.stack([(col.double() ** 2).sum(0) for col in R])
+    return sq64.float(), sq64.max(1).values.sqrt()
+
+
 def _square(m: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
     """Flattened squares [B, kh kw C] (order of :func:`_square_rows`) as images [B, C, kh, kw]."""
     return m.reshape(len(m), kh, kw, -1).permute(0, 3, 1, 2)
@@ -155,11 +162,12 @@ def _location_block(B: int, n: int, d: int) -> int:
 
 
 def _reduce_locations(R: torch.Tensor, q: torch.Tensor, a: torch.Tensor, s: torch.Tensor, *, k: int = 0,
-                      mean: bool = True, fast_delta: float, chunk_size: int):
+                      mean: bool = True, fast_delta: float, chunk_size: int, norms=None):
     """Patch posteriors at ``L`` locations at once: location ``l`` has the stored rows ``R[l].T`` (``R`` [L, d, n]:
     rows as columns) and the queries ``q[l]`` [B, d] at per-query ``alpha``, ``sigma`` ``a``, ``s`` [B] (float64).
     Returns the posterior means [L, B, d] (float32; None unless ``mean``) and the top-``k`` row indices [L, B, k]
-    (None if ``k`` = 0).
+    (None if ``k`` = 0). ``norms``: the rows' squared norms ``|x_i|^2`` rounded to float32 [L, n] and each
+    location's largest norm ``r`` [L] (float64), when the caller keeps them (:meth:`_PatchDenoiser._norms`).
 
     The same computation as one :meth:`boneless.bank.Bank.reduce` per location (with ``fast_delta``), batched
     over the locations: where the bank's bound on the float32 logit error, ``delta``, is within ``fast_delta``
@@ -171,21 +179,22 @@ def _reduce_locations(R: torch.Tensor, q: torch.Tensor, a: torch.Tensor, s: torc
     step = max(1, LOCATION_BLOCK // max(1, L * n))
     if B > step:  # queries in blocks: the logits of a block stay within LOCATION_BLOCK
         parts = [_reduce_locations(R, q[:, i:i + step], a[i:i + step], s[i:i + step], k=k, mean=mean,
-                                   fast_delta=fast_delta, chunk_size=chunk_size) for i in range(0, B, step)]
+                                   fast_delta=fast_delta, chunk_size=chunk_size, norms=norms)
+                 for i in range(0, B, step)]
         return (torch.cat([p[0] for p in parts], 1) if mean else None,
                 torch.cat([p[1] for p in parts], 1) if k else None)
-    sq64 = torch.stack([(col.double() ** 2).sum(0) for col in R])  # [L, n] squared row norms, as the bank's
+    sq32, r = _square_norms(R) if norms is None else norms
+    r = r[:, None]  # [L, 1]
     # the bank's per-query constants (boneless.bank._Queries), for every location
     x64 = q.double()
     x_sq = (x64 * x64).sum(-1)  # [L, B]
-    r = sq64.max(1).values.sqrt()[:, None]  # [L, 1]
     cross = 2 * a * x_sq.sqrt() * r
     spread = cross + a ** 2 * r ** 2
     c = torch.minimum(0.5 / s ** 2, C_MAX / (1.0 + spread))
     delta = (2 * math.sqrt(d) + 8) * U32 * c * spread
     slow = delta > fast_delta  # [L, B]
     logits = torch.bmm(q * (2 * a * c).float()[..., None], R)  # [L, B, n]
-    logits.addcmul_((a ** 2 * c).float()[..., None], sq64.float()[:, None, :], value=-1.0)
+    logits.addcmul_((a ** 2 * c).float()[..., None], sq32[:, None, :], value=-1.0)
     z = logits.sub_(logits.max(2, keepdim=True).values)
     top = z.topk(min(k, n), dim=2).indices if k else None
     out = None
@@ -222,6 +231,7 @@ class _PatchDenoiser:
         self.device = torch.device(device) if device is not None else X.device
         self.X = X.to(self.device)
         self.XT = self.X.permute(2, 3, 1, 0).contiguous()  # [H, W, C, N]: squares as columns (_square_columns)
+        self._kept_norms: dict = {}  # (height, width, corner) -> squared norms of the training squares there
         self.shape = tuple(X.shape[1:])
         self.mean = self.X.double().mean(0).float()
         self.unit = spread(X) / REFERENCE_SPREAD  # the data's scale relative to the calibration images
@@ -258,6 +268,19 @@ class _PatchDenoiser:
 
     def _denoise(self, x: torch.Tensor, a: torch.Tensor, s: torch.Tensor, k: int) -> torch.Tensor:
         raise NotImplementedError
+
+    def _norms(self, kh: int, kw: int, locs):
+        """:func:`_square_norms` of the training squares ``kh x kw`` at the corners ``locs`` ([L, N] float32, [L]
+        float64), made at the first call that needs them and kept (4 bytes per square: 3 MB per 100 locations at
+        N = 10000)."""
+        missing = [ij for ij in locs if (kh, kw, ij) not in self._kept_norms]
+        for b0 in range(0, len(missing), 64):
+            part = missing[b0:b0 + 64]
+            sq32, r = _square_norms(_square_columns(self.XT, kh, kw, part))
+            for l, ij in enumerate(part):
+                self._kept_norms[(kh, kw, ij)] = (sq32[l], r[l])
+        kept = [self._kept_norms[(kh, kw, ij)] for ij in locs]
+        return torch.stack([v[0] for v in kept]), torch.stack([v[1] for v in kept])
 
 
 def _window(i: int, r: int, n: int) -> tuple[int, int]:
@@ -300,7 +323,8 @@ class LocalDenoiser(_PatchDenoiser):
                 block = places[b0:b0 + step]
                 corners = [(i0, j0) for _, _, i0, j0 in block]
                 m, _ = _reduce_locations(_square_columns(self.XT, ph, pw, corners), _square_rows(x, ph, pw, corners),
-                                         a, s, fast_delta=self.fast_delta, chunk_size=self.chunk_size)
+                                         a, s, fast_delta=self.fast_delta, chunk_size=self.chunk_size,
+                                         norms=self._norms(ph, pw, corners))
                 for l, (i, j, i0, j0) in enumerate(block):
                     out[:, :, i, j] = m[l].reshape(B, ph, pw, C)[:, i - i0, j - j0]
         return out
@@ -334,7 +358,8 @@ class PatchCompositeDenoiser(_PatchDenoiser):
         for b0 in range(0, len(locs), step):
             block = locs[b0:b0 + step]
             m, _ = _reduce_locations(_square_columns(self.XT, kh, kw, block), _square_rows(x, kh, kw, block), a, s,
-                                     fast_delta=self.fast_delta, chunk_size=self.chunk_size)
+                                     fast_delta=self.fast_delta, chunk_size=self.chunk_size,
+                                     norms=self._norms(kh, kw, block))
             for l, (i, j) in enumerate(block):
                 total[:, :, i:i + kh, j:j + kw] += _square(m[l], kh, kw)
                 count[i:i + kh, j:j + kw] += 1
@@ -537,19 +562,21 @@ class LocalGaussianDenoiser(_PatchDenoiser):
         for b0 in range(0, len(locs), step):
             block = locs[b0:b0 + step]
             R = self._candidates(*block[0], kh, kw)[None] if self.shift else _square_columns(self.XT, kh, kw, block)
+            norms = None if self.shift else self._norms(kh, kw, block)
             if pilot is None:  # posterior top-K of the noisy square (and its posterior mean for the composite)
                 m, top = _reduce_locations(R, _square_rows(x, kh, kw, block), a, s, k=K, mean=composite,
-                                           fast_delta=self.fast_delta, chunk_size=self.chunk_size)
+                                           fast_delta=self.fast_delta, chunk_size=self.chunk_size, norms=norms)
                 for l, (i, j) in enumerate(block if composite else ()):
                     comp[:, :, i:i + kh, j:j + kw] += _square(m[l], kh, kw)
             else:  # the K training squares nearest to the pilot's square
                 _, top = _reduce_locations(R, _square_rows(pilot.float(), kh, kw, block), ones, ones, k=K,
-                                           mean=False, fast_delta=self.fast_delta, chunk_size=self.chunk_size)
+                                           mean=False, fast_delta=self.fast_delta, chunk_size=self.chunk_size,
+                                           norms=norms)
             for w0 in range(0, len(block), per_solve):
                 part = block[w0:w0 + per_solve]
                 nL = len(part)
-                at = torch.arange(w0, w0 + nL, device=x.device)[:, None, None]
-                nb = R[at, :, top[w0:w0 + nL].clamp(min=0)].double().reshape(nL * B, K, d)  # [nL B, K, d]
+                idx = top[w0:w0 + nL].clamp(min=0).reshape(nL, 1, B * K).expand(nL, d, B * K)
+                nb = R[w0:w0 + nL].gather(2, idx).transpose(1, 2).double().reshape(nL * B, K, d)  # [nL B, K, d]
                 mu = nb.mean(1)
                 dev = nb - mu[:, None]
                 yS = _square_rows(y, kh, kw, part).reshape(nL * B, d).double()
