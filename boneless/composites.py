@@ -21,6 +21,7 @@ from .checks import positive_int
 from .closed_form import GaussianDenoiser, GMMDenoiser
 from .data import REFERENCE_SPREAD, check_data, spread
 from .denoisers import Coef, EmpiricalDenoiser, check_query, prior_mean_at_alpha_zero
+from .memo import build
 from .patches import LocalDenoiser, LocalGaussianDenoiser
 
 
@@ -73,10 +74,12 @@ class BlendDenoiser:
             X, validation = (X[:-n_val], X[-n_val:]) if len(X) > n_val else (X, X)
         self.shape = tuple(X.shape[1:])
         self.mean = X.double().mean(0).float()
-        self.local_gaussian = LocalGaussianDenoiser(X, device=device, **(local_gaussian or {}))
-        self.local = LocalDenoiser(X, device=device, **(local or {}))
-        self.gmm = GMMDenoiser(X, components=min(components, len(X)), seed=seed, device=device)
-        self.gauss = GaussianDenoiser(X, device=device)
+        # members through boneless.memo.build: inside a sharing block (one eval run) equal members are one
+        # object, and answer a query they have answered before from memory
+        self.local_gaussian = build(LocalGaussianDenoiser, X, device=device, **(local_gaussian or {}))
+        self.local = build(LocalDenoiser, X, device=device, **(local or {}))
+        self.gmm = build(GMMDenoiser, X, components=min(components, len(X)), seed=seed, device=device)
+        self.gauss = build(GaussianDenoiser, X, device=device)
         if weights is not None:
             w = torch.as_tensor(weights, dtype=torch.float64)
             if w.shape != (len(self.sigmas), len(BLEND_MEMBERS)) or not bool(torch.isfinite(w).all()):
@@ -159,8 +162,8 @@ class CoarseToFineDenoiser:
             raise ValueError(f"switch must be a number >= 0, got {switch!r}")
         self.switch = float(switch) * spread(X) / REFERENCE_SPREAD  # at this data's scale
         self.shape = tuple(X.shape[1:])
-        self.exact = EmpiricalDenoiser(X, device=device)
-        self.blend = BlendDenoiser(X, device=device, **(blend or {}))
+        self.exact = build(EmpiricalDenoiser, X, device=device)
+        self.blend = build(BlendDenoiser, X, device=device, **(blend or {}))  # in one eval run: the blend row's
 
     def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
         a, s = check_query(x, self.shape, alpha, sigma)

@@ -34,6 +34,7 @@ from .checks import one_line
 from .data import DATASETS, is_image, load_dataset
 from .denoisers import PosteriorDenoiser
 from .classifier import fashion_classifier
+from .memo import sharing
 from .metrics import (COPY_RATIO, PCAFeatures, WienerFilter, denoising_error, effective_examples, frechet_distance,
                       nearest, nearest_distance_stats, split_consistency)
 from .options import non_negative_int, positive_float, positive_int, torch_device
@@ -339,28 +340,31 @@ def run(args) -> int:
     take_in(out, results, samples, kept, skip=redo)
     if results["denoisers"]:
         print(f"resuming: {', '.join(results['denoisers'])} already in {out / 'results.json'}")
-    for name in names:
-        if name in results["denoisers"]:
+    # one sharing block for the run (boneless.memo): a denoiser built again from the same pool and options (a
+    # composite's member, the second pool's copy) is the same object, and no query is answered twice
+    with sharing():
+        for name in names:
+            if name in results["denoisers"]:
+                if bar is not None:
+                    bar.update(per_denoiser)
+                continue
             if bar is not None:
-                bar.update(per_denoiser)
-            continue
-        if bar is not None:
-            bar.set_postfix_str(name)
-        done_before = bar.n if bar is not None else 0
-        rec = evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule, device, bar, shape,
-                                build=(lambda X: network[0]) if name == REFERENCE else None)
-        if name == REFERENCE:
-            rec["network"] = network[1]
-        if bar is not None:
-            bar.update(max(0, done_before + per_denoiser - bar.n))
-        s = rec.pop("_samples", None)
-        if s is not None:
-            samples[name] = s
-            _write_sample_pictures(out, name, s, pool)
-        results["denoisers"][name] = rec
-        if rec["status"] != "ok":
-            warnings.warn(f"{name}: {rec['status']}: {rec.get('error', '')}")
-        _merge_and_write(out, results, samples, test[:args.samples], pool, args, start, names)
+                bar.set_postfix_str(name)
+            done_before = bar.n if bar is not None else 0
+            rec = evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule, device, bar, shape,
+                                    build=(lambda X: network[0]) if name == REFERENCE else None)
+            if name == REFERENCE:
+                rec["network"] = network[1]
+            if bar is not None:
+                bar.update(max(0, done_before + per_denoiser - bar.n))
+            s = rec.pop("_samples", None)
+            if s is not None:
+                samples[name] = s
+                _write_sample_pictures(out, name, s, pool)
+            results["denoisers"][name] = rec
+            if rec["status"] != "ok":
+                warnings.warn(f"{name}: {rec['status']}: {rec.get('error', '')}")
+            _merge_and_write(out, results, samples, test[:args.samples], pool, args, start, names)
     if bar is not None:
         bar.close()
     _merge_and_write(out, results, samples, test[:args.samples], pool, args, start, names)
@@ -405,11 +409,12 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
             return time.perf_counter() - t1
 
         # cost model t(b) = c0 + c1 b (per-call overhead + per-image cost) from one image and, if affordable,
-        # one larger batch; without a second point the cost is taken as linear (pessimistic)
+        # one larger batch; without a second point the cost is taken as linear (pessimistic). The larger batch
+        # is the held-out stage's first one where affordable (that stage then takes its answer from memory,
+        # boneless.memo: it costs nothing extra), else two images (the least that gives a second point)
         t_one = timed(1)  # a single image first, so that a very slow denoiser cannot stall the probe itself
         b_err, b_sample, b_cons = min(args.batch_size, len(test)), args.samples, args.consistency
-        sizes = sorted({b for b in (b_err, min(b_sample, len(test)), min(b_cons, len(test)), 8, 2)
-                        if 1 < b <= len(test)}, reverse=True)
+        sizes = [b for b in (b_err, 2) if 1 < b <= len(test)]
         b2 = next((b for b in sizes if t_one * b <= 0.25 * args.budget), None)
         c0, c1 = 0.0, t_one
         if b2 is not None:

@@ -36,6 +36,7 @@ from .checks import positive_int
 from .closed_form import GaussianDenoiser, GMMDenoiser
 from .data import check_data
 from .denoisers import Coef, EmpiricalDenoiser, check_query, prior_mean_at_alpha_zero
+from .memo import build
 from .patches import LocalDenoiser, LocalGaussianDenoiser, PatchCompositeDenoiser
 
 # the experts this module can build by name (the registry imports this module, so it cannot import the registry);
@@ -136,7 +137,7 @@ class SUREExpertsDenoiser:
         self.shape = tuple(X.shape[1:])
         self.mean = X.double().mean(0).float()
         kw = {} if device is None else {"device": device}
-        self.experts = [None if n == "identity" else EXPERTS[n](X, **kw, **options.get(n, {})) for n in names]
+        self.experts = [None if n == "identity" else build(EXPERTS[n], X, **kw, **options.get(n, {})) for n in names]
         self.seed = int(seed)
 
     def probes(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,10 @@
 The exact denoiser of a finite training set only reproduces training images. Restricting each output pixel's
 posterior to a local patch lets the denoiser mix patches from different images (a "patch mosaic"), which is how
 convolutional diffusion models generalise (Kamb & Ganguli, arXiv 2412.20292; Niedoba et al., arXiv 2411.19339).
-All patch posteriors are softmax-weighted averages over stored patches computed by the project's hot loop,
-:class:`boneless.bank.Bank` (one bank per location, or per boundary class), never a B x N x D tensor.
+All patch posteriors are softmax-weighted averages over stored patches, with the logits, tiers and error bound
+of the project's hot loop, :class:`boneless.bank.Bank`: the same-location posteriors of many locations in one
+batched reduction (:func:`_reduce_locations`; the bank itself for the queries past its float32 tier), the
+equivariant ones through one bank per boundary class; never a B x N x D tensor.
 
 For a query ``x_t = alpha x0 + sigma eps`` and a patch footprint ``P`` (a set of pixels), the patch posterior
 over the stored patches ``{x_i[P]}`` is ``w_i = softmax_i(-|x_t[P] - alpha x_i[P]|^2 / (2 sigma^2))``.
@@ -37,7 +39,7 @@ from typing import Literal, NamedTuple, Sequence
 
 import torch
 
-from .bank import Bank
+from .bank import C_MAX, EXP_FLOOR, U32, Bank
 from .checks import non_negative, positive_int
 from .data import REFERENCE_SPREAD, check_data, spread
 from .denoisers import Coef, check_query
@@ -120,6 +122,96 @@ def _reduce_mean(bank: Bank, q: torch.Tensor, a: torch.Tensor, s: torch.Tensor) 
     return out
 
 
+LOCATION_BLOCK = 1 << 24  # locations x queries x rows per block of a batched reduction (64 MB of float32 logits)
+
+
+def _square_rows(x: torch.Tensor, kh: int, kw: int, locs) -> torch.Tensor:
+    """The squares ``x[:, :, i:i + kh, j:j + kw]`` of images ``x`` [B, C, H, W] at every corner ``(i, j)`` in
+    ``locs``, each flattened in (row, column, channel) order: [L, B, kh kw C]."""
+    xl = x.permute(0, 2, 3, 1)
+    return torch.stack([xl[:, i:i + kh, j:j + kw].reshape(len(x), -1) for i, j in locs])
+
+
+def _square_columns(XT: torch.Tensor, kh: int, kw: int, locs) -> torch.Tensor:
+    """The training squares at every corner in ``locs`` as columns, from the images held as ``XT`` [H, W, C, N]:
+    [L, kh kw C, N] (values in the order of :func:`_square_rows`). Each square is ``kh`` contiguous runs of
+    ``XT``, so this costs a few block copies, not ``N`` small ones."""
+    C, N = XT.shape[2:]
+    out = torch.empty(len(locs), kh * kw * C, N, dtype=XT.dtype, device=XT.device)
+    for l, (i, j) in enumerate(locs):
+        out[l].view(kh, kw * C * N).copy_(XT[i:i + kh, j:j + kw].reshape(kh, kw * C * N))
+    return out
+
+
+def _square_norms(R: torch.Tensor):
+    """Squared norms of the rows ``R[l].T`` (``R`` [L, d, n]): in float64, rounded once to float32 [L, n], and the
+    largest norm of each location [L] (float64), as :class:`boneless.bank.Bank` keeps them."""
+    sq64 = torch.stack([(col.double() ** 2).sum(0) for col in R])
+    return sq64.float(), sq64.max(1).values.sqrt()
+
+
+def _square(m: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
+    """Flattened squares [B, kh kw C] (order of :func:`_square_rows`) as images [B, C, kh, kw]."""
+    return m.reshape(len(m), kh, kw, -1).permute(0, 3, 1, 2)
+
+
+def _location_block(B: int, n: int, d: int) -> int:
+    """Locations per block of :func:`_reduce_locations` for ``B`` queries and ``n`` rows of ``d`` values per
+    location: their logits and their rows each within ``LOCATION_BLOCK`` values."""
+    return max(1, LOCATION_BLOCK // max(1, B * n, n * d))
+
+
+def _reduce_locations(R: torch.Tensor, q: torch.Tensor, a: torch.Tensor, s: torch.Tensor, *, k: int = 0,
+                      mean: bool = True, fast_delta: float, chunk_size: int, norms=None):
+    """Patch posteriors at ``L`` locations at once: location ``l`` has the stored rows ``R[l].T`` (``R`` [L, d, n]:
+    rows as columns) and the queries ``q[l]`` [B, d] at per-query ``alpha``, ``sigma`` ``a``, ``s`` [B] (float64).
+    Returns the posterior means [L, B, d] (float32; None unless ``mean``) and the top-``k`` row indices [L, B, k]
+    (None if ``k`` = 0). ``norms``: the rows' squared norms ``|x_i|^2`` rounded to float32 [L, n] and each
+    location's largest norm ``r`` [L] (float64), when the caller keeps them (:meth:`_PatchDenoiser._norms`).
+
+    The same computation as one :meth:`boneless.bank.Bank.reduce` per location (with ``fast_delta``), batched
+    over the locations: where the bank's bound on the float32 logit error, ``delta``, is within ``fast_delta``
+    (its tier 1, nearly every query of a patch posterior) the float32 logits of one batched product are used as
+    they are, as the bank uses them; the queries past it go to the bank itself, location by location. The two
+    differ only in the order of float32 sums (one product per location here, one per chunk of rows there)."""
+    L, d, n = R.shape
+    B = q.shape[1]
+    step = max(1, LOCATION_BLOCK // max(1, L * n))
+    if B > step:  # queries in blocks: the logits of a block stay within LOCATION_BLOCK
+        parts = [_reduce_locations(R, q[:, i:i + step], a[i:i + step], s[i:i + step], k=k, mean=mean,
+                                   fast_delta=fast_delta, chunk_size=chunk_size, norms=norms)
+                 for i in range(0, B, step)]
+        return (torch.cat([p[0] for p in parts], 1) if mean else None,
+                torch.cat([p[1] for p in parts], 1) if k else None)
+    sq32, r = _square_norms(R) if norms is None else norms
+    r = r[:, None]  # [L, 1]
+    # the bank's per-query constants (boneless.bank._Queries), for every location
+    x64 = q.double()
+    x_sq = (x64 * x64).sum(-1)  # [L, B]
+    cross = 2 * a * x_sq.sqrt() * r
+    spread = cross + a ** 2 * r ** 2
+    c = torch.minimum(0.5 / s ** 2, C_MAX / (1.0 + spread))
+    delta = (2 * math.sqrt(d) + 8) * U32 * c * spread
+    slow = delta > fast_delta  # [L, B]
+    logits = torch.bmm(q * (2 * a * c).float()[..., None], R)  # [L, B, n]
+    logits.addcmul_((a ** 2 * c).float()[..., None], sq32[:, None, :], value=-1.0)
+    z = logits.sub_(logits.max(2, keepdim=True).values)
+    top = z.topk(min(k, n), dim=2).indices if k else None
+    out = None
+    if mean:
+        p = z.clamp_(min=EXP_FLOOR).exp_()
+        out = torch.bmm(p, R.transpose(1, 2)).div_(p.sum(2, dtype=torch.float64).float()[..., None])
+    for l in torch.nonzero(slow.any(1))[:, 0].tolist():  # the bank's exact tiers for the queries past tier 1
+        b = torch.nonzero(slow[l])[:, 0]
+        st = Bank(R[l].T, chunk_size=chunk_size, device=R.device, fast_delta=fast_delta).reduce(
+            q[l, b], a[b], s[b], k=k, entropy=False)
+        if mean:
+            out[l, b] = st.acc / st.s.to(st.acc.dtype)[:, None]
+        if k:
+            top[l, b] = st.top_i[:, :top.shape[2]]
+    return out, top
+
+
 class _PatchDenoiser:
     """Shared set-up: data [N, C, H, W], a patch schedule, per-size grouping of a batch, alpha = 0 shortcut."""
 
@@ -138,6 +230,8 @@ class _PatchDenoiser:
         self.chunk_size = positive_int(chunk_size, "chunk_size")
         self.device = torch.device(device) if device is not None else X.device
         self.X = X.to(self.device)
+        self.XT = self.X.permute(2, 3, 1, 0).contiguous()  # [H, W, C, N]: squares as columns (_square_columns)
+        self._kept_norms: dict = {}  # (height, width, corner) -> squared norms of the training squares there
         self.shape = tuple(X.shape[1:])
         self.mean = self.X.double().mean(0).float()
         self.unit = spread(X) / REFERENCE_SPREAD  # the data's scale relative to the calibration images
@@ -149,9 +243,10 @@ class _PatchDenoiser:
     def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
         return self._estimates(x, alpha, sigma)[0]
 
-    def _estimates(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _estimates(self, x: torch.Tensor, alpha: Coef, sigma: Coef, **options) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``x0_hat`` [B, *shape], and the second estimate some machines produce on the way (the composite of
-        :class:`LocalGaussianDenoiser`; None for the others), queries grouped by patch size."""
+        :class:`LocalGaussianDenoiser`; None for the others), queries grouped by patch size; ``options`` go to
+        ``_denoise``."""
         a, s = check_query(x, self.shape, alpha, sigma)
         xd = x.to(self.device, torch.float32)
         out = torch.empty_like(xd)
@@ -162,7 +257,7 @@ class _PatchDenoiser:
         by_product = None  # a second estimate some machines produce on the way (LocalGaussianDenoiser)
         for k in sorted(set(sizes[~prior].tolist())):
             idx = torch.nonzero(sizes == k)[:, 0].to(self.device)
-            res = self._denoise(xd[idx], a[idx.cpu()], s[idx.cpu()], int(k))
+            res = self._denoise(xd[idx], a[idx.cpu()], s[idx.cpu()], int(k), **options)
             if isinstance(res, tuple):
                 res, extra = res
                 if by_product is None:
@@ -171,11 +266,21 @@ class _PatchDenoiser:
             out[idx] = res
         return out.to(x.device, x.dtype), None if by_product is None else by_product.to(x.device, x.dtype)
 
-    def _bank(self, rows: torch.Tensor) -> Bank:
-        return Bank(rows, chunk_size=self.chunk_size, device=self.device, fast_delta=self.fast_delta)
-
     def _denoise(self, x: torch.Tensor, a: torch.Tensor, s: torch.Tensor, k: int) -> torch.Tensor:
         raise NotImplementedError
+
+    def _norms(self, kh: int, kw: int, locs):
+        """:func:`_square_norms` of the training squares ``kh x kw`` at the corners ``locs`` ([L, N] float32, [L]
+        float64), made at the first call that needs them and kept (4 bytes per square: 3 MB per 100 locations at
+        N = 10000)."""
+        missing = [ij for ij in locs if (kh, kw, ij) not in self._kept_norms]
+        for b0 in range(0, len(missing), 64):
+            part = missing[b0:b0 + 64]
+            sq32, r = _square_norms(_square_columns(self.XT, kh, kw, part))
+            for l, ij in enumerate(part):
+                self._kept_norms[(kh, kw, ij)] = (sq32[l], r[l])
+        kept = [self._kept_norms[(kh, kw, ij)] for ij in locs]
+        return torch.stack([v[0] for v in kept]), torch.stack([v[1] for v in kept])
 
 
 def _window(i: int, r: int, n: int) -> tuple[int, int]:
@@ -206,13 +311,22 @@ class LocalDenoiser(_PatchDenoiser):
         r = k // 2
         out = torch.empty_like(x)
         a, s = a.to(self.device), s.to(self.device)
+        shapes: dict[tuple[int, int], list] = {}  # the clipped footprints by their shape: one batch each
         for i in range(H):
             i0, i1 = _window(i, r, H)
             for j in range(W):
                 j0, j1 = _window(j, r, W)
-                bank = self._bank(self.X[:, :, i0:i1, j0:j1].reshape(len(self.X), -1))
-                m = _reduce_mean(bank, x[:, :, i0:i1, j0:j1].reshape(B, -1), a, s)
-                out[:, :, i, j] = m.reshape(B, C, i1 - i0, j1 - j0)[:, :, i - i0, j - j0]
+                shapes.setdefault((i1 - i0, j1 - j0), []).append((i, j, i0, j0))
+        for (ph, pw), places in shapes.items():
+            step = _location_block(B, len(self.X), C * ph * pw)
+            for b0 in range(0, len(places), step):
+                block = places[b0:b0 + step]
+                corners = [(i0, j0) for _, _, i0, j0 in block]
+                m, _ = _reduce_locations(_square_columns(self.XT, ph, pw, corners), _square_rows(x, ph, pw, corners),
+                                         a, s, fast_delta=self.fast_delta, chunk_size=self.chunk_size,
+                                         norms=self._norms(ph, pw, corners))
+                for l, (i, j, i0, j0) in enumerate(block):
+                    out[:, :, i, j] = m[l].reshape(B, ph, pw, C)[:, i - i0, j - j0]
         return out
 
 
@@ -239,11 +353,15 @@ class PatchCompositeDenoiser(_PatchDenoiser):
         total = torch.zeros_like(x)
         count = torch.zeros(H, W, dtype=x.dtype, device=x.device)
         a, s = a.to(self.device), s.to(self.device)
-        for i in range(H - kh + 1):
-            for j in range(W - kw + 1):
-                bank = self._bank(self.X[:, :, i:i + kh, j:j + kw].reshape(len(self.X), -1))
-                m = _reduce_mean(bank, x[:, :, i:i + kh, j:j + kw].reshape(B, -1), a, s)
-                total[:, :, i:i + kh, j:j + kw] += m.reshape(B, C, kh, kw)
+        locs = [(i, j) for i in range(H - kh + 1) for j in range(W - kw + 1)]
+        step = _location_block(B, len(self.X), C * kh * kw)
+        for b0 in range(0, len(locs), step):
+            block = locs[b0:b0 + step]
+            m, _ = _reduce_locations(_square_columns(self.XT, kh, kw, block), _square_rows(x, kh, kw, block), a, s,
+                                     fast_delta=self.fast_delta, chunk_size=self.chunk_size,
+                                     norms=self._norms(kh, kw, block))
+            for l, (i, j) in enumerate(block):
+                total[:, :, i:i + kh, j:j + kw] += _square(m[l], kh, kw)
                 count[i:i + kh, j:j + kw] += 1
         return total / count
 
@@ -399,16 +517,19 @@ class LocalGaussianDenoiser(_PatchDenoiser):
             raise ValueError(f"shift must be an integer >= 0, got {shift!r}")
         self.shift = shift
 
-    def _denoise(self, x, a, s, k):
+    def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
+        return self._estimates(x, alpha, sigma, composite=False)[0]  # without the composite's weighted sums
+
+    def _denoise(self, x, a, s, k, composite=True):
         lam = float((s / a).max())
         K = min(self.neighbours.size(lam / self.unit), len(self.X))
         a, s = a.to(self.device), s.to(self.device)
         y = x / a.to(x.dtype)[:, None, None, None]
         lam_b = (s / a)  # [B] float64
-        est, comp = self._pass(x, y, a, s, lam_b, k, K, None)
+        est, comp = self._pass(x, y, a, s, lam_b, k, K, None, composite)
         if self.passes == 2:
-            est, _ = self._pass(x, y, a, s, lam_b, k, K, est)
-        return est, comp
+            est, _ = self._pass(x, y, a, s, lam_b, k, K, est, False)
+        return (est, comp) if composite else est
 
     def with_composite(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> tuple[torch.Tensor, torch.Tensor]:
         """``x0_hat`` and, computed on the way, the PSPC posterior mean (first pass, same patch sizes) [B, *shape]
@@ -417,13 +538,13 @@ class LocalGaussianDenoiser(_PatchDenoiser):
         return x0_hat, x0_hat if composite is None else composite
 
     def _candidates(self, i, j, kh, kw):
-        """Training squares [n, d] at (i, j) and at the locations up to ``shift`` pixels away."""
+        """Training squares as columns [d, n] at (i, j) and at the locations up to ``shift`` pixels away."""
         H, W = self.shape[1:]
         locs = [(u, v) for u in range(max(0, i - self.shift), min(H - kh, i + self.shift) + 1)
                 for v in range(max(0, j - self.shift), min(W - kw, j + self.shift) + 1)]
-        return torch.cat([self.X[:, :, u:u + kh, v:v + kw].reshape(len(self.X), -1) for u, v in locs])
+        return _square_columns(self.XT, kh, kw, locs).permute(1, 0, 2).reshape(-1, len(locs) * len(self.X))
 
-    def _pass(self, x, y, a, s, lam_b, k, K, pilot):
+    def _pass(self, x, y, a, s, lam_b, k, K, pilot, composite):
         B, C, H, W = x.shape
         kh, kw = min(k, H), min(k, W)
         d = C * kh * kw
@@ -433,35 +554,53 @@ class LocalGaussianDenoiser(_PatchDenoiser):
         ccount = torch.zeros(H, W, dtype=x.dtype, device=x.device)
         eye = torch.eye(d, dtype=torch.float64, device=x.device)
         ones = torch.ones_like(a)
-        for i in range(H - kh + 1):
-            for j in range(W - kw + 1):
-                rows = self._candidates(i, j, kh, kw)
-                bank = self._bank(rows)
-                if pilot is None:  # posterior top-K of the noisy square (and its posterior mean)
-                    st = bank.reduce(x[:, :, i:i + kh, j:j + kw].reshape(B, -1), a, s, k=K, entropy=False)
-                    comp[:, :, i:i + kh, j:j + kw] += (st.acc / st.s.to(st.acc.dtype)[:, None]).reshape(B, C, kh, kw)
-                else:  # the K training squares nearest to the pilot's square
-                    st = bank.reduce(pilot[:, :, i:i + kh, j:j + kw].reshape(B, -1).float(), ones, ones, k=K,
-                                     entropy=False)
-                nb = rows[st.top_i.clamp(min=0)].double()  # [B, K, d]
+        locs = [(i, j) for i in range(H - kh + 1) for j in range(W - kw + 1)]
+        # the squares of a block of locations in one batched reduction (shifted candidates: one location at a
+        # time, their counts differ), the Wiener steps of a few locations per batched solve
+        step = 1 if self.shift else _location_block(B, len(self.X), d)
+        per_solve = max(1, WIENER_BLOCK // (B * K * d))
+        for b0 in range(0, len(locs), step):
+            block = locs[b0:b0 + step]
+            R = self._candidates(*block[0], kh, kw)[None] if self.shift else _square_columns(self.XT, kh, kw, block)
+            norms = None if self.shift else self._norms(kh, kw, block)
+            if pilot is None:  # posterior top-K of the noisy square (and its posterior mean for the composite)
+                m, top = _reduce_locations(R, _square_rows(x, kh, kw, block), a, s, k=K, mean=composite,
+                                           fast_delta=self.fast_delta, chunk_size=self.chunk_size, norms=norms)
+                for l, (i, j) in enumerate(block if composite else ()):
+                    comp[:, :, i:i + kh, j:j + kw] += _square(m[l], kh, kw)
+            else:  # the K training squares nearest to the pilot's square
+                _, top = _reduce_locations(R, _square_rows(pilot.float(), kh, kw, block), ones, ones, k=K,
+                                           mean=False, fast_delta=self.fast_delta, chunk_size=self.chunk_size,
+                                           norms=norms)
+            for w0 in range(0, len(block), per_solve):
+                part = block[w0:w0 + per_solve]
+                nL = len(part)
+                idx = top[w0:w0 + nL].clamp(min=0).reshape(nL, 1, B * K).expand(nL, d, B * K)
+                nb = R[w0:w0 + nL].gather(2, idx).transpose(1, 2).double().reshape(nL * B, K, d)  # [nL B, K, d]
                 mu = nb.mean(1)
                 dev = nb - mu[:, None]
-                yS = y[:, :, i:i + kh, j:j + kw].reshape(B, -1).double()
+                yS = _square_rows(y, kh, kw, part).reshape(nL * B, d).double()
+                lam2 = (lam_b ** 2).repeat(nL)
                 if self.aggregate == "precision":  # fuse by the posterior variances of each pixel
                     cov = dev.transpose(1, 2) @ dev / K + self.ridge * self.unit ** 2 * eye
-                    A = cov + (lam_b ** 2)[:, None, None] * eye
-                    rhs = torch.cat([(yS - mu)[..., None], cov], 2)  # [B, d, 1 + d]
+                    A = cov + lam2[:, None, None] * eye
+                    rhs = torch.cat([(yS - mu)[..., None], cov], 2)  # [nL B, d, 1 + d]
                     sol = torch.linalg.solve(A, rhs)
                     est = mu + (cov @ sol[..., :1])[..., 0]
                     var = torch.diagonal(cov - cov @ sol[..., 1:], dim1=1, dim2=2).clamp(min=0)
-                    wgt = 1.0 / (var + 1e-3 * (lam_b ** 2)[:, None] + 1e-10 * self.unit ** 2)
+                    wgt = 1.0 / (var + 1e-3 * lam2[:, None] + 1e-10 * self.unit ** 2)
                 else:
-                    est = _wiener_mean(dev, yS, yS - mu, lam_b ** 2, self.ridge * self.unit ** 2)
+                    est = _wiener_mean(dev, yS, yS - mu, lam2, self.ridge * self.unit ** 2)
                     wgt = torch.ones_like(est)
-                total[:, :, i:i + kh, j:j + kw] += (wgt * est).reshape(B, C, kh, kw)
-                count[:, :, i:i + kh, j:j + kw] += wgt.reshape(B, C, kh, kw)
-                ccount[i:i + kh, j:j + kw] += 1
+                est, wgt = (wgt * est).reshape(nL, B, d), wgt.reshape(nL, B, d)
+                for l, (i, j) in enumerate(part):
+                    total[:, :, i:i + kh, j:j + kw] += _square(est[l], kh, kw)
+                    count[:, :, i:i + kh, j:j + kw] += _square(wgt[l], kh, kw)
+                    ccount[i:i + kh, j:j + kw] += 1
         return (total / count).to(x.dtype), comp / ccount.to(x.dtype)
+
+
+WIENER_BLOCK = 1 << 22  # neighbour values (float64) per batched Wiener step of a few locations (32 MB)
 
 
 def _wiener_mean(dev: torch.Tensor, y: torch.Tensor, v: torch.Tensor, lam2: torch.Tensor,

@@ -15,6 +15,7 @@ from .closed_form import GaussianDenoiser, GMMDenoiser, SmoothedDenoiser
 from .composites import BlendDenoiser, CoarseToFineDenoiser
 from .denoisers import EmpiricalDenoiser
 from .experts import SUREExpertsDenoiser
+from .memo import build
 from .patches import (EquivariantLocalDenoiser, LocalDenoiser, LocalGaussianDenoiser, PatchCompositeDenoiser)
 
 DENOISERS: dict[str, type] = {
@@ -50,7 +51,7 @@ def make_denoiser(name: str, X: torch.Tensor, *, device: torch.device | str | No
     unknown = [] if takes_any else [k for k in options if k not in known]
     if unknown:
         raise ValueError(f"denoiser {name!r} does not take {', '.join(unknown)}; its options: {', '.join(known)}")
-    return cls(X, **options)
+    return build(cls, X, **options)  # inside boneless.memo.sharing: one object per class, data and options
 
 
 def _class(name: str) -> type:

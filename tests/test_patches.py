@@ -340,3 +340,73 @@ def test_wiener_step_in_either_space_is_the_posterior_mean(K, d):
         torch.testing.assert_close(_wiener_mean(dev, y, y - mu, lam2, ridge), want, rtol=1e-9, atol=1e-9)
     zero = torch.zeros(B, dtype=torch.float64)
     torch.testing.assert_close(_wiener_mean(dev, y, y - mu, zero, 0.0), y, rtol=0, atol=1e-9)
+
+
+def per_location_local_gaussian(den, x, sigma):
+    """The local Gaussian as it was before its locations were batched: one bank per location and pass, one
+    Wiener step per location (single patch size, alpha = 1, mean aggregation, no shift)."""
+    from boneless.bank import Bank
+    from boneless.patches import _wiener_mean
+    B, C_, H_, W_ = x.shape
+    k = den.patch_size(sigma)
+    kh, kw = min(k, H_), min(k, W_)
+    K = min(den.neighbours.size(sigma / den.unit), len(den.X))
+    a = torch.ones(B, dtype=torch.float64)
+    s = torch.full((B,), sigma, dtype=torch.float64)
+    lam2 = s ** 2
+    est = None
+    for _ in range(den.passes):
+        total = torch.zeros(x.shape, dtype=torch.float64)
+        count = torch.zeros(x.shape, dtype=torch.float64)
+        for i in range(H_ - kh + 1):
+            for j in range(W_ - kw + 1):
+                rows = den.X[:, :, i:i + kh, j:j + kw].reshape(len(den.X), -1)
+                bank = Bank(rows, chunk_size=den.chunk_size, fast_delta=den.fast_delta)
+                src, aq, sq = (x, a, s) if est is None else (est.float(), a, torch.ones_like(s))
+                st = bank.reduce(src[:, :, i:i + kh, j:j + kw].reshape(B, -1), aq, sq, k=K, entropy=False)
+                nb = rows[st.top_i.clamp(min=0)].double()
+                mu = nb.mean(1)
+                yS = x[:, :, i:i + kh, j:j + kw].reshape(B, -1).double()
+                e = _wiener_mean(nb - mu[:, None], yS, yS - mu, lam2, den.ridge * den.unit ** 2)
+                total[:, :, i:i + kh, j:j + kw] += e.reshape(B, C_, kh, kw)
+                count[:, :, i:i + kh, j:j + kw] += 1
+        est = total / count
+    return est.float()
+
+
+@pytest.mark.parametrize("sigma", [1e-3, 0.05, 0.4, 3.0])
+def test_batched_locations_equal_one_bank_per_location(X, queries, sigma, monkeypatch):
+    """The patch posteriors of many locations in one batched reduction equal one Bank.reduce per location (means
+    to float32 rounding, the same top-k rows), in the float32 tier and past it (sigma 1e-3: the bank's exact
+    tiers), with the queries split into blocks or not."""
+    from boneless.bank import Bank
+    from boneless.patches import PATCH_FAST_DELTA, _reduce_locations, _square_columns, _square_rows
+    x = queries[0]
+    a = torch.tensor([1.0, 0.8, 1.0, 0.5], dtype=torch.float64)
+    s = torch.full((4,), sigma, dtype=torch.float64)
+    s[0] = 1e-3  # one query past the float32 tier at every sigma
+    locs = [(i, j) for i in range(H - 2) for j in range(W - 2)]
+    R, q = _square_columns(X.permute(2, 3, 1, 0).contiguous(), 3, 3, locs), _square_rows(x, 3, 3, locs)
+    torch.testing.assert_close(R.transpose(1, 2), _square_rows(X, 3, 3, locs), rtol=0, atol=0)  # one order
+    mean, top = _reduce_locations(R, q, a, s, k=5, fast_delta=PATCH_FAST_DELTA, chunk_size=16)
+    for l in range(len(locs)):
+        st = Bank(R[l].T, chunk_size=16, fast_delta=PATCH_FAST_DELTA).reduce(q[l], a, s, k=5, entropy=False)
+        torch.testing.assert_close(mean[l], st.acc / st.s.float()[:, None], rtol=0, atol=2e-6)
+        assert torch.equal(top[l].sort(1).values, st.top_i.sort(1).values)
+    monkeypatch.setattr("boneless.patches.LOCATION_BLOCK", len(locs) * N)  # one query per block
+    mean_b, top_b = _reduce_locations(R, q, a, s, k=5, fast_delta=PATCH_FAST_DELTA, chunk_size=16)
+    torch.testing.assert_close(mean_b, mean, rtol=0, atol=1e-6)
+    assert torch.equal(top_b, top)
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.5, 2.0])
+def test_local_gaussian_equals_its_per_location_form(X, queries, sigma, monkeypatch):
+    """The batched local Gaussian (locations in blocks, Wiener steps batched over locations) equals the plain
+    per-location computation, with blocks of every size."""
+    x = queries[0]
+    den = LocalGaussianDenoiser(X, schedule=3, neighbours=6)
+    want = per_location_local_gaussian(den, x, sigma)
+    torch.testing.assert_close(den(x, 1.0, sigma), want, rtol=0, atol=1e-5)
+    monkeypatch.setattr("boneless.patches.LOCATION_BLOCK", 3 * N * C * 9)  # three locations per block
+    monkeypatch.setattr("boneless.patches.WIENER_BLOCK", 2 * 6 * C * 9 * len(x))  # two per Wiener step
+    torch.testing.assert_close(den(x, 1.0, sigma), want, rtol=0, atol=1e-5)
