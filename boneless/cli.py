@@ -77,6 +77,9 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bank", choices=("exact", "faiss", "faiss-flat"),
                    help="exact (default) or the approximate FAISS back-end for large N (pip install faiss-cpu): "
                         "a query whose certified error exceeds 1%% goes to the exact bank; empirical only")
+    p.add_argument("--no-dedupe", action="store_true",
+                   help="hold every row: by default rows that repeat (equal values and weights) are held once with "
+                        "their count when at least 1/8 of the rows are repeats (the same posterior); empirical only")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--mmap", action=argparse.BooleanOptionalAction, default=None,
@@ -133,7 +136,7 @@ def _run_sample(args, rank: int, world: int, device: torch.device) -> int:
         decode = load_decoder(args.decode, X)
     t0 = time.perf_counter()
     given = {"temperature": args.softmax_temperature, "chunk_size": args.chunk_size, "storage": args.storage,
-             "bank": args.bank, "rescore": args.rescore}  # the options given on the command line; the denoiser's own defaults otherwise
+             "bank": args.bank, "rescore": args.rescore, "dedupe": False if args.no_dedupe else None}  # the options given on the command line; the denoiser's own defaults otherwise
     den = make_denoiser(args.denoiser, X, device=device, **{k: v for k, v in given.items() if v is not None})
     timings["build_s"] = time.perf_counter() - t0
     checkpoint = out / "checkpoint.pt"

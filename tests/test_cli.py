@@ -153,3 +153,20 @@ def test_help_states_each_default_once(command, capsys):
     if command == "sample":
         for expect in ("(default: digits)", "(default 100)", "(default: 0.0)", "(default: the denoiser's own"):
             assert " ".join(text.split()).count(expect) == 1, expect
+
+
+def test_sample_with_repeated_rows_held_once_or_not(tmp_path, capsys):
+    """A dataset whose rows repeat: the same samples and posterior records whether the repeats are held once (the
+    default) or every row is held (--no-dedupe)."""
+    g = np.random.default_rng(0)
+    X = np.repeat(g.standard_normal((12, 2, 3, 3)).astype(np.float32), 5, axis=0)
+    np.save(tmp_path / "repeats.npy", X)
+    got = {}
+    for flag in ([], ["--no-dedupe"]):
+        out = tmp_path / ("all" if flag else "once")
+        code, _, err = run(["sample", "--data", str(tmp_path / "repeats.npy"), "-n", "4", "--steps", "12",
+                            "--seed", "3", "--out", str(out), "--no-progress", *flag], capsys)
+        assert code == 0, err
+        got[bool(flag)] = np.load(out / "samples.npz")
+    np.testing.assert_allclose(got[True]["samples"], got[False]["samples"], rtol=0, atol=1e-5)
+    assert np.array_equal(X[got[True]["nearest"]], X[got[False]["nearest"]])  # the same rows (any of the copies)
