@@ -305,7 +305,7 @@ class EmpiricalDenoiser:
 
     def _stats(self, x: torch.Tensor, alpha: Coef, sigma: Coef, k: int) -> Stats:
         a, s = check_query(x, self.shape, alpha, sigma)
-        flat = x.reshape(len(x), -1)
+        flat = x.reshape(len(x), math.prod(self.shape))  # (-1 is ambiguous for an empty batch)
         st = self.bank.reduce(flat, a, s, temperature=self.temperature, k=max(k, self.rescore))
         if self.rescore:
             st = self.bank.rescore(st, flat, a, s, self.exact_rows, temperature=self.temperature)

@@ -236,3 +236,14 @@ def test_bad_data_and_queries():
         den(torch.zeros(2, 4), torch.ones(3), 1.0)
     with pytest.raises(ValueError, match="k must"):
         den.posterior(torch.zeros(2, 4), 1.0, 1.0, k=0)
+
+
+def test_an_empty_batch_gives_an_empty_answer():
+    """x of shape [0, *shape]: an empty x0_hat and empty posterior records, not an error (repeats held once or not)."""
+    g = torch.Generator().manual_seed(0)
+    for X in (torch.randn(10, 3, generator=g), torch.randn(40, 1, 2, 2, generator=g).repeat(2, 1, 1, 1)):
+        den = EmpiricalDenoiser(X)
+        x = torch.zeros(0, *X.shape[1:])
+        assert den(x, 1.0, 0.5).shape == x.shape
+        post = den.posterior(x, 1.0, 0.5, k=2)
+        assert post.x0_hat.shape == x.shape and post.indices.shape == (0, 2) and post.n_eff.shape == (0,)
