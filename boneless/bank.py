@@ -414,8 +414,9 @@ class Bank:
         rows_old = self.X[idx.reshape(-1)].to(torch.float64).reshape(B, k, -1)
         diff = q.x64[:, None] - q.alpha[:, None, None] * rows_new
         l_new = q.c[:, None] * (q.x_sq[:, None] - (diff * diff).sum(2))
-        if self.log_w is not None:
-            l_new = l_new + self.log_w[idx] / temperature
+        prior = self._log_prior(idx, temperature)
+        if prior is not None:
+            l_new = l_new + prior
         l_new = l_new.masked_fill(~valid, -math.inf)
         z_old = (st.top_l - st.m[:, None]).masked_fill(~valid, -math.inf)
         w_old = torch.exp(z_old)
