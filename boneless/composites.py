@@ -1,7 +1,7 @@
 """Composites: denoisers built from other denoisers.
 
 - :class:`BlendDenoiser` (``blend``; this project's): a noise-level-dependent least-squares blend of
-  generalising members (local Gaussian, its patch composite, local score, Gaussian mixture, Gaussian, identity),
+  generalising members (local Gaussian, patch composite, local score, Gaussian mixture, Gaussian, identity),
   fitted on validation images.
 - :class:`CoarseToFineDenoiser` (``coarse-to-fine``; this project's): the exact whole-image posterior mean at
   high noise, the blend below a switch.
@@ -22,7 +22,7 @@ from .closed_form import GaussianDenoiser, GMMDenoiser
 from .data import REFERENCE_SPREAD, check_data, spread
 from .denoisers import Coef, EmpiricalDenoiser, check_query, prior_mean_at_alpha_zero
 from .memo import build
-from .patches import LocalDenoiser, LocalGaussianDenoiser
+from .patches import LocalDenoiser, LocalGaussianDenoiser, PatchCompositeDenoiser
 
 
 BLEND_SIGMAS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -33,14 +33,21 @@ class BlendDenoiser:
     """Noise-level-dependent blend of closed-form estimates, fitted on a validation split: this project's design.
 
     ``x0_hat = sum_m w_m(lam) e_m(x)`` with the members ``e_m``: the :class:`LocalGaussianDenoiser` estimate
-    (``local-gaussian``), its first pass's PSPC posterior mean (``composite``, at no extra cost), the local score
+    (``local-gaussian``), the patch composite (``composite``, :class:`PatchCompositeDenoiser`), the local score
     machine (``local``, :class:`LocalDenoiser`), the Gaussian mixture (``gmm``), the Wiener filter (``gaussian``)
-    and the noisy input itself (``identity``, ``x / alpha``).
+    and the noisy input itself (``identity``, ``x / alpha``), each the registry's denoiser of that name with its
+    defaults (unless ``local_gaussian`` or ``local`` say otherwise).
     The weights are fitted, per calibration level ``sigma`` in ``sigmas``, by least squares of the blended
     estimate against clean validation images noised as ``x + sigma z`` (training-free, like a patch-size
     calibration: six numbers per level), and interpolated linearly in ``log(sigma / alpha)`` in between
     (the end levels' weights beyond). Different members fail differently (Dirac mixtures of patches are sharp
     but mosaic-like, Gaussians are smooth but blurred), so the blend beats each member at most levels.
+
+    With ``refit`` (the default), once the weights are fitted on the validation images held out of ``X``, the
+    members are built again on all of ``X`` (stacking's refit: the weights of members that saw the ``N -
+    holdout`` images serve for the same members on ``N``). The members are then the very denoisers of their own
+    registry names on ``X``, so within one ``boneless eval`` run (:mod:`boneless.memo`) the blend's held-out and
+    in-sample answers cost nothing beyond its members' rows.
 
     Args:
         X: training images [N, C, H, W].
@@ -51,6 +58,8 @@ class BlendDenoiser:
         components: Gaussian mixture components.
         seed: seed of the validation noise and of the mixture's k-means.
         weights: skip the fit and use these ``[len(sigmas), len(BLEND_MEMBERS)]`` weights.
+        refit: after the fit, build the members again on all of ``X`` (only when the validation images were
+            taken out of ``X``).
         local_gaussian: options of the local Gaussian member (e.g. ``schedule``, ``neighbours``, ``shift``).
         local: options of the local score member (e.g. ``schedule``).
         device: where the members compute.
@@ -58,8 +67,8 @@ class BlendDenoiser:
 
     def __init__(self, X: torch.Tensor, *, validation: torch.Tensor | None = None,
                  sigmas: Sequence[float] = BLEND_SIGMAS, holdout: int = 32, components: int = 16, seed: int = 0,
-                 weights: torch.Tensor | None = None, local_gaussian: dict | None = None, local: dict | None = None,
-                 device: torch.device | str | None = None):
+                 weights: torch.Tensor | None = None, refit: bool = True, local_gaussian: dict | None = None,
+                 local: dict | None = None, device: torch.device | str | None = None):
         X = check_data(X)
         if X.ndim != 4:
             raise ValueError(f"BlendDenoiser needs image data [N, C, H, W], got shape {list(X.shape)}")
@@ -69,17 +78,14 @@ class BlendDenoiser:
             raise ValueError("sigmas must be a non-empty list of positive numbers")
         unit = spread(X) / REFERENCE_SPREAD  # the levels at this data's scale (spread computed once, not per level)
         self.sigmas = tuple(v * unit for v in sigmas)
+        full = X
         if validation is None and weights is None:
             n_val = min(holdout, max(1, len(X) // 4))
             X, validation = (X[:-n_val], X[-n_val:]) if len(X) > n_val else (X, X)
         self.shape = tuple(X.shape[1:])
-        self.mean = X.double().mean(0).float()
-        # members through boneless.memo.build: inside a sharing block (one eval run) equal members are one
-        # object, and answer a query they have answered before from memory
-        self.local_gaussian = build(LocalGaussianDenoiser, X, device=device, **(local_gaussian or {}))
-        self.local = build(LocalDenoiser, X, device=device, **(local or {}))
-        self.gmm = build(GMMDenoiser, X, components=min(components, len(X)), seed=seed, device=device)
-        self.gauss = build(GaussianDenoiser, X, device=device)
+        self.options = dict(components=components, seed=seed, local_gaussian=local_gaussian, local=local,
+                            device=device)
+        self._build_members(X)
         if weights is not None:
             w = torch.as_tensor(weights, dtype=torch.float64)
             if w.shape != (len(self.sigmas), len(BLEND_MEMBERS)) or not bool(torch.isfinite(w).all()):
@@ -87,13 +93,26 @@ class BlendDenoiser:
             self.weights = w
         else:
             self.weights = self.fit(check_data(validation, name="validation"), seed=seed)
+        if refit and len(X) < len(full):
+            self._build_members(full)
+
+    def _build_members(self, X: torch.Tensor) -> None:
+        """The members on ``X``, through :func:`boneless.memo.build`: inside a sharing block (one eval run)
+        equal members are one object, and answer a query they have answered before from memory."""
+        o = self.options
+        self.mean = X.double().mean(0).float()
+        self.local_gaussian = build(LocalGaussianDenoiser, X, device=o["device"], **(o["local_gaussian"] or {}))
+        self.composite = build(PatchCompositeDenoiser, X, device=o["device"])
+        self.local = build(LocalDenoiser, X, device=o["device"], **(o["local"] or {}))
+        self.gmm = build(GMMDenoiser, X, components=min(o["components"], len(X)), seed=o["seed"], device=o["device"])
+        self.gauss = build(GaussianDenoiser, X, device=o["device"])
 
     def members(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
         """The member estimates [M, B, *shape] (float64), in the order of ``BLEND_MEMBERS``."""
         a, s = check_query(x, self.shape, alpha, sigma)
-        lg, comp = self.local_gaussian.with_composite(x, a, s)
         ident = x.double() / a.clamp(min=1e-300).to(x.device)[:, None, None, None]
-        out = [lg, comp, self.local(x, a, s), self.gmm(x, a, s), self.gauss(x, a, s), ident]
+        out = [self.local_gaussian(x, a, s), self.composite(x, a, s), self.local(x, a, s), self.gmm(x, a, s),
+               self.gauss(x, a, s), ident]
         return torch.stack([e.double().cpu() for e in out])
 
     def fit(self, V: torch.Tensor, *, seed: int = 0) -> torch.Tensor:

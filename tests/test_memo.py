@@ -108,6 +108,28 @@ def test_coarse_to_fine_shares_the_blend_and_its_answers():
     assert torch.equal(y_high, plain_cf(x, 1.0, 5.0))
 
 
+def test_blend_members_are_the_rows_denoisers_and_answer_from_memory():
+    """After its fit the blend holds the rows' own denoisers (built on the whole pool), so in one run its answer
+    to a batch the rows have answered calls no member again."""
+    X = images(60, 3)
+    x = images(6, 4) + 0.5 * torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    kw = {"local_gaussian": {"schedule": 3, "neighbours": 8}, "local": {"schedule": 3}, "components": 2}
+    plain = BlendDenoiser(X, **kw)(x, 1.0, 0.5)
+    with memo.sharing() as m:
+        rows = [make_denoiser("local-gaussian", X, schedule=3, neighbours=8), make_denoiser("patch-composite", X),
+                make_denoiser("local", X, schedule=3), make_denoiser("gmm", X, components=2),
+                make_denoiser("gaussian", X)]
+        for den in rows:
+            den(x, 1.0, 0.5)
+        blend = make_denoiser("blend", X, **kw)
+        assert all(a is b for a, b in zip([blend.local_gaussian, blend.composite, blend.local, blend.gmm,
+                                            blend.gauss], rows))
+        hits, misses = m.hits, m.misses
+        shared = blend(x, 1.0, 0.5)
+        assert (m.hits, m.misses) == (hits + 5, misses + 1)  # five members from memory; the blend's own answer
+    assert torch.equal(shared, plain)
+
+
 def test_sure_experts_share_the_rows_experts():
     X = images(40, 6)
     x = images(4, 7) + 0.3 * torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(8))

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from boneless import DENOISERS
-from boneless.closed_form import GaussianDenoiser
+from boneless.closed_form import GaussianDenoiser, GMMDenoiser
 from boneless.data import REFERENCE_SPREAD, spread
 from boneless.denoisers import exact_reference
 from boneless.patches import (EquivariantLocalDenoiser, LocalDenoiser, LocalGaussianDenoiser, PatchCompositeDenoiser,
@@ -296,6 +296,26 @@ def test_blend_weights_fit_interpolate_and_select_members(X):
                       (w[3], den.weights[0]), (w[4], den.weights[1])):
         torch.testing.assert_close(got, want)
     torch.testing.assert_close(den(x, 0.0, 1.0), X.double().mean(0).float().expand_as(x))
+
+
+def test_blend_refits_its_members_on_every_image_after_the_fit(X):
+    """The weights come from members that did not see the validation images; with ``refit`` the same weights then
+    serve members built on all of X (the registry's denoisers of those names), without it the members stay."""
+    from boneless.composites import BlendDenoiser
+    kw = dict(sigmas=(0.1, 1.0), holdout=4, components=2)
+    refit, kept = BlendDenoiser(X, **kw), BlendDenoiser(X, refit=False, **kw)
+    assert torch.equal(refit.weights, kept.weights)
+    assert len(kept.local_gaussian.X) == len(kept.composite.X) == len(X) - 4
+    for member in (refit.local_gaussian, refit.composite, refit.local):
+        assert torch.equal(member.X, X)
+    x = images(3, seed=13)
+    want = torch.einsum("bm,mb...->b...", refit.weights_at(torch.full((3,), 0.3, dtype=torch.float64)),
+                        torch.stack([e.double() for e in (
+                            LocalGaussianDenoiser(X)(x, 1.0, 0.3), PatchCompositeDenoiser(X)(x, 1.0, 0.3),
+                            LocalDenoiser(X)(x, 1.0, 0.3), GMMDenoiser(X, components=2)(x, 1.0, 0.3),
+                            GaussianDenoiser(X)(x, 1.0, 0.3), x)]))
+    torch.testing.assert_close(refit(x, 1.0, 0.3), want.float(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(refit(x, 0.0, 1.0), X.double().mean(0).float().expand_as(x))
 
 
 def test_coarse_to_fine_is_exact_above_the_switch_and_blend_below(X):
