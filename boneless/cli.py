@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import os
 import platform
 import sys
 import time
@@ -294,7 +295,16 @@ def _resumable(args) -> str:
     return f"; {checkpoint} holds step {step}: run the same command with --resume to continue"
 
 
+# PyTorch's CPU allocator asks for transparent huge pages for its allocations of 2 MB and more when this is set
+# (read at the first such allocation, so setting it here works). The patch denoisers' batched blocks are tens of
+# MB, freed and allocated again at every block; with 4 KB pages each allocation's first touch page-faults through
+# it. Measured (one held-out batch of 250 Fashion-MNIST images, local-gaussian at pool 10000, sigma 0.05, two
+# threads): 20.8 s without, 15.2 s with (3.4M and 0.4M minor page faults). A user's own setting is kept.
+HUGE_PAGES = ("THP_MEM_ALLOC_ENABLE", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault(*HUGE_PAGES)
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command)

@@ -162,12 +162,13 @@ def _location_block(B: int, n: int, d: int) -> int:
 
 
 def _reduce_locations(R: torch.Tensor, q: torch.Tensor, a: torch.Tensor, s: torch.Tensor, *, k: int = 0,
-                      mean: bool = True, fast_delta: float, chunk_size: int, norms=None):
+                      mean: bool = True, fast_delta: float, chunk_size: int, norms=None, columns=None):
     """Patch posteriors at ``L`` locations at once: location ``l`` has the stored rows ``R[l].T`` (``R`` [L, d, n]:
     rows as columns) and the queries ``q[l]`` [B, d] at per-query ``alpha``, ``sigma`` ``a``, ``s`` [B] (float64).
     Returns the posterior means [L, B, d] (float32; None unless ``mean``) and the top-``k`` row indices [L, B, k]
     (None if ``k`` = 0). ``norms``: the rows' squared norms ``|x_i|^2`` rounded to float32 [L, n] and each
     location's largest norm ``r`` [L] (float64), when the caller keeps them (:meth:`_PatchDenoiser._norms`).
+    ``columns`` [L, c]: only these of each location's ``d`` values are wanted in the means (then [L, B, c]).
 
     The same computation as one :meth:`boneless.bank.Bank.reduce` per location (with ``fast_delta``), batched
     over the locations: where the bank's bound on the float32 logit error, ``delta``, is within ``fast_delta``
@@ -179,7 +180,7 @@ def _reduce_locations(R: torch.Tensor, q: torch.Tensor, a: torch.Tensor, s: torc
     step = max(1, LOCATION_BLOCK // max(1, L * n))
     if B > step:  # queries in blocks: the logits of a block stay within LOCATION_BLOCK
         parts = [_reduce_locations(R, q[:, i:i + step], a[i:i + step], s[i:i + step], k=k, mean=mean,
-                                   fast_delta=fast_delta, chunk_size=chunk_size, norms=norms)
+                                   fast_delta=fast_delta, chunk_size=chunk_size, norms=norms, columns=columns)
                  for i in range(0, B, step)]
         return (torch.cat([p[0] for p in parts], 1) if mean else None,
                 torch.cat([p[1] for p in parts], 1) if k else None)
@@ -200,13 +201,15 @@ def _reduce_locations(R: torch.Tensor, q: torch.Tensor, a: torch.Tensor, s: torc
     out = None
     if mean:
         p = z.clamp_(min=EXP_FLOOR).exp_()
-        out = torch.bmm(p, R.transpose(1, 2)).div_(p.sum(2, dtype=torch.float64).float()[..., None])
+        Rm = R if columns is None else R.gather(1, columns[..., None].expand(-1, -1, n))
+        out = torch.bmm(p, Rm.transpose(1, 2)).div_(p.sum(2, dtype=torch.float64).float()[..., None])
     for l in torch.nonzero(slow.any(1))[:, 0].tolist():  # the bank's exact tiers for the queries past tier 1
         b = torch.nonzero(slow[l])[:, 0]
         st = Bank(R[l].T, chunk_size=chunk_size, device=R.device, fast_delta=fast_delta).reduce(
             q[l, b], a[b], s[b], k=k, entropy=False)
         if mean:
-            out[l, b] = st.acc / st.s.to(st.acc.dtype)[:, None]
+            m = st.acc / st.s.to(st.acc.dtype)[:, None]
+            out[l, b] = m if columns is None else m[:, columns[l]]
         if k:
             top[l, b] = st.top_i[:, :top.shape[2]]
     return out, top
@@ -322,11 +325,13 @@ class LocalDenoiser(_PatchDenoiser):
             for b0 in range(0, len(places), step):
                 block = places[b0:b0 + step]
                 corners = [(i0, j0) for _, _, i0, j0 in block]
+                centre = torch.tensor([[((i - i0) * pw + j - j0) * C + c for c in range(C)]
+                                       for i, j, i0, j0 in block], device=x.device)  # the patch's own pixel
                 m, _ = _reduce_locations(_square_columns(self.XT, ph, pw, corners), _square_rows(x, ph, pw, corners),
                                          a, s, fast_delta=self.fast_delta, chunk_size=self.chunk_size,
-                                         norms=self._norms(ph, pw, corners))
-                for l, (i, j, i0, j0) in enumerate(block):
-                    out[:, :, i, j] = m[l].reshape(B, ph, pw, C)[:, i - i0, j - j0]
+                                         norms=self._norms(ph, pw, corners), columns=centre)
+                for l, (i, j, _, _) in enumerate(block):
+                    out[:, :, i, j] = m[l]
         return out
 
 
@@ -559,6 +564,7 @@ class LocalGaussianDenoiser(_PatchDenoiser):
         # time, their counts differ), the Wiener steps of a few locations per batched solve
         step = 1 if self.shift else _location_block(B, len(self.X), d)
         per_solve = max(1, WIENER_BLOCK // (B * K * d))
+        per_query = min(B, max(1, WIENER_BLOCK // (K * d)))
         for b0 in range(0, len(locs), step):
             block = locs[b0:b0 + step]
             R = self._candidates(*block[0], kh, kw)[None] if self.shift else _square_columns(self.XT, kh, kw, block)
@@ -575,32 +581,40 @@ class LocalGaussianDenoiser(_PatchDenoiser):
             for w0 in range(0, len(block), per_solve):
                 part = block[w0:w0 + per_solve]
                 nL = len(part)
-                idx = top[w0:w0 + nL].clamp(min=0).reshape(nL, 1, B * K).expand(nL, d, B * K)
-                nb = R[w0:w0 + nL].gather(2, idx).transpose(1, 2).double().reshape(nL * B, K, d)  # [nL B, K, d]
-                mu = nb.mean(1)
-                dev = nb - mu[:, None]
-                yS = _square_rows(y, kh, kw, part).reshape(nL * B, d).double()
-                lam2 = (lam_b ** 2).repeat(nL)
-                if self.aggregate == "precision":  # fuse by the posterior variances of each pixel
-                    cov = dev.transpose(1, 2) @ dev / K + self.ridge * self.unit ** 2 * eye
-                    A = cov + lam2[:, None, None] * eye
-                    rhs = torch.cat([(yS - mu)[..., None], cov], 2)  # [nL B, d, 1 + d]
-                    sol = torch.linalg.solve(A, rhs)
-                    est = mu + (cov @ sol[..., :1])[..., 0]
-                    var = torch.diagonal(cov - cov @ sol[..., 1:], dim1=1, dim2=2).clamp(min=0)
-                    wgt = 1.0 / (var + 1e-3 * lam2[:, None] + 1e-10 * self.unit ** 2)
-                else:
-                    est = _wiener_mean(dev, yS, yS - mu, lam2, self.ridge * self.unit ** 2)
-                    wgt = torch.ones_like(est)
-                est, wgt = (wgt * est).reshape(nL, B, d), wgt.reshape(nL, B, d)
-                for l, (i, j) in enumerate(part):
-                    total[:, :, i:i + kh, j:j + kw] += _square(est[l], kh, kw)
-                    count[:, :, i:i + kh, j:j + kw] += _square(wgt[l], kh, kw)
+                for q0 in range(0, B, per_query):  # queries in parts when one location's neighbours are many
+                    qs = slice(q0, q0 + per_query)
+                    nq = len(range(B)[qs])
+                    idx = top[w0:w0 + nL, qs].clamp(min=0).reshape(nL, 1, nq * K).expand(nL, d, nq * K)
+                    nb = R[w0:w0 + nL].gather(2, idx).transpose(1, 2).double().reshape(nL * nq, K, d)
+                    mu = nb.mean(1)
+                    dev = nb - mu[:, None]
+                    yS = _square_rows(y[qs], kh, kw, part).reshape(nL * nq, d).double()
+                    lam2 = (lam_b[qs] ** 2).repeat(nL)
+                    if self.aggregate == "precision":  # fuse by the posterior variances of each pixel
+                        cov = dev.transpose(1, 2) @ dev / K + self.ridge * self.unit ** 2 * eye
+                        A = cov + lam2[:, None, None] * eye
+                        rhs = torch.cat([(yS - mu)[..., None], cov], 2)  # [nL nq, d, 1 + d]
+                        sol = torch.linalg.solve(A, rhs)
+                        est = mu + (cov @ sol[..., :1])[..., 0]
+                        var = torch.diagonal(cov - cov @ sol[..., 1:], dim1=1, dim2=2).clamp(min=0)
+                        wgt = 1.0 / (var + 1e-3 * lam2[:, None] + 1e-10 * self.unit ** 2)
+                    else:
+                        est = _wiener_mean(dev, yS, yS - mu, lam2, self.ridge * self.unit ** 2)
+                        wgt = torch.ones_like(est)
+                    est, wgt = (wgt * est).reshape(nL, nq, d), wgt.reshape(nL, nq, d)
+                    for l, (i, j) in enumerate(part):
+                        total[qs, :, i:i + kh, j:j + kw] += _square(est[l], kh, kw)
+                        count[qs, :, i:i + kh, j:j + kw] += _square(wgt[l], kh, kw)
+                for i, j in part:
                     ccount[i:i + kh, j:j + kw] += 1
         return (total / count).to(x.dtype), comp / ccount.to(x.dtype)
 
 
-WIENER_BLOCK = 1 << 22  # neighbour values (float64) per batched Wiener step of a few locations (32 MB)
+# neighbour values (float64) per batched Wiener step of a few locations, or of some queries at one location
+# (16 MB). Its temporaries then stay below glibc's 32 MB limit for reusing freed memory: larger ones are new pages
+# each time, which page-faulted in: measured at sigma 2 (d = 225, K = 200, one location's 250 queries at once,
+# 90 MB per temporary): 48M minor faults and 114 s of system time in a 177 s call of 250 images.
+WIENER_BLOCK = 1 << 21
 
 
 def _wiener_mean(dev: torch.Tensor, y: torch.Tensor, v: torch.Tensor, lam2: torch.Tensor,

@@ -417,6 +417,10 @@ def test_batched_locations_equal_one_bank_per_location(X, queries, sigma, monkey
     mean_b, top_b = _reduce_locations(R, q, a, s, k=5, fast_delta=PATCH_FAST_DELTA, chunk_size=16)
     torch.testing.assert_close(mean_b, mean, rtol=0, atol=1e-6)
     assert torch.equal(top_b, top)
+    # only some values of each location's mean (the local score's own pixel), the exact tiers' queries included
+    cols = torch.randint(0, R.shape[1], (len(locs), 2), generator=torch.Generator().manual_seed(3))
+    part, _ = _reduce_locations(R, q, a, s, fast_delta=PATCH_FAST_DELTA, chunk_size=16, columns=cols)
+    torch.testing.assert_close(part, mean.gather(2, cols[:, None].expand(-1, len(a), -1)), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("sigma", [0.05, 0.5, 2.0])
