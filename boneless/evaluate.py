@@ -374,6 +374,26 @@ def run(args) -> int:
     return 0 if ok else 1
 
 
+def probe_costs(timed, *, b_err: int, n_test: int, budget: float) -> tuple[float, float]:
+    """The cost model ``t(b) = c0 + c1 b`` (per-call overhead, per-image seconds) of a denoiser from timed calls,
+    ``timed(b, start)``: one call on the ``b`` held-out images from ``start``.
+
+    A single image first, so that a very slow denoiser cannot stall the probe itself. Then, if affordable, the
+    held-out stage's first batch of ``b_err`` images (that stage then takes its answer from memory,
+    :mod:`boneless.memo`: it costs nothing extra), else two images, and a single image again, another one: the
+    first call may include one-time set-up (banks and caches made at first use), which the later calls do not pay,
+    so the two points of the model are the later ones. Without a second point the cost is taken as linear in the
+    images (pessimistic)."""
+    t_first = timed(1, 0)
+    b2 = next((b for b in (b_err, 2) if 1 < b <= n_test and t_first * b <= 0.25 * budget), None)
+    if b2 is None:
+        return 0.0, t_first
+    t_batch = timed(b2, 0)
+    t_one = timed(1, 1)
+    c1 = max((t_batch - t_one) / (b2 - 1), 0.0)
+    return max(t_one - c1, 0.0), c1
+
+
 def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule, device, bar, shape, *,
                       build=None) -> dict:
     """One denoiser through the protocol; never raises (a failure is recorded in the result). ``build(X)``
@@ -403,23 +423,13 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
         sig = sigmas[len(sigmas) // 2]
         noise = torch.randn(test.shape, generator=torch.Generator().manual_seed(args.seed))
 
-        def timed(b):  # seconds of one denoiser call on b held-out images
+        def timed(b, start=0):  # seconds of one denoiser call on b held-out images from start
             t1 = time.perf_counter()
-            den(test[:b] + sig * noise[:b], 1.0, sig)
+            den(test[start:start + b] + sig * noise[start:start + b], 1.0, sig)
             return time.perf_counter() - t1
 
-        # cost model t(b) = c0 + c1 b (per-call overhead + per-image cost) from one image and, if affordable,
-        # one larger batch; without a second point the cost is taken as linear (pessimistic). The larger batch
-        # is the held-out stage's first one where affordable (that stage then takes its answer from memory,
-        # boneless.memo: it costs nothing extra), else two images (the least that gives a second point)
-        t_one = timed(1)  # a single image first, so that a very slow denoiser cannot stall the probe itself
         b_err, b_sample, b_cons = min(args.batch_size, len(test)), args.samples, args.consistency
-        sizes = [b for b in (b_err, 2) if 1 < b <= len(test)]
-        b2 = next((b for b in sizes if t_one * b <= 0.25 * args.budget), None)
-        c0, c1 = 0.0, t_one
-        if b2 is not None:
-            c1 = max((timed(b2) - t_one) / (b2 - 1), 0.0)
-            c0 = max(t_one - c1, 0.0)
+        c0, c1 = probe_costs(timed, b_err=b_err, n_test=len(test), budget=args.budget)
 
         def cost(n):  # seconds to denoise n images in calls of at most batch_size
             full, rest = divmod(n, args.batch_size)

@@ -266,3 +266,21 @@ def test_eval_on_faces_without_a_test_split_or_classifier(tmp_path):
     assert all(d["status"] == "ok" for d in r["denoisers"].values())
     assert "confidence" not in r["denoisers"]["gaussian"]["samples"]
     assert "FD classifier and confidence: n/a" in (out / "table.md").read_text()
+
+
+def test_the_cost_probe_leaves_out_the_set_up_of_a_first_call():
+    """A denoiser whose first call builds its banks (100 s) and then costs 1 s per call and 10 s per image: the
+    model is fitted on the calls after the first (no clock: ``timed`` returns modelled seconds)."""
+    from boneless.evaluate import probe_costs
+    calls = []
+
+    def timed(b, start):
+        calls.append((b, start))
+        return (100.0 if len(calls) == 1 else 0.0) + 1.0 + 10.0 * b
+    c0, c1 = probe_costs(timed, b_err=250, n_test=500, budget=2700)
+    assert calls == [(1, 0), (2, 0), (1, 1)]  # 111 s x 250 images is over a quarter of the budget: two images
+    assert (c0, c1) == pytest.approx((1.0, 10.0))
+    calls.clear()
+    c0, c1 = probe_costs(lambda b, start: calls.append(b) or 0.5 + 0.01 * b, b_err=250, n_test=500, budget=2700)
+    assert calls == [1, 250, 1] and (c0, c1) == pytest.approx((0.5, 0.01))  # the held-out stage's first batch
+    assert probe_costs(lambda b, start: 2000.0, b_err=250, n_test=500, budget=2700) == (0.0, 2000.0)  # linear
