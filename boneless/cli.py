@@ -298,8 +298,8 @@ def _resumable(args) -> str:
 # PyTorch's CPU allocator asks for transparent huge pages for its allocations of 2 MB and more when this is set
 # (read at the first such allocation, so setting it here works). The patch denoisers' batched blocks are tens of
 # MB, freed and allocated again at every block; with 4 KB pages each allocation's first touch page-faults through
-# it. Measured (one held-out batch of 250 Fashion-MNIST images, local-gaussian at pool 10000, sigma 0.05, two
-# threads): 20.8 s without, 15.2 s with (3.4M and 0.4M minor page faults). A user's own setting is kept.
+# it. Measured (one held-out batch of 250 Fashion-MNIST images, local-gaussian at pool 10000, two threads, off then
+# on): 17.2 s and 15.2 s at sigma 0.05, 177 s and 119 s at sigma 2 (docs/EVAL.md). A user's own setting is kept.
 HUGE_PAGES = ("THP_MEM_ALLOC_ENABLE", "1")
 
 
