@@ -539,7 +539,9 @@ class LocalGaussianDenoiser(_PatchDenoiser):
         total = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
         count = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
         eye = torch.eye(d, dtype=torch.float64, device=x.device)
+        # the K neighbours: the posterior top-K of the noisy square, or the training squares nearest to the pilot's
         ones = torch.ones_like(a)
+        query, q_alpha, q_sigma = (x, a, s) if pilot is None else (pilot.float(), ones, ones)
         locs = [(i, j) for i in range(H - kh + 1) for j in range(W - kw + 1)]
         # the squares of a block of locations in one batched reduction (shifted candidates: one location at a
         # time, their counts differ), the Wiener steps of a few locations per batched solve
@@ -550,13 +552,8 @@ class LocalGaussianDenoiser(_PatchDenoiser):
             block = locs[b0:b0 + step]
             R = self._candidates(*block[0], kh, kw)[None] if self.shift else _square_columns(self.XT, kh, kw, block)
             norms = None if self.shift else self._norms(kh, kw, block)
-            if pilot is None:  # posterior top-K of the noisy square
-                _, top = _reduce_locations(R, _square_rows(x, kh, kw, block), a, s, k=K, mean=False,
-                                           fast_delta=self.fast_delta, chunk_size=self.chunk_size, norms=norms)
-            else:  # the K training squares nearest to the pilot's square
-                _, top = _reduce_locations(R, _square_rows(pilot.float(), kh, kw, block), ones, ones, k=K,
-                                           mean=False, fast_delta=self.fast_delta, chunk_size=self.chunk_size,
-                                           norms=norms)
+            _, top = _reduce_locations(R, _square_rows(query, kh, kw, block), q_alpha, q_sigma, k=K, mean=False,
+                                       fast_delta=self.fast_delta, chunk_size=self.chunk_size, norms=norms)
             for w0 in range(0, len(block), per_solve):
                 part = block[w0:w0 + per_solve]
                 nL = len(part)
