@@ -34,6 +34,8 @@ scale-equivariant (data and queries scaled by ``c`` give the estimate scaled by 
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import math
 from typing import Literal, NamedTuple, Sequence
 
@@ -570,7 +572,7 @@ class LocalGaussianDenoiser(_PatchDenoiser):
                         cov = dev.transpose(1, 2) @ dev / K + self.ridge * self.unit ** 2 * eye
                         A = cov + lam2[:, None, None] * eye
                         rhs = torch.cat([(yS - mu)[..., None], cov], 2)  # [nL nq, d, 1 + d]
-                        sol = torch.linalg.solve(A, rhs)
+                        sol = _solve_spd(A, rhs)
                         est = mu + (cov @ sol[..., :1])[..., 0]
                         var = torch.diagonal(cov - cov @ sol[..., 1:], dim1=1, dim2=2).clamp(min=0)
                         wgt = 1.0 / (var + 1e-3 * lam2[:, None] + 1e-10 * self.unit ** 2)
@@ -595,10 +597,10 @@ def _wiener_mean(dev: torch.Tensor, y: torch.Tensor, v: torch.Tensor, lam2: torc
                  ridge: float) -> torch.Tensor:
     """``mu + C (C + lam2 I)^-1 v`` for ``v = y - mu``, ``C = dev^T dev / K + ridge I`` (dev [B, K, d] the centred
     neighbours, float64), as ``y - lam2 A^-1 v`` with ``A = C + lam2 I`` (the two are equal since
-    ``C A^-1 = I - lam2 A^-1``). ``A^-1 v`` in the smaller of the two spaces: the ``d x d`` system (LU), or,
-    when ``K < d``, the ``K x K`` one (Cholesky) of the Woodbury identity ``(U U^T + c I)^-1 = (I - U (c I + U^T U)^-1 U^T) / c``
-    with ``U = dev^T / sqrt(K)``, ``c = ridge + lam2``. A singular system (no ridge and ``lam2 = 0``) falls back
-    to least squares."""
+    ``C A^-1 = I - lam2 A^-1``). ``A^-1 v`` in the smaller of the two spaces (:func:`_solve_spd`): the ``d x d``
+    system, or, when ``K < d``, the ``K x K`` one of the Woodbury identity ``(U U^T + c I)^-1 = (I - U (c I +
+    U^T U)^-1 U^T) / c`` with ``U = dev^T / sqrt(K)``, ``c = ridge + lam2``. A singular system (no ridge and
+    ``lam2 = 0``) is solved by least squares."""
     B, K, d = dev.shape
     c = ridge + lam2  # [B]
     if K < d:
@@ -608,18 +610,40 @@ def _wiener_mean(dev: torch.Tensor, y: torch.Tensor, v: torch.Tensor, lam2: torc
         G = dev.transpose(1, 2) @ dev / K
         rhs = v[..., None]
     G.diagonal(dim1=1, dim2=2).add_(c[:, None])
-    if K < d:
-        L, info = torch.linalg.cholesky_ex(G)
-        sol = torch.cholesky_solve(rhs, L)
-    else:  # small systems: one LU call costs less than Cholesky's two
-        sol, info = torch.linalg.solve_ex(G, rhs)
-    bad = info != 0
-    if bool(bad.any()):
-        sol[bad] = torch.linalg.lstsq(G[bad], rhs[bad], driver="gelsd").solution
+    sol = _solve_spd(G, rhs)
     if K < d:  # lam2 A^-1 v = (lam2 / c) (v - U (c I + U^T U)^-1 U^T v); c = 0 only where lam2 = 0
         ratio = torch.where(c > 0, lam2 / torch.where(c > 0, c, 1.0), 0.0)
         return y - ratio[:, None] * (v - (dev.transpose(1, 2) @ sol)[..., 0])
     return y - lam2[:, None] * sol[..., 0]
+
+
+def _solve_spd(G: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """``G^-1 rhs`` for a batch of symmetric positive semi-definite systems ``G`` [B, n, n], ``rhs`` [B, n, m]:
+    Cholesky, and least squares for a system that is singular.
+
+    Not LU: PyTorch's batched LU on the CPU with more than one thread returns wrong solutions, or fails, from
+    n = 151 (pytorch/pytorch#142815; measured here with torch 2.13.0 and its MKL, info 0 and residuals of order
+    1). The CPU factorises a batch one matrix at a time on one core, so the batch is split over the threads
+    (measured: 200 x 200 systems, 46 per call, 15.5 ms in one call, 8.2 ms in two halves side by side)."""
+    parts = torch.get_num_threads() if G.device.type == "cpu" else 1
+    step = -(-len(G) // max(1, min(parts, len(G) // 8)))  # at least 8 systems per part
+
+    def solve(lo):
+        L, info = torch.linalg.cholesky_ex(G[lo:lo + step])
+        sol = torch.cholesky_solve(rhs[lo:lo + step], L)
+        bad = info != 0
+        if bool(bad.any()):
+            sol[bad] = torch.linalg.lstsq(G[lo:lo + step][bad], rhs[lo:lo + step][bad], driver="gelsd").solution
+        return sol
+    starts = range(0, len(G), step)
+    if len(starts) == 1:
+        return solve(0)
+    return torch.cat(list(_threads(len(starts)).map(solve, starts)))
+
+
+@functools.cache
+def _threads(n: int) -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix="boneless-solve")
 
 
 # measured on Fashion-MNIST validation images (docs/DENOISERS.md)

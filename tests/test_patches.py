@@ -333,10 +333,11 @@ def test_coarse_to_fine_is_exact_above_the_switch_and_blend_below(X):
         CoarseToFineDenoiser(X, switch=-1.0, blend=opts)
 
 
-@pytest.mark.parametrize("K, d", [(12, 5), (5, 12), (7, 7)])
+@pytest.mark.parametrize("K, d", [(12, 5), (5, 12), (7, 7), (170, 160), (160, 170)])
 def test_wiener_step_in_either_space_is_the_posterior_mean(K, d):
     """The local Gaussian's Wiener step ``mu + C (C + lam^2 I)^-1 (y - mu)``, solved in the d x d space or (K < d)
-    the K x K Woodbury one, equals the plain float64 formula; at lam = 0 without ridge it returns y."""
+    the K x K Woodbury one, equals the plain float64 formula (one system at a time); at lam = 0 without ridge it
+    returns y. Large systems with two threads: batched LU there gives wrong solutions (pytorch/pytorch#142815)."""
     from boneless.patches import _wiener_mean
     g = torch.Generator().manual_seed(K * 100 + d)
     B = 4
@@ -345,13 +346,18 @@ def test_wiener_step_in_either_space_is_the_posterior_mean(K, d):
     dev = nb - mu[:, None]
     y = torch.randn(B, d, generator=g, dtype=torch.float64)
     lam2 = torch.tensor([0.01, 0.3, 1.0, 4.0], dtype=torch.float64)
-    for ridge in (0.0, 1e-3):
-        C = dev.transpose(1, 2) @ dev / K + ridge * torch.eye(d, dtype=torch.float64)
-        want = mu + (C @ torch.linalg.solve(C + lam2[:, None, None] * torch.eye(d, dtype=torch.float64),
-                                            (y - mu)[..., None]))[..., 0]
-        torch.testing.assert_close(_wiener_mean(dev, y, y - mu, lam2, ridge), want, rtol=1e-9, atol=1e-9)
-    zero = torch.zeros(B, dtype=torch.float64)
-    torch.testing.assert_close(_wiener_mean(dev, y, y - mu, zero, 0.0), y, rtol=0, atol=1e-9)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for ridge in (0.0, 1e-3):
+            C = dev.transpose(1, 2) @ dev / K + ridge * torch.eye(d, dtype=torch.float64)
+            want = torch.stack([mu[b] + C[b] @ torch.linalg.solve(C[b] + lam2[b] * torch.eye(d, dtype=torch.float64),
+                                                                 y[b] - mu[b]) for b in range(B)])
+            torch.testing.assert_close(_wiener_mean(dev, y, y - mu, lam2, ridge), want, rtol=1e-8, atol=1e-8)
+        zero = torch.zeros(B, dtype=torch.float64)
+        torch.testing.assert_close(_wiener_mean(dev, y, y - mu, zero, 0.0), y, rtol=0, atol=1e-8)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def per_location_local_gaussian(den, x, sigma):
