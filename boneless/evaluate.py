@@ -439,14 +439,21 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
         estimates = {"held-out error": len(sigmas) * cost(len(test)),
                      "sampling": calls * (c0 + c1 * b_sample),
                      "in-sample error": len(sigmas) * cost(len(in_sample))}
+        # the eval samples with no added noise, so a deterministic sampler makes the same sample from the same
+        # start: the split consistency's first side is the sampling stage's first samples
+        reuse = args.sampler in ("euler", "heun", "ddim") and b_cons <= b_sample
+        start_noise = torch.randn((max(b_sample, b_cons), *shape), generator=torch.Generator().manual_seed(args.seed))
+        side = calls * (c0 + c1 * b_cons)
         if consistency:
-            estimates["split consistency"] = build_s + 2 * calls * (c0 + c1 * b_cons)
+            estimates["split consistency"] = build_s + (1 if reuse else 2) * side
         rec["timings"]["estimates_s"] = {k: round(v, 1) for k, v in estimates.items()}
         guard = _Guard(den, deadline, on_call)
         skipped, ran, factor = [], [], 1.0
         for stage in estimates:
             # plan stage by stage: the estimates are rescaled by how the held-out stage actually went
             est, left = estimates[stage] * factor, deadline - time.perf_counter()
+            if stage == "split consistency" and reuse and "_samples" not in rec:
+                reuse, est = False, est + side * factor  # the sampling stage was skipped: both sides
             fits = est / len(sigmas) <= left if stage == "held-out error" else est <= left  # held-out: >= 1 sigma
             if not fits:
                 skipped.append(f"{stage} (~{est:.0f} s)")
@@ -466,8 +473,8 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
                     r["mse"][i], r["psnr"][i] = float(e.mse[0]), float(e.psnr[0])
                     r["ratio"][i] = float(e.mse[0] / ref.mse[i])
             elif stage == "sampling":
-                res = sample(guard, schedule, n=args.samples, steps=args.steps, sampler=args.sampler,
-                             seed=args.seed, shape=shape, top_k=5, device=device)
+                res = sample(guard, schedule, noise=start_noise[:b_sample], steps=args.steps, sampler=args.sampler,
+                             seed=args.seed, top_k=5, device=device)
                 samples = res.samples.float()
                 rec["_samples"] = samples
                 if not bool(torch.isfinite(samples).all()):
@@ -485,9 +492,9 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
             else:
                 den_b = _Guard(build(split["second"]), deadline, on_call)
                 center = torch.cat([pool, split["second"]]).double().mean(0)
-                sc = split_consistency(guard, den_b, center=center, n=args.consistency, steps=args.steps,
-                                       seed=args.seed + 2, shape=shape, schedule=schedule, sampler=args.sampler,
-                                       device=device)
+                sc = split_consistency(guard, den_b, center=center, n=b_cons, steps=args.steps, seed=args.seed,
+                                       noise=start_noise[:b_cons], schedule=schedule, sampler=args.sampler,
+                                       samples_a=rec["_samples"][:b_cons] if reuse else None, device=device)
                 rec["consistency"] = {"mean": sc.mean, "baseline": sc.baseline, "n": args.consistency}
             took = time.perf_counter() - t1
             rec["timings"][stage.replace(" ", "_").replace("-", "_") + "_s"] = round(took, 3)

@@ -210,15 +210,21 @@ class SplitConsistency(NamedTuple):
 
 
 def split_consistency(den_a, den_b, *, center: torch.Tensor | None = None, n: int = 16, steps: int = 50,
-                      seed: int = 0, shape: tuple[int, ...] | None = None, **sample_options) -> SplitConsistency:
+                      seed: int = 0, shape: tuple[int, ...] | None = None, samples_a: torch.Tensor | None = None,
+                      **sample_options) -> SplitConsistency:
     """Sample ``n`` images from each of ``den_a`` and ``den_b`` (the same denoiser built on two disjoint pools)
     with the same ``seed``, so pair ``i`` starts from the same noise, and compare the pairs (Kadkhodaie et al.,
     arXiv 2310.02557). ``center`` [*shape]: subtracted before the cosine (e.g. the mean of both pools).
-    ``sample_options`` (``schedule``, ``sampler``, ...) go to :func:`boneless.sample`."""
+    ``sample_options`` (``schedule``, ``sampler``, ``noise``, ...) go to :func:`boneless.sample`.
+    ``samples_a``: ``den_a``'s ``n`` samples, already made from the same start by a deterministic sampler (as
+    ``boneless eval``'s sampling stage has them), so that only ``den_b`` is sampled."""
     from .samplers import sample
     if not (isinstance(n, int) and n >= 1):
         raise ValueError(f"n must be a positive integer, got {n!r}")
-    sa = sample(den_a, n=n, steps=steps, seed=seed, shape=shape, top_k=0, **sample_options).samples
+    if samples_a is not None and len(samples_a) != n:
+        raise ValueError(f"samples_a holds {len(samples_a)} samples, not n = {n}")
+    sa = samples_a if samples_a is not None else sample(den_a, n=n, steps=steps, seed=seed, shape=shape, top_k=0,
+                                                        **sample_options).samples
     sb = sample(den_b, n=n, steps=steps, seed=seed, shape=shape, top_k=0, **sample_options).samples
     sim = paired_similarity(sa, sb, center=center)
     baseline = float("nan")

@@ -14,6 +14,7 @@ an option of :class:`~boneless.EmpiricalDenoiser`.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -251,11 +252,18 @@ def start(denoiser, schedule: Schedule | str = "rectified-flow", *, n: int = 16,
           shape: tuple[int, ...] | None = None, spacing: Spacing | None = None, t_max: float = 1.0,
           flow_scale: tuple[float, float] = (1.0, 1.0), noise_strength: tuple[float, float] = (0.0, 0.0),
           eta: float = 0.0, churn: float = 1.0, record_every: int | None = None,
-          record_steps: list[int] | None = None, top_k: int = 5, device: torch.device | str = "cpu") -> Run:
-    """A run of :func:`sample` at step 0: options checked, the time grid made, ``x`` drawn from the prior."""
+          record_steps: list[int] | None = None, top_k: int = 5, noise: torch.Tensor | None = None,
+          device: torch.device | str = "cpu") -> Run:
+    """A run of :func:`sample` at step 0: options checked, the time grid made, ``x`` drawn from the prior
+    (``sigma(ts[0]) * noise`` when the standard normal ``noise`` [n, *shape] is given; ``n`` and ``shape`` are
+    then read from it)."""
     schedule = get_schedule(schedule) if isinstance(schedule, str) else schedule
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    if noise is not None:
+        if noise.ndim < 2 or not bool(torch.isfinite(noise).all()):
+            raise ValueError(f"noise must be a finite [n, *shape] tensor, got shape {list(noise.shape)}")
+        n, shape = len(noise), tuple(noise.shape[1:])
     if not (isinstance(n, int) and n >= 1):
         raise ValueError(f"n must be a positive integer, got {n!r}")
     shape = tuple(shape or getattr(denoiser, "shape", ()))
@@ -277,9 +285,13 @@ def start(denoiser, schedule: Schedule | str = "rectified-flow", *, n: int = 16,
                 "noise_strength": list(noise_strength), "eta": float(eta), "churn": float(churn), "top_k": top_k,
                 "record_steps": sorted(record_steps), "seed": seed if generator is None else "generator",
                 "denoiser": type(denoiser).__name__, "ts": [float(t) for t in ts]}
+    if noise is not None:  # a run resumes only from the same start
+        settings["noise"] = hashlib.sha1(noise.float().cpu().numpy().tobytes()).hexdigest()
     if generator is None:
         generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
-    x = (schedule(float(ts[0])).sigma * torch.randn((n, *shape), generator=generator)).to(device)
+    if noise is None:
+        noise = torch.randn((n, *shape), generator=generator)
+    x = (schedule(float(ts[0])).sigma * noise.float().cpu()).to(device)
     options = {"eta": eta} if sampler == "ddim" else {"churn": churn} if sampler == "euler-maruyama" else {}
     return Run(denoiser, schedule, sampler, ts, Knobs(tuple(flow_scale), tuple(noise_strength), total=steps),
                options, settings, x, generator, _Recorder(denoiser, record_steps, top_k, None))
@@ -333,6 +345,7 @@ def sample(denoiser, schedule: Schedule | str = "rectified-flow", *, progress: b
             ``sampler``: ``euler`` (the original notebook's), ``heun``, ``ddim`` (``eta``), ``ddpm``,
             ``euler-maruyama`` (``churn``).
             ``seed`` / ``generator``: the randomness (the library never seeds globally).
+            ``noise``: the standard normal draw to start from, [n, *shape] (default: drawn from ``seed``).
             ``shape``: the shape of one sample (default: ``denoiser.shape``).
             ``spacing``: time grid (``uniform``, ``karras``, ``logsnr``; default per schedule); ``t_max``.
             ``flow_scale``, ``noise_strength``: the notebook's two knobs as (start, end) linear schedules.

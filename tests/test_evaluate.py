@@ -11,6 +11,7 @@ import torch
 
 from boneless.cli import main
 from boneless import DENOISERS
+from boneless import metrics
 from boneless.metrics import WienerFilter
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -75,6 +76,27 @@ def test_eval_end_to_end_on_digits(tmp_path, registry, capsys):
     table = (out / "table.md").read_text()
     assert "| empirical |" in table and "| wiener-test |" in table and "failed" in table
     assert "real (held-out)" in table
+
+
+@pytest.mark.parametrize("sampler, reused", [("euler", True), ("ddpm", False)])
+def test_split_consistency_reuses_the_sampling_stage_when_that_is_the_same(tmp_path, monkeypatch, sampler, reused):
+    """With a deterministic sampler the consistency's first side is the sampling stage's first samples (the same
+    start); the pairs then compare as if both sides had been sampled apart. A stochastic one samples both."""
+    import boneless.evaluate as ev
+    calls = []
+
+    def checked(den_a, den_b, *, samples_a=None, **options):
+        got = metrics.split_consistency(den_a, den_b, samples_a=samples_a, **options)
+        apart = metrics.split_consistency(den_a, den_b, **options)
+        calls.append(samples_a is not None)
+        assert torch.allclose(got.samples_a, apart.samples_a, atol=1e-5) and torch.equal(got.samples_b, apart.samples_b)
+        return got
+
+    monkeypatch.setattr(ev, "split_consistency", checked)
+    args = TINY + ["--denoisers", "empirical", "--consistency", "3", "--sampler", sampler, "--classifier", "off",
+                   "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    assert calls == [reused]
 
 
 def test_eval_skips_a_denoiser_over_budget(tmp_path, registry, capsys):

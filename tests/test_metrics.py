@@ -250,6 +250,13 @@ def test_split_consistency_of_identical_pools_is_one():
     assert same.mean == pytest.approx(1.0, abs=1e-6)
     diff = split_consistency(EmpiricalDenoiser(A), EmpiricalDenoiser(B), n=5, steps=8, seed=3, center=X.mean(0))
     assert diff.mean < 1 - 1e-3 and diff.samples_a.shape == (5, 1, 8, 8)
+    # den_a's samples given (a deterministic sampler's, from the same start): only den_b is sampled
+    z = torch.randn((5, 1, 8, 8), generator=torch.Generator().manual_seed(3))
+    given = split_consistency(EmpiricalDenoiser(A), EmpiricalDenoiser(B), n=5, steps=8, center=X.mean(0),
+                              noise=z, samples_a=diff.samples_a)
+    assert torch.equal(given.samples_b, diff.samples_b) and given.mean == pytest.approx(diff.mean, abs=1e-12)
+    with pytest.raises(ValueError, match="samples_a"):
+        split_consistency(EmpiricalDenoiser(A), EmpiricalDenoiser(B), n=4, steps=8, samples_a=diff.samples_a)
     # memoriser: each sample is an example of its own pool
     assert float(nearest(diff.samples_a, A, k=1)[0].max()) < 1e-4
     assert float(nearest(diff.samples_b, B, k=1)[0].max()) < 1e-4
