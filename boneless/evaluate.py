@@ -402,7 +402,8 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
 
     After building it, a probe call at each batch size estimates the cost of every stage (held-out error,
     sampling, in-sample error, split consistency); the stages that fit in ``--budget`` run in that order, the
-    others are reported as skipped; a stage that overruns the budget is stopped (results so far are kept)."""
+    others are reported as skipped; a stage that overruns the budget is stopped (results so far are kept). The
+    split consistency pairs the sampling stage's samples with the second pool's, so it runs only after that."""
     pool, test = split["pool"], split["test"]
     in_sample = pool[:args.in_sample]
     lo, hi = display_range(pool)
@@ -443,17 +444,17 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
         # start: the split consistency's first side is the sampling stage's first samples
         reuse = args.sampler in ("euler", "heun", "ddim") and b_cons <= b_sample
         start_noise = torch.randn((max(b_sample, b_cons), *shape), generator=torch.Generator().manual_seed(args.seed))
-        side = calls * (c0 + c1 * b_cons)
         if consistency:
-            estimates["split consistency"] = build_s + (1 if reuse else 2) * side
+            estimates["split consistency"] = build_s + (1 if reuse else 2) * calls * (c0 + c1 * b_cons)
         rec["timings"]["estimates_s"] = {k: round(v, 1) for k, v in estimates.items()}
         guard = _Guard(den, deadline, on_call)
         skipped, ran, factor = [], [], 1.0
         for stage in estimates:
             # plan stage by stage: the estimates are rescaled by how the held-out stage actually went
             est, left = estimates[stage] * factor, deadline - time.perf_counter()
-            if stage == "split consistency" and reuse and "_samples" not in rec:
-                reuse, est = False, est + side * factor  # the sampling stage was skipped: both sides
+            if stage == "split consistency" and "_samples" not in rec:  # it pairs the sampling stage's samples
+                skipped.append(f"{stage} (the sampling stage was skipped)")
+                continue
             fits = est / len(sigmas) <= left if stage == "held-out error" else est <= left  # held-out: >= 1 sigma
             if not fits:
                 skipped.append(f"{stage} (~{est:.0f} s)")

@@ -109,6 +109,19 @@ def test_eval_skips_a_denoiser_over_budget(tmp_path, registry, capsys):
     assert "| empirical |" in (out / "table.md").read_text()
 
 
+def test_split_consistency_runs_only_after_the_sampling_stage(tmp_path, monkeypatch):
+    """Modelled costs (3 s per image, no overhead; budget 100 s): held-out, sampling and in-sample do not fit, the
+    split consistency alone would (30 s): it is skipped too, since it pairs the sampling stage's samples."""
+    import boneless.evaluate as ev
+    monkeypatch.setattr(ev, "probe_costs", lambda timed, **kw: (0.0, 3.0))
+    out = tmp_path / "run"
+    assert main(TINY + ["--denoisers", "empirical", "--consistency", "1", "--budget", "100", "--classifier", "off",
+                        "--out", str(out)]) == 1
+    rec = json.loads((out / "results.json").read_text())["denoisers"]["empirical"]
+    assert rec["status"] == "skipped" and rec["timings"]["estimates_s"]["split consistency"] < 100
+    assert "split consistency (the sampling stage was skipped)" in rec["error"]
+
+
 def test_resume_keeps_finished_denoisers_and_takes_in_a_shared_folder(tmp_path, registry, monkeypatch):
     out = tmp_path / "shared"
     args = TINY + ["--consistency", "0", "--out", str(out), "--resume"]
