@@ -622,8 +622,8 @@ def _solve_spd(G: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     Cholesky, and least squares for a system that is singular.
 
     Not LU: PyTorch's batched LU on the CPU with more than one thread returns wrong solutions, or fails, from
-    n = 151 (pytorch/pytorch#142815; measured here with torch 2.13.0 and its MKL, info 0 and residuals of order
-    1). The CPU factorises a batch one matrix at a time on one core, so the batch is split over the threads
+    n = 151 (pytorch/pytorch#142815; measured here with torch 2.13.0 and its MKL: residuals of order 1 without
+    an error in one series of calls, an error in others). The CPU factorises a batch one matrix at a time on one core, so the batch is split over the threads
     (measured: 200 x 200 systems, 46 per call, 15.5 ms in one call, 8.2 ms in two halves side by side)."""
     parts = torch.get_num_threads() if G.device.type == "cpu" else 1
     step = -(-len(G) // max(1, min(parts, len(G) // 8)))  # at least 8 systems per part
