@@ -20,7 +20,7 @@ from boneless import EmpiricalDenoiser
 from boneless import bank as bank_module
 from boneless.bank import STORAGES
 from boneless.denoisers import exact_reference
-from conftest import EXACTNESS
+from conftest import EXACTNESS, record
 
 CONTRACT = 1e-4
 
@@ -122,7 +122,7 @@ def check(p: dict, name: str) -> None:
     ref = exact_reference(data, x, alpha, sigma, weights=weights, temperature=p["temperature"])
     r = float(data.reshape(p["N"], -1).double().norm(dim=1).max())
     err = rel_err(post.x0_hat, ref, floor=1e-10 * r)  # float64's own rounding is ~1e-16 r
-    EXACTNESS.setdefault(name, []).append(err.tolist())
+    record(name, err.tolist(), p)
     assert torch.equal(post.x0_hat, again), "two identical calls gave different answers"
     assert float(err.max()) <= CONTRACT, f"relative L2 error {float(err.max()):.3g} > {CONTRACT} for {p}"
     # the top-k weights are the reference posterior's probabilities of those examples, and the largest ones
