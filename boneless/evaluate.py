@@ -49,9 +49,13 @@ DEFAULT_SIGMAS = "0.05,0.1,0.2,0.5,1,2"
 REFERENCE = "reference"  # the row of the trained network given by --reference
 IN_SAMPLE = 100  # pool images for the in-sample error by default
 REFERENCE_SETS = 5  # disjoint sets of unseen real images give the real-image quality and its spread
-# samplers that add no noise as the eval runs them (no eta, no noise_strength): each sample follows from its start,
-# so the split consistency's first side is the sampling stage's first samples
+# samplers that add no noise as the eval runs them (no eta, no noise_strength): each sample follows from its start
 DETERMINISTIC_SAMPLERS = ("euler", "heun", "ddim")
+
+
+def reuses_samples(args) -> bool:
+    """Whether the split consistency's first side is the sampling stage's first samples (same start, no noise)."""
+    return args.sampler in DETERMINISTIC_SAMPLERS and args.consistency <= args.samples
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -332,7 +336,7 @@ def run(args) -> int:
         save_figure(scatter_samples(test[:args.samples], pool, title="held-out points"), out / "real.png")
 
     sample_calls = args.steps * (2 if args.sampler == "heun" else 1)  # progress unit: one denoiser call
-    sides = 1 if args.sampler in DETERMINISTIC_SAMPLERS and args.consistency <= args.samples else 2
+    sides = 1 if reuses_samples(args) else 2
     per_denoiser = len(sigmas) * (-(-len(test) // batch) - (-len(in_sample) // batch)) + sample_calls + (
         sides * sample_calls if split["second"] is not None and args.consistency else 0)
     bar = None
@@ -444,7 +448,7 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
         estimates = {"held-out error": len(sigmas) * cost(len(test)),
                      "sampling": calls * (c0 + c1 * b_sample),
                      "in-sample error": len(sigmas) * cost(len(in_sample))}
-        reuse = args.sampler in DETERMINISTIC_SAMPLERS and b_cons <= b_sample
+        reuse = reuses_samples(args)
         start_noise = torch.randn((max(b_sample, b_cons), *shape), generator=torch.Generator().manual_seed(args.seed))
         if consistency:
             estimates["split consistency"] = build_s + (1 if reuse else 2) * calls * (c0 + c1 * b_cons)

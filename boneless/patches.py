@@ -623,17 +623,19 @@ def _solve_spd(G: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
 
     Not LU: PyTorch's batched LU on the CPU with more than one thread returns wrong solutions, or fails, from
     n = 151 (pytorch/pytorch#142815; measured here with torch 2.13.0 and its MKL: residuals of order 1 without
-    an error in one series of calls, an error in others). The CPU factorises a batch one matrix at a time on one core, so the batch is split over the threads
-    (measured: 200 x 200 systems, 46 per call, 15.5 ms in one call, 8.2 ms in two halves side by side)."""
+    an error in one series of calls, an error in others). The CPU factorises a batch one matrix at a time on one
+    core, so the batch is split over the threads (measured: 200 x 200 systems, 46 per call, 15.5 ms in one call,
+    8.2 ms in two halves side by side)."""
     parts = torch.get_num_threads() if G.device.type == "cpu" else 1
     step = -(-len(G) // max(1, min(parts, len(G) // 8)))  # at least 8 systems per part
 
     def solve(lo):
-        L, info = torch.linalg.cholesky_ex(G[lo:lo + step])
-        sol = torch.cholesky_solve(rhs[lo:lo + step], L)
+        g, r = G[lo:lo + step], rhs[lo:lo + step]
+        L, info = torch.linalg.cholesky_ex(g)
+        sol = torch.cholesky_solve(r, L)
         bad = info != 0
         if bool(bad.any()):
-            sol[bad] = torch.linalg.lstsq(G[lo:lo + step][bad], rhs[lo:lo + step][bad], driver="gelsd").solution
+            sol[bad] = torch.linalg.lstsq(g[bad], r[bad], driver="gelsd").solution
         return sol
     starts = range(0, len(G), step)
     if len(starts) == 1:
