@@ -1,0 +1,79 @@
+"""`coarse-to-fine`'s samples under other samplers, other members below the switch, or a pool augmented with its
+horizontal flips, scored against VALIDATION images (Fashion-MNIST training images 10000-10499, which the pool of
+the first 10000 does not contain), never test images. docs/EVAL.md, "Goal 2 at 500 samples", has the results.
+
+    python validation.py samplers N [VARIANT,...]    # N samples from seed 1 per sampler variant (default: all)
+    python validation.py members N MEMBER,...          # one blend member alone below the switch (Euler, 12 steps)
+    python validation.py flips N                       # the pool and its flips (20000 rows; Euler, 12 steps)
+"""
+import sys
+import time
+
+import torch
+
+import boneless
+from boneless.classifier import fashion_classifier
+from boneless.composites import BLEND_MEMBERS, BLEND_SIGMAS, CoarseToFineDenoiser
+from boneless.data import load_dataset
+from boneless.metrics import PCAFeatures, frechet_distance, nearest_distance_stats
+
+SAMPLERS = {
+    "euler-12": dict(sampler="euler", steps=12),
+    "euler-24": dict(sampler="euler", steps=24),
+    "euler-48": dict(sampler="euler", steps=48),
+    "euler-12-karras": dict(sampler="euler", steps=12, spacing="karras"),
+    "euler-12-logsnr": dict(sampler="euler", steps=12, spacing="logsnr"),
+    "heun-12": dict(sampler="heun", steps=12),
+    "heun-24": dict(sampler="heun", steps=24),
+    "em-12": dict(sampler="euler-maruyama", steps=12, churn=1.0),
+    "em-24": dict(sampler="euler-maruyama", steps=24, churn=1.0),
+    "em-24-c0.3": dict(sampler="euler-maruyama", steps=24, churn=0.3),
+    "ddpm-12": dict(sampler="ddpm", steps=12),
+}
+
+mode, n = sys.argv[1], int(sys.argv[2])
+names = sys.argv[3].split(",") if len(sys.argv) > 3 else list(SAMPLERS)
+X = load_dataset("fashion-mnist", limit=10000 + 500 + 5 * n)
+pool, V, ref = X[:10000], X[10000:10500], X[10500:]
+clf = fashion_classifier(progress=False)
+pca = PCAFeatures(pool)
+features = {"pca": pca(V), "clf": clf.features(V)}
+
+
+def quality(S, rows=pool):
+    """Scores of images S against the validation images; nearest distances to ``rows`` (a copy of any is a copy)."""
+    q = nearest_distance_stats(S, rows, heldout=V)
+    return {"ratio": q["median_ratio"], "ks": q["ks"], "copy": q["copy_rate"],
+            "fd_pca": frechet_distance(pca(S), features["pca"]),
+            "fd_clf": frechet_distance(clf.features(S), features["clf"]),
+            "conf": float(clf.probabilities(S).max(1).values.mean())}
+
+
+def report(name, S, t0, rows=pool):
+    print(name, f"{time.perf_counter() - t0:.0f} s", {k: round(v, 3) for k, v in quality(S, rows).items()},
+          flush=True)
+
+
+if mode == "samplers":
+    real = [quality(ref[i * n:(i + 1) * n]) for i in range(5)]
+    print("real (mean, sd over 5 sets)", {k: (round(float(v.mean()), 3), round(float(v.std()), 3)) for k, v in
+                                          ((k, torch.tensor([r[k] for r in real])) for k in real[0])}, flush=True)
+    den = CoarseToFineDenoiser(pool)
+    for name in names:
+        t0 = time.perf_counter()
+        report(name, boneless.sample(den, "rectified-flow", n=n, seed=1, **SAMPLERS[name]).samples, t0)
+elif mode == "members":
+    for member in names:
+        t0 = time.perf_counter()
+        w = torch.zeros(len(BLEND_SIGMAS), len(BLEND_MEMBERS), dtype=torch.float64)
+        w[:, BLEND_MEMBERS.index(member)] = 1  # one-hot blend weights: this member alone below the switch
+        den = CoarseToFineDenoiser(pool, blend={"weights": w})
+        report(member, boneless.sample(den, "rectified-flow", n=n, seed=1, sampler="euler", steps=12).samples, t0)
+elif mode == "flips":
+    t0 = time.perf_counter()
+    rows = torch.cat([pool, pool.flip(-1)])
+    den = CoarseToFineDenoiser(rows)
+    report("flip-augmented", boneless.sample(den, "rectified-flow", n=n, seed=1, sampler="euler", steps=12).samples,
+           t0, rows)
+else:
+    sys.exit(f"unknown mode {mode!r}: samplers, members or flips")
