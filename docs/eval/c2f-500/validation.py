@@ -32,7 +32,13 @@ SAMPLERS = {
 }
 
 mode, n = sys.argv[1], int(sys.argv[2])
-names = sys.argv[3].split(",") if len(sys.argv) > 3 else list(SAMPLERS)
+if mode not in ("samplers", "members", "flips"):
+    sys.exit(f"unknown mode {mode!r}: samplers, members or flips")
+names = sys.argv[3].split(",") if len(sys.argv) > 3 else list(SAMPLERS) if mode == "samplers" else []
+unknown = [m for m in names if m not in (SAMPLERS if mode == "samplers" else BLEND_MEMBERS)]
+if unknown or (mode == "members" and not names):
+    sys.exit(f"unknown or missing {mode[:-1]} names {unknown}: choose from "
+             f"{', '.join(SAMPLERS if mode == 'samplers' else BLEND_MEMBERS)}")
 X = load_dataset("fashion-mnist", limit=10000 + 500 + 5 * n)
 pool, V, ref = X[:10000], X[10000:10500], X[10500:]
 clf = fashion_classifier(progress=False)
@@ -75,5 +81,3 @@ elif mode == "flips":
     den = CoarseToFineDenoiser(rows)
     report("flip-augmented", boneless.sample(den, "rectified-flow", n=n, seed=1, sampler="euler", steps=12).samples,
            t0, rows)
-else:
-    sys.exit(f"unknown mode {mode!r}: samplers, members or flips")
