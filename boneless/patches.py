@@ -20,6 +20,9 @@ over the stored patches ``{x_i[P]}`` is ``w_i = softmax_i(-|x_t[P] - alpha x_i[P
   only with patches that meet the image boundary the same way (same clipped footprint, so the interior is fully
   translation-equivariant and each border offset is its own class); ``boundary="zero"`` zero-pads every image
   and compares all padded patches with each other.
+- :class:`WienerLocalDenoiser` (``local-wiener``; after Lukoianov et al., arXiv 2509.09672): the LS machine with
+  each pixel's square replaced by the ``k^2`` pixels the Wiener filter at that noise level makes it depend on
+  most, so the footprint's shape follows the data's pixel correlations.
 - :class:`PatchCompositeDenoiser` (``patch-composite``; Niedoba et al., PSPC-Square): every ``k x k`` square
   that fits in the image gets the posterior mean over same-location training squares, and each pixel is the
   average of the posterior means of all squares that cover it.
@@ -43,8 +46,9 @@ import torch
 
 from .bank import C_MAX, EXP_FLOOR, U32, Bank
 from .checks import non_negative, positive_int
+from .closed_form import GaussianDenoiser
 from .data import REFERENCE_SPREAD, check_data, spread
-from .denoisers import Coef, check_query
+from .denoisers import Coef, EmpiricalDenoiser, check_query
 from .rows import repeated_rows
 
 Boundary = Literal["broken", "zero"]
@@ -105,6 +109,8 @@ def _as_schedule(schedule, default: PatchSchedule) -> PatchSchedule:
 LOCAL_SCHEDULE = PatchSchedule((0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), (1, 1, 1, 3, 5, 9, 15, 15))
 COMPOSITE_SCHEDULE = PatchSchedule((0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), (1, 1, 2, 3, 7, 11, 19, 28))
 EQUIVARIANT_SCHEDULE = PatchSchedule((0.05, 0.2, 1.0, 2.0), (1, 3, 7, 7))  # calibrated with a pool of 100
+# WienerLocalDenoiser's sides (footprints of k^2 pixels; 28 = every pixel, the exact denoiser), calibrated as LOCAL's
+WIENER_LOCAL_SCHEDULE = PatchSchedule((0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), (1, 1, 2, 2, 4, 9, 19, 28))
 
 # tier-1 threshold of the patch banks on the float32 logit error bound (nats; see boneless.bank): patch
 # posteriors use float32 logits up to this bound (weights within e^(2 delta) of exact; measured deviation from
@@ -112,6 +118,7 @@ EQUIVARIANT_SCHEDULE = PatchSchedule((0.05, 0.2, 1.0, 2.0), (1, 3, 7, 7))  # cal
 # exact tiers beyond it (very low noise)
 PATCH_FAST_DELTA = 1e-2
 QUERY_BLOCK = 1 << 21  # queries x rows per block of a bank reduction (bounds the B x chunk scratch memory)
+KEPT_FOOTPRINTS = 32  # noise levels whose Wiener footprints WienerLocalDenoiser keeps
 
 
 def _reduce_mean(bank: Bank, q: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -324,6 +331,112 @@ class LocalDenoiser(_PatchDenoiser):
                 for l, (i, j, _, _) in enumerate(block):
                     out[:, :, i, j] = m[l]
         return out
+
+
+def wiener_footprints(U: torch.Tensor, ev: torch.Tensor, lam: float, shape: tuple[int, int, int], d: int,
+                      *, block: int = 1024) -> torch.Tensor:
+    """The ``d`` pixels each pixel of a ``[C, H, W]`` image depends on most under the Wiener filter at noise
+    level ``lam``: [H W, d] flat pixel indices (row-major), the pixel itself first.
+
+    The filter's Jacobian is ``J = U diag(ev / (ev + lam^2)) U^T`` (``U`` [C H W, r], ``ev`` [r]: the data
+    covariance's eigenpairs, float64); pixel ``p``'s sensitivity to pixel ``q`` is ``sum |J[(c, p), (c', q)]|``
+    over the channels. Ties (zero rows: pixels the data never vary) go to the nearer pixel, then the lower index,
+    so a diagonal covariance gives the ``k x k`` square for ``d = k^2`` away from the border.
+    """
+    C, H, W = shape
+    P = H * W
+    d = min(d, P)
+    g = ev / (ev + lam ** 2)
+    yy, xx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    pos = torch.stack([yy.reshape(-1), xx.reshape(-1)], 1).to(torch.float64)
+    Uc = U.reshape(C, P, -1)
+    out = torch.empty(P, d, dtype=torch.long)
+    for p0 in range(0, P, block):
+        rows = torch.arange(p0, min(P, p0 + block))
+        S = torch.zeros(len(rows), P, dtype=torch.float64, device=U.device)
+        for c in range(C):
+            Jc = (Uc[c, rows] * g) @ U.T  # [rows, C P]: output channel c of these pixels
+            S += Jc.abs().reshape(len(rows), C, P).sum(1)
+        S = S.cpu()
+        S[torch.arange(len(rows)), rows] = math.inf  # the pixel itself first
+        dist = torch.cdist(pos[rows], pos)  # ties: nearer first, then lower index (stable sorts)
+        by_dist = dist.argsort(dim=1, stable=True)
+        order = S.gather(1, by_dist).argsort(dim=1, descending=True, stable=True)
+        out[rows] = by_dist.gather(1, order)[:, :d]
+    return out
+
+
+class WienerLocalDenoiser(_PatchDenoiser):
+    """Locality from the data's statistics (after Lukoianov, Yuan, Solomon & Sitzmann, arXiv 2509.09672): the LS
+    machine (:class:`LocalDenoiser`) with each pixel's square patch replaced by the pixels the Wiener filter at
+    that noise level makes it depend on most.
+
+    Pixel ``p`` of ``x0_hat`` is ``sum_i w_i(p) x_i[p]``, ``w_i(p) = softmax_i(-|x[F_p] - alpha x_i[F_p]|^2 /
+    (2 sigma^2))``, where the footprint ``F_p`` holds the ``k^2`` pixels (all channels) of largest sensitivity
+    ``|J[p, q]|`` of the Wiener filter's Jacobian ``J = U diag(ev / (ev + lam^2)) U^T`` (:func:`wiener_footprints`),
+    ``k`` the schedule's side at ``lam = sigma / alpha``. So it differs from ``local`` only in the footprint's
+    shape, which follows the data's pixel correlations. The footprints are made at each query's own noise level (a
+    few hundredths of a second at 28 x 28) and kept for the last few levels. Their paper thresholds the
+    sensitivity; a pixel count (a size, calibrated like ``local``'s) is used here instead. Footprints of every
+    pixel are the exact denoiser, and are computed by it (:class:`EmpiricalDenoiser`).
+
+    Args:
+        X: training images [N, C, H, W].
+        schedule: a :class:`PatchSchedule` or a fixed side ``k`` (``k^2`` pixels; default:
+            :data:`WIENER_LOCAL_SCHEDULE`).
+        chunk_size: rows per step of the bank loop.
+        fast_delta: the float32 tier's bound on the logit error (:data:`PATCH_FAST_DELTA`).
+        device: where the data live and the computation runs.
+    """
+
+    default_schedule = WIENER_LOCAL_SCHEDULE
+
+    def __init__(self, X: torch.Tensor, *, schedule: PatchSchedule | int | None = None, chunk_size: int = 8192,
+                 fast_delta: float = PATCH_FAST_DELTA, device: torch.device | str | None = None):
+        super().__init__(X, schedule=schedule, chunk_size=chunk_size, fast_delta=fast_delta, device=device)
+        self._wiener = GaussianDenoiser(self.X)
+        self._rows = self.X.permute(0, 2, 3, 1).reshape(len(self.X), -1, self.shape[0])  # [N, H W, C]
+        self._footprints: dict[float, torch.Tensor] = {}  # noise level -> [H W, k^2], oldest first
+        self._exact = None  # the exact denoiser, for footprints of every pixel (made when first needed)
+
+    def footprints(self, lam: float) -> torch.Tensor:
+        """The footprints [H W, k^2] (flat pixel indices, the pixel first) at noise level ``lam = sigma / alpha``,
+        ``k`` the schedule's side there; the last :data:`KEPT_FOOTPRINTS` noise levels' are kept."""
+        key = float(lam)
+        if key not in self._footprints:
+            if len(self._footprints) >= KEPT_FOOTPRINTS:
+                self._footprints.pop(next(iter(self._footprints)))
+            k = self.patch_size(key)
+            self._footprints[key] = wiener_footprints(self._wiener.U, self._wiener.lam, key, self.shape,
+                                                      k * k).to(self.device)
+        return self._footprints[key]
+
+    def _denoise(self, x, a, s, k):
+        B, C, H, W = x.shape
+        if k * k >= H * W:  # every pixel's footprint is the whole image: the exact denoiser, at its cost
+            if self._exact is None:
+                self._exact = EmpiricalDenoiser(self.X, device=self.device)
+            return self._exact(x, a, s)
+        out = torch.empty(B, H * W, C, dtype=x.dtype, device=x.device)
+        q_all = x.permute(0, 2, 3, 1).reshape(B, H * W, C)
+        a, s = a.to(self.device), s.to(self.device)
+        groups: dict[float, list[int]] = {}  # queries by noise level: one set of footprints each
+        for b, lam in enumerate((s / a).tolist()):
+            groups.setdefault(lam, []).append(b)
+        for lam, members in groups.items():
+            fp = self.footprints(lam)
+            idx = torch.tensor(members, device=x.device)
+            d = fp.shape[1] * C
+            step = _location_block(len(members), len(self.X), d)
+            centre = torch.arange(C, device=x.device).expand(step, C)  # the pixel is first in its footprint
+            for p0 in range(0, H * W, step):
+                f = fp[p0:p0 + step]  # [L, d]
+                R = self._rows[:, f].permute(1, 2, 3, 0).reshape(len(f), d, -1)  # [L, d C, N]
+                q = q_all[idx][:, f].permute(1, 0, 2, 3).reshape(len(f), len(members), d)
+                m, _ = _reduce_locations(R, q, a[idx], s[idx], fast_delta=self.fast_delta,
+                                         chunk_size=self.chunk_size, columns=centre[:len(f)])
+                out[idx, p0:p0 + len(f)] = m.transpose(0, 1)
+        return out.reshape(B, H, W, C).permute(0, 3, 1, 2)
 
 
 class PatchCompositeDenoiser(_PatchDenoiser):

@@ -16,7 +16,8 @@ from .composites import BlendDenoiser, CoarseToFineDenoiser
 from .denoisers import EmpiricalDenoiser
 from .experts import SUREExpertsDenoiser
 from .memo import build
-from .patches import (EquivariantLocalDenoiser, LocalDenoiser, LocalGaussianDenoiser, PatchCompositeDenoiser)
+from .patches import (EquivariantLocalDenoiser, LocalDenoiser, LocalGaussianDenoiser, PatchCompositeDenoiser,
+                      WienerLocalDenoiser)
 
 DENOISERS: dict[str, type] = {
     "empirical": EmpiricalDenoiser,
@@ -25,6 +26,7 @@ DENOISERS: dict[str, type] = {
     "gmm": GMMDenoiser,
     "local": LocalDenoiser,
     "local-equivariant": EquivariantLocalDenoiser,
+    "local-wiener": WienerLocalDenoiser,
     "patch-composite": PatchCompositeDenoiser,
     "local-gaussian": LocalGaussianDenoiser,
     "blend": BlendDenoiser,

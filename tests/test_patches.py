@@ -1,18 +1,22 @@
-"""Mathematics of the patch denoisers: local (LS), local-equivariant (ELS/bbELS), patch-composite (PSPC-Square),
-local-gaussian; schedules and calibration; the registry."""
+"""Mathematics of the patch denoisers: local (LS), local-equivariant (ELS/bbELS), local-wiener, patch-composite
+(PSPC-Square), local-gaussian; schedules and calibration; the registry."""
 
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import record
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from boneless import DENOISERS
 from boneless.closed_form import GaussianDenoiser, GMMDenoiser
 from boneless.data import REFERENCE_SPREAD, spread
 from boneless.denoisers import exact_reference
-from boneless.patches import (EquivariantLocalDenoiser, LocalDenoiser, LocalGaussianDenoiser, PatchCompositeDenoiser,
-                              PatchSchedule, calibrate, validation_errors)
+from boneless.patches import (PATCH_FAST_DELTA, EquivariantLocalDenoiser, LocalDenoiser, LocalGaussianDenoiser,
+                              PatchCompositeDenoiser, PatchSchedule, WienerLocalDenoiser, calibrate, validation_errors,
+                              wiener_footprints)
 
 N, C, H, W = 40, 2, 6, 5
 
@@ -103,7 +107,8 @@ def test_whole_image_patches_give_the_exact_denoiser(X, queries):
     ref = exact_reference(X, x, a, s)
     big = 2 * max(H, W) - 1  # a centred patch this large covers the whole image from every pixel
     for den in (LocalDenoiser(X, schedule=big), PatchCompositeDenoiser(X, schedule=max(H, W)),
-                EquivariantLocalDenoiser(X, schedule=big), LocalDenoiser(X, schedule=99)):
+                EquivariantLocalDenoiser(X, schedule=big), LocalDenoiser(X, schedule=99),
+                WienerLocalDenoiser(X, schedule=max(H, W))):  # max(H, W)^2 >= H W pixels: all of them
         torch.testing.assert_close(den(x, a, s).double(), ref, rtol=0, atol=2e-5)
 
 
@@ -112,6 +117,84 @@ def test_local_is_the_per_pixel_same_location_posterior(X, queries, k):
     x, a, s = queries
     torch.testing.assert_close(LocalDenoiser(X, schedule=k)(x, a, s).double(), brute_local(X, x, a, s, k),
                                rtol=0, atol=2e-5)
+
+
+def brute_footprints(X, lam, d):
+    """Independent float64 footprints: the Wiener filter's Jacobian ``Sigma (Sigma + lam^2 I)^-1`` by a solve (no
+    eigenbasis), pixel sensitivities summed over channel pairs, the pixel first, then by decreasing sensitivity
+    (no ties in smooth random data): [H W, d] as sets."""
+    Xf = X.double().flatten(1)
+    Xc = Xf - Xf.mean(0)
+    S = Xc.T @ Xc / len(X)
+    J = torch.linalg.solve(S + lam ** 2 * torch.eye(len(S), dtype=S.dtype), S).T  # S (S + lam^2)^-1, symmetric
+    sens = J.abs().reshape(C, H * W, C, H * W).sum((0, 2))
+    sens.fill_diagonal_(math.inf)
+    return [set(row.argsort(descending=True)[:d].tolist()) for row in sens]
+
+
+def brute_wiener_local(X, x, a, s, footprints):
+    """Pixel p: the float64 posterior over the training images restricted to the pixels ``footprints[b][p]``."""
+    shape = x.shape
+    X, x = X.double().flatten(2), x.double().flatten(2)  # [n, C, H W]
+    out = torch.zeros_like(x)
+    for b in range(len(x)):
+        for p, fp in enumerate(footprints[b]):
+            fp = torch.as_tensor(fp)
+            out[b:b + 1, :, p] = softmax_mean(x[b:b + 1, :, fp].flatten(1), X[:, :, fp].flatten(1), X[:, :, p],
+                                              a[b:b + 1], s[b:b + 1])
+    return out.reshape(shape)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_local_wiener_follows_its_definition(X, queries, k):
+    x, a, s = queries
+    den = WienerLocalDenoiser(X, schedule=k)
+    lams = (s / a).tolist()
+    fps = [den.footprints(lam) for lam in lams]
+    for fp, lam in zip(fps, lams):  # the footprints: the pixel first, then the filter's most sensitive pixels
+        assert fp.shape == (H * W, k * k) and bool((fp[:, 0] == torch.arange(H * W)).all())
+        assert [set(row.tolist()) for row in fp] == brute_footprints(X, lam, k * k)
+    torch.testing.assert_close(den(x, a, s).double(), brute_wiener_local(X, x, a, s, fps), rtol=0, atol=2e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 30), c=st.integers(1, 2), h=st.integers(1, 6), w=st.integers(2, 6), k=st.integers(1, 4),
+       scale=st.floats(1e-2, 1e2), offset=st.floats(-50, 50), log_lam=st.floats(-3, 1), alpha=st.floats(0.1, 1.0),
+       near=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_local_wiener_matches_float64_at_any_size_scale_and_noise(n, c, h, w, k, scale, offset, log_lam, alpha,
+                                                                 near, seed):
+    """Property (Hypothesis): on any finite data (any scale and offset, one training image possible), at any
+    noise level, each query's float32 estimate is within 1e-4 (relative L2, the exactness contract's measure) of
+    the float64 posterior of the definition on the denoiser's own footprints, with the default float32 tier
+    (``fast_delta``) and with the exact tiers alone. ``near``: queries close to a training image, where the
+    posterior is peaked."""
+    g = torch.Generator().manual_seed(seed)
+    Xd = offset + scale * torch.randn(n, c, h, w, generator=g)
+    lam = 10 ** log_lam * scale
+    x0 = Xd[torch.randint(n, (2,), generator=g)] if near else offset + scale * torch.randn(2, c, h, w, generator=g)
+    a = torch.full((2,), alpha, dtype=torch.float64)
+    sg = a * lam
+    x = alpha * x0 + sg.float()[:, None, None, None] * torch.randn(x0.shape, generator=g)
+    case = dict(n=n, c=c, h=h, w=w, k=k, scale=scale, offset=offset, log_lam=log_lam, alpha=alpha, near=near,
+                seed=seed)
+    for fast_delta in (PATCH_FAST_DELTA, 1e-9):
+        den = WienerLocalDenoiser(Xd, schedule=k, fast_delta=fast_delta)
+        want = brute_wiener_local(Xd, x, a, sg, [den.footprints(float(l)) for l in (sg / a).tolist()])
+        err = (den(x, a, sg).double() - want).flatten(1).norm(dim=1) / want.flatten(1).norm(dim=1)
+        record("local-wiener" if fast_delta == PATCH_FAST_DELTA else "local-wiener, exact tiers", err.tolist(), case)
+        assert float(err.max()) <= 1e-4
+
+
+def test_wiener_footprints_of_independent_pixels_are_squares():
+    """A diagonal covariance has a diagonal filter: every tie goes to the nearer pixel, so away from the border
+    the footprint of k^2 pixels is the k x k square (the LS machine's patch)."""
+    Hh, Ww = 7, 6
+    eye = torch.eye(Hh * Ww, dtype=torch.float64)
+    fp = wiener_footprints(eye, torch.ones(Hh * Ww, dtype=torch.float64), 0.3, (1, Hh, Ww), 9)
+    for i in range(1, Hh - 1):
+        for j in range(1, Ww - 1):
+            want = {(i + u) * Ww + j + v for u in (-1, 0, 1) for v in (-1, 0, 1)}
+            assert set(fp[i * Ww + j].tolist()) == want
 
 
 @pytest.mark.parametrize("k", [2, 3])
@@ -190,7 +273,7 @@ def test_local_gaussian_restores_constant_background_exactly():
     torch.testing.assert_close(out[:, :, 0, :], -torch.ones(2, 1, 6))
 
 
-@pytest.mark.parametrize("name", ["local", "local-equivariant", "patch-composite", "local-gaussian"])
+@pytest.mark.parametrize("name", ["local", "local-equivariant", "local-wiener", "patch-composite", "local-gaussian"])
 def test_shapes_alpha_zero_and_batched_sigma(X, queries, name):
     x, a, s = queries
     den = DENOISERS[name](X[:10])

@@ -5,6 +5,8 @@ the first 10000 does not contain), never test images. docs/EVAL.md, "Goal 2 at 5
     python validation.py samplers N [VARIANT,...]    # N samples from seed 1 per sampler variant (default: all)
     python validation.py members N MEMBER,...          # one blend member alone below the switch (Euler, 12 steps)
     python validation.py flips N                       # the pool and its flips (20000 rows; Euler, 12 steps)
+    python validation.py alone N NAME,...              # registry denoisers on their own (Euler, 12 steps)
+    python validation.py below N NAME,...              # a registry denoiser alone below the switch (Euler, 12)
 """
 import sys
 import time
@@ -13,8 +15,8 @@ import torch
 
 import boneless
 from boneless.classifier import fashion_classifier
-from boneless.composites import BLEND_MEMBERS, BLEND_SIGMAS, CoarseToFineDenoiser
-from boneless.data import load_dataset
+from boneless.composites import BLEND_MEMBERS, BLEND_SIGMAS, COARSE_TO_FINE_SWITCH, CoarseToFineDenoiser
+from boneless.data import REFERENCE_SPREAD, load_dataset, spread
 from boneless.metrics import PCAFeatures, frechet_distance, nearest_distance_stats
 
 SAMPLERS = {
@@ -32,13 +34,14 @@ SAMPLERS = {
 }
 
 mode, n = sys.argv[1], int(sys.argv[2])
-if mode not in ("samplers", "members", "flips"):
-    sys.exit(f"unknown mode {mode!r}: samplers, members or flips")
+CHOICES = {"samplers": SAMPLERS, "members": BLEND_MEMBERS, "flips": (), "alone": boneless.DENOISERS,
+           "below": boneless.DENOISERS}
+if mode not in CHOICES:
+    sys.exit(f"unknown mode {mode!r}: {', '.join(CHOICES)}")
 names = sys.argv[3].split(",") if len(sys.argv) > 3 else list(SAMPLERS) if mode == "samplers" else []
-unknown = [m for m in names if m not in (SAMPLERS if mode == "samplers" else BLEND_MEMBERS)]
-if unknown or (mode == "members" and not names):
-    sys.exit(f"unknown or missing {mode[:-1]} names {unknown}: choose from "
-             f"{', '.join(SAMPLERS if mode == 'samplers' else BLEND_MEMBERS)}")
+unknown = [m for m in names if m not in CHOICES[mode]]
+if unknown or (mode not in ("samplers", "flips") and not names):
+    sys.exit(f"unknown or missing names {unknown}: choose from {', '.join(CHOICES[mode])}")
 X = load_dataset("fashion-mnist", limit=10000 + 500 + 5 * n)
 pool, V, ref = X[:10000], X[10000:10500], X[10500:]
 clf = fashion_classifier(progress=False)
@@ -81,3 +84,24 @@ elif mode == "flips":
     den = CoarseToFineDenoiser(rows)
     report("flip-augmented", boneless.sample(den, "rectified-flow", n=n, seed=1, sampler="euler", steps=12).samples,
            t0, rows)
+elif mode == "alone":
+    for name in names:
+        t0 = time.perf_counter()
+        den = boneless.DENOISERS[name](pool)
+        report(name, boneless.sample(den, "rectified-flow", n=n, seed=1, sampler="euler", steps=12).samples, t0)
+elif mode == "below":
+    class Below:
+        """The exact posterior mean above coarse-to-fine's switch, the named denoiser alone below it."""
+
+        def __init__(self, fine):
+            self.exact, self.fine, self.shape = boneless.EmpiricalDenoiser(pool), fine, fine.shape
+            self.switch = COARSE_TO_FINE_SWITCH * spread(pool) / REFERENCE_SPREAD  # as CoarseToFineDenoiser scales it
+
+        def __call__(self, x, alpha, sigma):
+            coarse = float(sigma) >= self.switch * float(alpha)  # the samplers' steps: one noise level per call
+            return (self.exact if coarse else self.fine)(x, alpha, sigma)
+
+    for name in names:
+        t0 = time.perf_counter()
+        den = Below(boneless.DENOISERS[name](pool))
+        report(name, boneless.sample(den, "rectified-flow", n=n, seed=1, sampler="euler", steps=12).samples, t0)
