@@ -118,7 +118,7 @@ WIENER_LOCAL_SCHEDULE = PatchSchedule((0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 # exact tiers beyond it (very low noise)
 PATCH_FAST_DELTA = 1e-2
 QUERY_BLOCK = 1 << 21  # queries x rows per block of a bank reduction (bounds the B x chunk scratch memory)
-KEPT_FOOTPRINTS = 32  # noise levels whose Wiener footprints WienerLocalDenoiser keeps
+KEPT_FOOTPRINTS = 16  # noise levels whose Wiener footprints (and rows' norms) WienerLocalDenoiser keeps
 
 
 def _reduce_mean(bank: Bank, q: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -376,9 +376,9 @@ class WienerLocalDenoiser(_PatchDenoiser):
     ``|J[p, q]|`` of the Wiener filter's Jacobian ``J = U diag(ev / (ev + lam^2)) U^T`` (:func:`wiener_footprints`),
     ``k`` the schedule's side at ``lam = sigma / alpha``. So it differs from ``local`` only in the footprint's
     shape, which follows the data's pixel correlations. The footprints are made at each query's own noise level (a
-    few hundredths of a second at 28 x 28) and kept for the last few levels. Their paper thresholds the
-    sensitivity; a pixel count (a size, calibrated like ``local``'s) is used here instead. Footprints of every
-    pixel are the exact denoiser, and are computed by it (:class:`EmpiricalDenoiser`).
+    few hundredths of a second at 28 x 28) and kept, with their rows' norms, for the last few levels. Their paper
+    thresholds the sensitivity; a pixel count (a size, calibrated like ``local``'s) is used here instead.
+    Footprints of every pixel are the exact denoiser, and are computed by it (:class:`EmpiricalDenoiser`).
 
     Args:
         X: training images [N, C, H, W].
@@ -395,20 +395,31 @@ class WienerLocalDenoiser(_PatchDenoiser):
                  fast_delta: float = PATCH_FAST_DELTA, device: torch.device | str | None = None):
         super().__init__(X, schedule=schedule, chunk_size=chunk_size, fast_delta=fast_delta, device=device)
         self._wiener = GaussianDenoiser(self.X)
-        self._rows = self.X.permute(0, 2, 3, 1).reshape(len(self.X), -1, self.shape[0])  # [N, H W, C]
-        self._footprints: dict[float, torch.Tensor] = {}  # noise level -> [H W, k^2], oldest first
+        C, H, W = self.shape
+        self._pixels = self.XT.reshape(H * W, C, len(self.X))  # [H W, C, N]: a footprint's rows as columns
+        self._pixel_sq = (self._pixels.double() ** 2).sum(1)  # [H W, N] float64
+        self._footprints: dict[float, tuple] = {}  # noise level -> footprints [H W, k^2] and their rows' norms
         self._exact = None  # the exact denoiser, for footprints of every pixel (made when first needed)
 
     def footprints(self, lam: float) -> torch.Tensor:
         """The footprints [H W, k^2] (flat pixel indices, the pixel first) at noise level ``lam = sigma / alpha``,
-        ``k`` the schedule's side there; the last :data:`KEPT_FOOTPRINTS` noise levels' are kept."""
+        ``k`` the schedule's side there."""
+        return self._kept(lam)[0]
+
+    def _kept(self, lam: float) -> tuple:
+        """The footprints at ``lam`` and the squared norms of every footprint's training rows, as
+        :func:`_square_norms` gives them ([H W, N] float32, [H W] float64): made once per noise level (one float64
+        product with the footprints' 0/1 matrix) and kept for the last :data:`KEPT_FOOTPRINTS` levels."""
         key = float(lam)
         if key not in self._footprints:
             if len(self._footprints) >= KEPT_FOOTPRINTS:
                 self._footprints.pop(next(iter(self._footprints)))
             k = self.patch_size(key)
-            self._footprints[key] = wiener_footprints(self._wiener.U, self._wiener.lam, key, self.shape,
-                                                      k * k).to(self.device)
+            fp = wiener_footprints(self._wiener.U, self._wiener.lam, key, self.shape, k * k).to(self.device)
+            member = torch.zeros(len(fp), len(fp), dtype=torch.float64, device=self.device)
+            member.scatter_(1, fp, 1.0)
+            sq64 = member @ self._pixel_sq  # [H W, N]: each footprint's rows' squared norms
+            self._footprints[key] = (fp, sq64.float(), sq64.max(1).values.sqrt())
         return self._footprints[key]
 
     def _denoise(self, x, a, s, k):
@@ -424,17 +435,18 @@ class WienerLocalDenoiser(_PatchDenoiser):
         for b, lam in enumerate((s / a).tolist()):
             groups.setdefault(lam, []).append(b)
         for lam, members in groups.items():
-            fp = self.footprints(lam)
+            fp, sq32, r = self._kept(lam)
             idx = torch.tensor(members, device=x.device)
             d = fp.shape[1] * C
             step = _location_block(len(members), len(self.X), d)
             centre = torch.arange(C, device=x.device).expand(step, C)  # the pixel is first in its footprint
             for p0 in range(0, H * W, step):
-                f = fp[p0:p0 + step]  # [L, d]
-                R = self._rows[:, f].permute(1, 2, 3, 0).reshape(len(f), d, -1)  # [L, d C, N]
+                f = fp[p0:p0 + step]  # [L, k^2]
+                R = self._pixels[f].reshape(len(f), d, -1)  # [L, k^2 C, N]
                 q = q_all[idx][:, f].permute(1, 0, 2, 3).reshape(len(f), len(members), d)
                 m, _ = _reduce_locations(R, q, a[idx], s[idx], fast_delta=self.fast_delta,
-                                         chunk_size=self.chunk_size, columns=centre[:len(f)])
+                                         chunk_size=self.chunk_size, columns=centre[:len(f)],
+                                         norms=(sq32[p0:p0 + step], r[p0:p0 + step]))
                 out[idx, p0:p0 + len(f)] = m.transpose(0, 1)
         return out.reshape(B, H, W, C).permute(0, 3, 1, 2)
 
