@@ -22,11 +22,11 @@ from .closed_form import GaussianDenoiser, GMMDenoiser
 from .data import REFERENCE_SPREAD, check_data, spread
 from .denoisers import Coef, EmpiricalDenoiser, check_query, prior_mean_at_alpha_zero
 from .memo import build
-from .patches import LocalDenoiser, LocalGaussianDenoiser, PatchCompositeDenoiser
+from .patches import LocalGaussianDenoiser, PatchCompositeDenoiser, WienerLocalDenoiser
 
 
 BLEND_SIGMAS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-BLEND_MEMBERS = ("local-gaussian", "composite", "local", "gmm", "gaussian", "identity")
+BLEND_MEMBERS = ("local-gaussian", "composite", "local-wiener", "gmm", "gaussian", "identity")
 
 
 class BlendDenoiser:
@@ -34,9 +34,10 @@ class BlendDenoiser:
 
     ``x0_hat = sum_m w_m(lam) e_m(x)`` with the members ``e_m``: the :class:`LocalGaussianDenoiser` estimate
     (``local-gaussian``), the patch composite (``composite``, :class:`PatchCompositeDenoiser`), the local score
-    machine (``local``, :class:`LocalDenoiser`), the Gaussian mixture (``gmm``), the Wiener filter (``gaussian``)
-    and the noisy input itself (``identity``, ``x / alpha``), each the registry's denoiser of that name with its
-    defaults (unless ``local_gaussian`` or ``local`` say otherwise).
+    machine with the Wiener filter's footprints (``local-wiener``, :class:`WienerLocalDenoiser`; until 2026-12-03
+    the square-patch ``local``), the Gaussian mixture (``gmm``), the Wiener filter (``gaussian``) and the noisy
+    input itself (``identity``, ``x / alpha``), each the registry's denoiser of that name with its defaults
+    (unless ``local_gaussian`` or ``local`` say otherwise).
     The weights are fitted, per calibration level ``sigma`` in ``sigmas``, by least squares of the blended
     estimate against clean validation images noised as ``x + sigma z`` (training-free, like a patch-size
     calibration: six numbers per level), and interpolated linearly in ``log(sigma / alpha)`` in between
@@ -61,7 +62,7 @@ class BlendDenoiser:
         refit: after the fit, build the members again on all of ``X`` (only when the validation images were
             taken out of ``X``).
         local_gaussian: options of the local Gaussian member (e.g. ``schedule``, ``neighbours``, ``shift``).
-        local: options of the local score member (e.g. ``schedule``).
+        local: options of the local score member, ``local-wiener`` (e.g. ``schedule``).
         device: where the members compute.
     """
 
@@ -103,7 +104,7 @@ class BlendDenoiser:
         self.mean = X.double().mean(0).float()
         self.local_gaussian = build(LocalGaussianDenoiser, X, device=o["device"], **(o["local_gaussian"] or {}))
         self.composite = build(PatchCompositeDenoiser, X, device=o["device"])
-        self.local = build(LocalDenoiser, X, device=o["device"], **(o["local"] or {}))
+        self.local = build(WienerLocalDenoiser, X, device=o["device"], **(o["local"] or {}))
         self.gmm = build(GMMDenoiser, X, components=min(o["components"], len(X)), seed=o["seed"], device=o["device"])
         self.gauss = build(GaussianDenoiser, X, device=o["device"])
 

@@ -117,7 +117,7 @@ def test_blend_members_are_the_rows_denoisers_and_answer_from_memory():
     plain = BlendDenoiser(X, **kw)(x, 1.0, 0.5)
     with memo.sharing() as m:
         rows = [make_denoiser("local-gaussian", X, schedule=3, neighbours=8), make_denoiser("patch-composite", X),
-                make_denoiser("local", X, schedule=3), make_denoiser("gmm", X, components=2),
+                make_denoiser("local-wiener", X, schedule=3), make_denoiser("gmm", X, components=2),
                 make_denoiser("gaussian", X)]
         for den in rows:
             den(x, 1.0, 0.5)

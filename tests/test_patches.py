@@ -387,7 +387,7 @@ def test_blend_refits_its_members_on_every_image_after_the_fit(X):
     want = torch.einsum("bm,mb...->b...", refit.weights_at(torch.full((3,), 0.3, dtype=torch.float64)),
                         torch.stack([e.double() for e in (
                             LocalGaussianDenoiser(X)(x, 1.0, 0.3), PatchCompositeDenoiser(X)(x, 1.0, 0.3),
-                            LocalDenoiser(X)(x, 1.0, 0.3), GMMDenoiser(X, components=2)(x, 1.0, 0.3),
+                            WienerLocalDenoiser(X)(x, 1.0, 0.3), GMMDenoiser(X, components=2)(x, 1.0, 0.3),
                             GaussianDenoiser(X)(x, 1.0, 0.3), x)]))
     torch.testing.assert_close(refit(x, 1.0, 0.3), want.float(), rtol=0, atol=1e-5)
     torch.testing.assert_close(refit(x, 0.0, 1.0), X.double().mean(0).float().expand_as(x))

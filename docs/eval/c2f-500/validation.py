@@ -5,7 +5,7 @@ the first 10000 does not contain), never test images. docs/EVAL.md, "Goal 2 at 5
     python validation.py samplers N [VARIANT,...]    # N samples from seed 1 per sampler variant (default: all)
     python validation.py members N MEMBER,...          # one blend member alone below the switch (Euler, 12 steps)
     python validation.py flips N                       # the pool and its flips (20000 rows; Euler, 12 steps)
-    python validation.py alone N NAME,...              # registry denoisers on their own (Euler, 12 steps)
+    python validation.py alone N NAME[@VARIANT],...    # registry denoisers on their own (default: euler-12)
     python validation.py below N NAME,...              # a registry denoiser alone below the switch (Euler, 12)
 """
 import sys
@@ -39,7 +39,8 @@ CHOICES = {"samplers": SAMPLERS, "members": BLEND_MEMBERS, "flips": (), "alone":
 if mode not in CHOICES:
     sys.exit(f"unknown mode {mode!r}: {', '.join(CHOICES)}")
 names = sys.argv[3].split(",") if len(sys.argv) > 3 else list(SAMPLERS) if mode == "samplers" else []
-unknown = [m for m in names if m not in CHOICES[mode]]
+unknown = [m for m in names if m.split("@")[0] not in CHOICES[mode]
+           or (mode == "alone" and m.count("@") and m.split("@")[1] not in SAMPLERS)]
 if unknown or (mode not in ("samplers", "flips") and not names):
     sys.exit(f"unknown or missing names {unknown}: choose from {', '.join(CHOICES[mode])}")
 X = load_dataset("fashion-mnist", limit=10000 + 500 + 5 * n)
@@ -87,8 +88,9 @@ elif mode == "flips":
 elif mode == "alone":
     for name in names:
         t0 = time.perf_counter()
-        den = boneless.DENOISERS[name](pool)
-        report(name, boneless.sample(den, "rectified-flow", n=n, seed=1, sampler="euler", steps=12).samples, t0)
+        den = boneless.DENOISERS[name.split("@")[0]](pool)
+        variant = SAMPLERS[name.split("@")[1] if "@" in name else "euler-12"]
+        report(name, boneless.sample(den, "rectified-flow", n=n, seed=1, **variant).samples, t0)
 elif mode == "below":
     class Below:
         """The exact posterior mean above coarse-to-fine's switch, the named denoiser alone below it."""
