@@ -27,6 +27,7 @@ from .patches import LocalGaussianDenoiser, PatchCompositeDenoiser, WienerLocalD
 
 BLEND_SIGMAS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 BLEND_MEMBERS = ("local-gaussian", "composite", "local-wiener", "gmm", "gaussian", "identity")
+FIT_RCOND = 1e-4  # relative singular-value cutoff of the blend's least-squares fit
 
 
 class BlendDenoiser:
@@ -129,7 +130,10 @@ class BlendDenoiser:
         W = []
         for i in range(len(self.sigmas)):
             E = E_all[:, i * n:(i + 1) * n].reshape(M, -1).T  # [n D, M]
-            W.append(torch.linalg.lstsq(E, V.double().reshape(-1, 1), driver="gelsd").solution[:, 0])
+            # members that agree up to float32 rounding (two whole-image posteriors at high noise) would get huge
+            # opposite weights from that rounding: directions below FIT_RCOND of the largest are dropped
+            # (minimum-norm solution: equal members share their weight)
+            W.append(torch.linalg.lstsq(E, V.double().reshape(-1, 1), rcond=FIT_RCOND, driver="gelsd").solution[:, 0])
         return torch.stack(W)
 
     def weights_at(self, lam: torch.Tensor) -> torch.Tensor:
