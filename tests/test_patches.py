@@ -373,6 +373,26 @@ def test_blend_weights_fit_interpolate_and_select_members(X):
     torch.testing.assert_close(den(x, 0.0, 1.0), X.double().mean(0).float().expand_as(x))
 
 
+def test_blend_fit_shares_the_weight_of_members_equal_up_to_rounding(X, monkeypatch):
+    """Two members equal up to float32 rounding (with `local-wiener` a member, it and `patch-composite` are both
+    the whole-image posterior at the highest level): least squares must not fit huge opposite weights to that
+    rounding, but share one weight between them. Without the cutoff it does."""
+    from boneless import composites
+    from boneless.composites import BLEND_MEMBERS, BlendDenoiser
+    g = torch.Generator().manual_seed(4)
+    V = images(16, seed=22)
+    good = V.double() + 0.05 * torch.randn(V.shape, generator=g, dtype=torch.float64)
+    twin = good * (1 + 1e-7 * torch.randn(V.shape, generator=g, dtype=torch.float64))  # float32 rounding
+    rest = [torch.randn(V.shape, generator=g, dtype=torch.float64) for _ in BLEND_MEMBERS[2:]]
+    i, j = BLEND_MEMBERS.index("local-gaussian"), BLEND_MEMBERS.index("composite")
+    blend = BlendDenoiser(X, sigmas=(1.0,), weights=torch.zeros(1, len(BLEND_MEMBERS)), components=2)
+    monkeypatch.setattr(blend, "members", lambda x, a, s: torch.stack([good, twin, *rest]))
+    w = blend.fit(V)[0]
+    assert float(w.abs().max()) < 2 and abs(float(w[i] - w[j])) < 1e-3 and abs(float(w[i] + w[j]) - 1) < 0.1
+    monkeypatch.setattr(composites, "FIT_RCOND", None)
+    assert float(blend.fit(V)[0].abs().max()) > 100  # the failure the cutoff prevents
+
+
 def test_blend_refits_its_members_on_every_image_after_the_fit(X):
     """The weights come from members that did not see the validation images; with ``refit`` the same weights then
     serve members built on all of X (the registry's denoisers of those names), without it the members stay."""
