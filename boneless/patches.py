@@ -118,7 +118,7 @@ WIENER_LOCAL_SCHEDULE = PatchSchedule((0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 # exact tiers beyond it (very low noise)
 PATCH_FAST_DELTA = 1e-2
 QUERY_BLOCK = 1 << 21  # queries x rows per block of a bank reduction (bounds the B x chunk scratch memory)
-KEPT_FOOTPRINTS = 16  # noise levels whose Wiener footprints (and rows' norms) WienerLocalDenoiser keeps
+KEPT_FOOTPRINTS = 8  # noise levels whose footprints and rows' norms WienerLocalDenoiser keeps (N x H W x 4 B each)
 
 
 def _reduce_mean(bank: Bank, q: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
