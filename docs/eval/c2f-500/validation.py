@@ -6,7 +6,6 @@ the first 10000 does not contain), never test images. docs/EVAL.md, "Goal 2 at 5
     python validation.py members N MEMBER,...          # one blend member alone below the switch (Euler, 12 steps)
     python validation.py flips N                       # the pool and its flips (20000 rows; Euler, 12 steps)
     python validation.py alone N NAME[@VARIANT],...    # registry denoisers on their own (default: euler-12)
-    python validation.py below N NAME,...              # a registry denoiser alone below the switch (Euler, 12)
 """
 import sys
 import time
@@ -15,8 +14,8 @@ import torch
 
 import boneless
 from boneless.classifier import fashion_classifier
-from boneless.composites import BLEND_MEMBERS, BLEND_SIGMAS, COARSE_TO_FINE_SWITCH, CoarseToFineDenoiser
-from boneless.data import REFERENCE_SPREAD, load_dataset, spread
+from boneless.composites import BLEND_MEMBERS, BLEND_SIGMAS, CoarseToFineDenoiser
+from boneless.data import load_dataset
 from boneless.metrics import PCAFeatures, frechet_distance, nearest_distance_stats
 
 SAMPLERS = {
@@ -34,8 +33,7 @@ SAMPLERS = {
 }
 
 mode, n = sys.argv[1], int(sys.argv[2])
-CHOICES = {"samplers": SAMPLERS, "members": BLEND_MEMBERS, "flips": (), "alone": boneless.DENOISERS,
-           "below": boneless.DENOISERS}
+CHOICES = {"samplers": SAMPLERS, "members": BLEND_MEMBERS, "flips": (), "alone": boneless.DENOISERS}
 if mode not in CHOICES:
     sys.exit(f"unknown mode {mode!r}: {', '.join(CHOICES)}")
 names = sys.argv[3].split(",") if len(sys.argv) > 3 else list(SAMPLERS) if mode == "samplers" else []
@@ -91,19 +89,3 @@ elif mode == "alone":
         den = boneless.DENOISERS[name.split("@")[0]](pool)
         variant = SAMPLERS[name.split("@")[1] if "@" in name else "euler-12"]
         report(name, boneless.sample(den, "rectified-flow", n=n, seed=1, **variant).samples, t0)
-elif mode == "below":
-    class Below:
-        """The exact posterior mean above coarse-to-fine's switch, the named denoiser alone below it."""
-
-        def __init__(self, fine):
-            self.exact, self.fine, self.shape = boneless.EmpiricalDenoiser(pool), fine, fine.shape
-            self.switch = COARSE_TO_FINE_SWITCH * spread(pool) / REFERENCE_SPREAD  # as CoarseToFineDenoiser scales it
-
-        def __call__(self, x, alpha, sigma):
-            coarse = float(sigma) >= self.switch * float(alpha)  # the samplers' steps: one noise level per call
-            return (self.exact if coarse else self.fine)(x, alpha, sigma)
-
-    for name in names:
-        t0 = time.perf_counter()
-        den = Below(boneless.DENOISERS[name](pool))
-        report(name, boneless.sample(den, "rectified-flow", n=n, seed=1, sampler="euler", steps=12).samples, t0)
