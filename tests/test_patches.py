@@ -157,7 +157,7 @@ def test_local_wiener_follows_its_definition(X, queries, k):
     torch.testing.assert_close(den(x, a, s).double(), brute_wiener_local(X, x, a, s, fps), rtol=0, atol=2e-5)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=settings.default.max_examples * 3 // 20, deadline=None)  # 60 in CI, 300 thorough
 @given(n=st.integers(1, 30), c=st.integers(1, 2), h=st.integers(1, 6), w=st.integers(2, 6), k=st.integers(1, 4),
        scale=st.floats(1e-2, 1e2), offset=st.floats(-50, 50), log_lam=st.floats(-3, 1), alpha=st.floats(0.1, 1.0),
        near=st.booleans(), seed=st.integers(0, 2 ** 16))
