@@ -30,6 +30,17 @@ BLEND_MEMBERS = ("local-gaussian", "composite", "local-wiener", "gmm", "gaussian
 FIT_RCOND = 1e-4  # relative singular-value cutoff of the blend's least-squares fit
 
 
+def fit_weights(E_all: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """Least-squares weights [levels, M] of member estimates ``E_all`` [M, levels n, *shape] (level by level, ``n``
+    queries each) on the clean images ``V`` [n, *shape]. Members that agree up to float32 rounding (two whole-image
+    posteriors at high noise) would get huge opposite weights from that rounding: directions below FIT_RCOND of the
+    largest are dropped (minimum-norm solution: equal members share their weight)."""
+    n, M = len(V), len(E_all)
+    target = V.double().reshape(-1, 1)
+    return torch.stack([torch.linalg.lstsq(E_all[:, i:i + n].reshape(M, -1).T, target, rcond=FIT_RCOND,
+                                           driver="gelsd").solution[:, 0] for i in range(0, E_all.shape[1], n)])
+
+
 class BlendDenoiser:
     """Noise-level-dependent blend of closed-form estimates, fitted on a validation split: this project's design.
 
@@ -122,19 +133,11 @@ class BlendDenoiser:
         if tuple(V.shape[1:]) != self.shape:
             raise ValueError(f"validation images must have shape [n, {', '.join(map(str, self.shape))}]")
         z = torch.randn(V.shape, generator=torch.Generator().manual_seed(int(seed) + 1))
-        n, M = len(V), len(BLEND_MEMBERS)
+        n = len(V)
         # every level in one batch (per-query sigma): the members group queries by patch size, so levels that
         # share a size share one pass over the patch locations
         sig = torch.tensor(self.sigmas, dtype=torch.float64).repeat_interleave(n)
-        E_all = self.members(torch.cat([V + s * z for s in self.sigmas]), 1.0, sig)  # [M, levels n, *shape]
-        W = []
-        for i in range(len(self.sigmas)):
-            E = E_all[:, i * n:(i + 1) * n].reshape(M, -1).T  # [n D, M]
-            # members that agree up to float32 rounding (two whole-image posteriors at high noise) would get huge
-            # opposite weights from that rounding: directions below FIT_RCOND of the largest are dropped
-            # (minimum-norm solution: equal members share their weight)
-            W.append(torch.linalg.lstsq(E, V.double().reshape(-1, 1), rcond=FIT_RCOND, driver="gelsd").solution[:, 0])
-        return torch.stack(W)
+        return fit_weights(self.members(torch.cat([V + s * z for s in self.sigmas]), 1.0, sig), V)
 
     def weights_at(self, lam: torch.Tensor) -> torch.Tensor:
         """Blend weights [B, M] at noise levels ``lam`` [B] (linear in log lam between calibration levels)."""

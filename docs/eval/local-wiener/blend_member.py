@@ -13,7 +13,7 @@ import torch
 
 import boneless
 from boneless.closed_form import GaussianDenoiser, GMMDenoiser
-from boneless.composites import BLEND_SIGMAS, FIT_RCOND
+from boneless.composites import BLEND_SIGMAS, fit_weights
 from boneless.patches import LocalDenoiser, LocalGaussianDenoiser, PatchCompositeDenoiser, WienerLocalDenoiser
 
 n_val = int(sys.argv[1]) if len(sys.argv) > 1 else 100
@@ -43,10 +43,7 @@ weights = {}
 for label, drop in (("blend (shipped: local)", "local-wiener"), ("blend, local-wiener for local", "local")):
     keep = [i for i, m in enumerate(NAMES) if m != drop]
     W = torch.zeros(len(BLEND_SIGMAS), len(NAMES), dtype=torch.float64)
-    for i in range(len(BLEND_SIGMAS)):
-        Ei = E[keep, i * len(hold):(i + 1) * len(hold)].reshape(len(keep), -1).T
-        W[i, keep] = torch.linalg.lstsq(Ei, hold.double().reshape(-1, 1), rcond=FIT_RCOND,
-                                       driver="gelsd").solution[:, 0]
+    W[:, keep] = fit_weights(E[keep], hold)  # BlendDenoiser.fit's least squares
     weights[label] = W
 print(f"weights fitted, {time.perf_counter() - t0:.0f} s", flush=True)
 
