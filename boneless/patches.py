@@ -601,11 +601,12 @@ class LocalGaussianDenoiser(_PatchDenoiser):
     ``x0_hat[S] = mu_S + C_S (C_S + lam^2 I)^-1 (y[S] - mu_S)``,  ``mu_S, C_S`` = mean and covariance (+ ``ridge I``)
     of the ``K`` neighbours,
 
-    and each pixel averages the estimates of all squares covering it (as PSPC). With ``passes=2`` (default) the
-    neighbours are searched again around the first-pass estimate ``x1``, a cleaner query than the noisy square
-    (NL-Bayes' second step): the ``K`` training squares nearest to ``x1[S]``. The neighbour search is the top-k
-    of the project's bank (:meth:`boneless.bank.Bank.reduce` with ``k=K``). Background squares whose neighbours are
-    all identical (e.g. Fashion-MNIST's -1 background) get zero covariance and are restored exactly.
+    and each pixel averages the estimates of all squares covering it (as PSPC). At high noise the default square is
+    the whole image: a Gaussian fitted to the ``K`` training images nearest to the query. With ``passes=2``
+    (default) the neighbours are searched again around the first-pass estimate ``x1``, a cleaner query than the
+    noisy square (NL-Bayes' second step): the ``K`` training squares nearest to ``x1[S]``. The neighbour search is
+    the top-k of the project's bank (:meth:`boneless.bank.Bank.reduce` with ``k=K``). Background squares whose
+    neighbours are all identical (e.g. Fashion-MNIST's -1 background) get zero covariance and are restored exactly.
 
     Args:
         X: training images [N, C, H, W].
@@ -774,8 +775,9 @@ def _threads(n: int) -> concurrent.futures.ThreadPoolExecutor:
 
 
 # measured on Fashion-MNIST validation images (docs/DENOISERS.md); swept again on 3 December with the neighbours:
-# 40 is within 0.3 % of the best K at lam 0.5 and 1 (200 there was 2-5 % worse and 2.5-4 times slower), and from
-# lam 2 the whole image with 200 neighbours (a nearest-neighbour Gaussian of whole images) beats every square
+# 40 is within 0.3 % of the best K at lam 0.5 and 1 (the old 80 and 200 were 2 % and 5 % worse there, and slower),
+# and from lam 2 the whole image with 200 neighbours (a nearest-neighbour Gaussian of whole images) beats every
+# square. On a pool of at most K images the whole image's Gaussian is the Wiener filter (worse on the 50 faces)
 LOCAL_GAUSSIAN_SCHEDULE = PatchSchedule((0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), (3, 3, 3, 5, 11, 28, 28))
 LOCAL_GAUSSIAN_NEIGHBOURS = PatchSchedule((0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), (40, 40, 40, 40, 40, 200, 200),
                                           reference=0)
