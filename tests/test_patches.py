@@ -524,12 +524,14 @@ def test_batched_locations_equal_one_bank_per_location(X, queries, sigma, monkey
     torch.testing.assert_close(part, mean.gather(2, cols[:, None].expand(-1, len(a), -1)), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("side", [3, max(H, W)])
 @pytest.mark.parametrize("sigma", [0.05, 0.5, 2.0])
-def test_local_gaussian_equals_its_per_location_form(X, queries, sigma, monkeypatch):
+def test_local_gaussian_equals_its_per_location_form(X, queries, sigma, side, monkeypatch):
     """The batched local Gaussian (locations in blocks, Wiener steps batched over locations) equals the plain
-    per-location computation, with blocks of every size."""
+    per-location computation, with blocks of every size; also with the whole image as the square (the default at
+    high noise), where the K < N nearest images make a Gaussian that is not the Wiener filter's."""
     x = queries[0]
-    den = LocalGaussianDenoiser(X, schedule=3, neighbours=6)
+    den = LocalGaussianDenoiser(X, schedule=side, neighbours=6)
     want = per_location_local_gaussian(den, x, sigma)
     torch.testing.assert_close(den(x, 1.0, sigma), want, rtol=0, atol=1e-5)
     monkeypatch.setattr("boneless.patches.LOCATION_BLOCK", 3 * N * C * 9)  # three locations per block
