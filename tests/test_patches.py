@@ -534,6 +534,7 @@ def test_local_gaussian_equals_its_per_location_form(X, queries, sigma, side, mo
     den = LocalGaussianDenoiser(X, schedule=side, neighbours=6)
     want = per_location_local_gaussian(den, x, sigma)
     torch.testing.assert_close(den(x, 1.0, sigma), want, rtol=0, atol=1e-5)
+    assert (want - GaussianDenoiser(X)(x, 1.0, sigma)).abs().max() > 0.1  # not the Wiener filter
     monkeypatch.setattr("boneless.patches.LOCATION_BLOCK", 3 * N * C * 9)  # three locations per block
     monkeypatch.setattr("boneless.patches.WIENER_BLOCK", 2 * 6 * C * 9 * len(x))  # two per Wiener step
     torch.testing.assert_close(den(x, 1.0, sigma), want, rtol=0, atol=1e-5)

@@ -13,6 +13,7 @@ import time
 import torch
 
 from boneless.data import load_dataset
+from boneless.evaluate import parse_sigmas
 from boneless.patches import LocalGaussianDenoiser
 
 
@@ -22,7 +23,7 @@ def ints(s: str) -> list[int]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sigmas", required=True, help="comma-separated noise levels")
+    p.add_argument("--sigmas", type=parse_sigmas, required=True, help="comma-separated noise levels")
     p.add_argument("--sides", type=ints, required=True, help="comma-separated square sides (28: the whole image)")
     p.add_argument("--neighbours", type=ints, required=True, help="comma-separated K")
     p.add_argument("--validation", type=int, default=100, help="validation images (100)")
@@ -30,7 +31,7 @@ def main() -> None:
     X = load_dataset("fashion-mnist", split="train")
     pool, val = X[:10000], X[10000:10000 + args.validation]
     z = torch.randn(val.shape, generator=torch.Generator().manual_seed(1))
-    for sigma in (float(v) for v in args.sigmas.split(",")):
+    for sigma in args.sigmas:
         for side in args.sides:
             for K in args.neighbours:
                 den = LocalGaussianDenoiser(pool, schedule=side, neighbours=K)
