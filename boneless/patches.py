@@ -631,6 +631,7 @@ class LocalGaussianDenoiser(_PatchDenoiser):
                  fast_delta: float = PATCH_FAST_DELTA, device: torch.device | str | None = None):
         super().__init__(X, schedule=schedule, chunk_size=chunk_size, fast_delta=fast_delta, device=device)
         self.neighbours = _as_schedule(neighbours, LOCAL_GAUSSIAN_NEIGHBOURS)
+        self.capped = schedule is None  # the default sides hold at most MAX_PIXELS_PER_NEIGHBOUR x K pixels
         if passes not in (1, 2):
             raise ValueError(f"passes must be 1 or 2, got {passes!r}")
         self.passes = passes
@@ -642,9 +643,23 @@ class LocalGaussianDenoiser(_PatchDenoiser):
             raise ValueError(f"shift must be an integer >= 0, got {shift!r}")
         self.shift = shift
 
+    def neighbour_count(self, lam: float) -> int:
+        """``K`` at noise level ``lam``: the schedule's, or the pool if smaller."""
+        return min(self.neighbours.size(lam / self.unit), len(self.X))
+
+    def patch_size(self, lam: float) -> int:
+        """The schedule's side; the default schedule's is capped at ``sqrt(4 K)`` (a square of at most ``4 K``
+        pixels), the widest the calibration chose (the whole 28 x 28 image with 200 neighbours): on a small pool
+        the whole image's Gaussian has too few neighbours for its dimension (and with ``K = N`` it is the Wiener
+        filter), while squares still see every image at each location."""
+        k = super().patch_size(lam)
+        if self.capped and math.isfinite(lam):
+            k = min(k, max(1, math.isqrt(MAX_PIXELS_PER_NEIGHBOUR * self.neighbour_count(lam))))
+        return k
+
     def _denoise(self, x, a, s, k):
         lam = float((s / a).max())
-        K = min(self.neighbours.size(lam / self.unit), len(self.X))
+        K = self.neighbour_count(lam)
         a, s = a.to(self.device), s.to(self.device)
         y = x / a.to(x.dtype)[:, None, None, None]
         lam_b = (s / a)  # [B] float64
@@ -777,11 +792,13 @@ def _threads(n: int) -> concurrent.futures.ThreadPoolExecutor:
 # measured on Fashion-MNIST validation images (docs/DENOISERS.md); swept again on 3 December with the neighbours:
 # 40 is within 0.3 % of the best K at lam 0.5 and 1 (the old 80 and 200 were 2 % and 5 % worse there, and slower),
 # and from lam 2 the whole image with 200 neighbours (a nearest-neighbour Gaussian of whole images) beats every
-# square. On a pool of at most K images the whole image's Gaussian is the Wiener filter (worse on the 50 faces)
+# square. On a small pool the sides are capped (MAX_PIXELS_PER_NEIGHBOUR; measured on validation images of the
+# 50 faces and of Fashion-MNIST pools of 50-2500, docs/EVAL.md "Sixth push")
 LOCAL_GAUSSIAN_SCHEDULE = PatchSchedule((0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), (3, 3, 3, 5, 11, 28, 28))
 LOCAL_GAUSSIAN_NEIGHBOURS = PatchSchedule((0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), (40, 40, 40, 40, 40, 200, 200),
                                           reference=0)
 LocalGaussianDenoiser.default_schedule = LOCAL_GAUSSIAN_SCHEDULE
+MAX_PIXELS_PER_NEIGHBOUR = 4  # 784 / 200 = 3.9 at the whole-image levels; pixels, not values (colour unmeasured)
 
 
 def _default_sizes(den_cls, H: int, W: int) -> tuple[int, ...]:

@@ -264,6 +264,21 @@ def test_local_gaussian_with_all_neighbours_and_whole_image_is_gaussian(X, queri
     torch.testing.assert_close(den(x, a, s), GaussianDenoiser(X)(x, a, s), rtol=0, atol=1e-4)
 
 
+def test_local_gaussian_default_sides_are_capped_on_a_small_pool():
+    """The default schedule's square holds at most 4 K pixels: on a pool of 10 images of 28 x 28 the whole-image
+    level becomes 6 x 6 squares (the same estimate as asking for side 6); on a pool of 200 the cap does not bind
+    (the calibrated 200 neighbours of whole images); an explicit schedule is never capped."""
+    g = torch.Generator().manual_seed(5)
+    X = torch.rand(10, 1, 28, 28, generator=g) * 2 - 1
+    x = X[:2] + 3.0 * torch.randn(2, 1, 28, 28, generator=g)
+    den = LocalGaussianDenoiser(X)
+    lam = 3.0 * den.unit  # the 28-pixel level of the default schedule
+    assert den.neighbour_count(lam) == 10 and den.patch_size(lam) == 6 == math.isqrt(4 * 10)
+    torch.testing.assert_close(den(x, 1.0, lam), LocalGaussianDenoiser(X, schedule=6)(x, 1.0, lam), rtol=0, atol=0)
+    assert LocalGaussianDenoiser(X, schedule=LocalGaussianDenoiser.default_schedule).patch_size(lam) == 28
+    assert LocalGaussianDenoiser(torch.rand(200, 1, 28, 28, generator=g) * 2 - 1).patch_size(lam) == 28
+
+
 def test_local_gaussian_restores_constant_background_exactly():
     """Squares whose neighbours are all identical have zero covariance: the estimate is that square."""
     X = -torch.ones(30, 1, 6, 6)

@@ -27,9 +27,10 @@ def main() -> None:
     p.add_argument("--sides", type=ints, required=True, help="comma-separated square sides (28: the whole image)")
     p.add_argument("--neighbours", type=ints, required=True, help="comma-separated K")
     p.add_argument("--validation", type=int, default=100, help="validation images (100)")
+    p.add_argument("--pool", type=int, default=10000, help="the first POOL training images are the bank (10000)")
     args = p.parse_args()
     X = load_dataset("fashion-mnist", split="train")
-    pool, val = X[:10000], X[10000:10000 + args.validation]
+    pool, val = X[:min(args.pool, 10000)], X[10000:10000 + args.validation]
     z = torch.randn(val.shape, generator=torch.Generator().manual_seed(1))
     for sigma in args.sigmas:
         for side in args.sides:
