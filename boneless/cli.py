@@ -14,6 +14,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import get_args
 
 import torch
 
@@ -26,6 +27,7 @@ from .options import (add_data_arguments, add_resume_arguments, finite_float, po
 from .outputs import check_output_dir, write_json, write_npz
 from .registry import DENOISERS, make_denoiser
 from .rows import STORAGES
+from .schedules import Spacing
 from .plots import (display_range, neighbours_grid, posterior_figure, samples_grid, save_figure, save_image,
                     scatter_samples, trajectory_figure, trajectory_scatter)
 from .checkpoints import sample_resumable
@@ -56,7 +58,7 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--num-samples", dest="n", type=positive_int, default=16, help="number of samples (default 16)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", default="runs/sample", help="output folder (default runs/sample)")
-    p.add_argument("--spacing", choices=("uniform", "karras", "logsnr"), help="time grid (default: per schedule)")
+    p.add_argument("--spacing", choices=get_args(Spacing), help="time grid (default: per schedule)")
     p.add_argument("--softmax-temperature", type=positive_float,
                    help="temperature T on the posterior logits (default 1: the exact posterior; >1 flatter); "
                         "denoisers with a posterior over examples (empirical, smoothed)")

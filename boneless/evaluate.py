@@ -25,6 +25,7 @@ import platform
 import time
 import warnings
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ from .plots import (display_range, image_grid, neighbours_grid, pyplot, samples_
                     scatter_samples)
 from .registry import DENOISERS, make_denoiser
 from .samplers import SAMPLERS, sample
-from .schedules import get_schedule
+from .schedules import Spacing, get_schedule
 
 DEFAULT_SIGMAS = "0.05,0.1,0.2,0.5,1,2"
 REFERENCE = "reference"  # the row of the trained network given by --reference
@@ -77,6 +78,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, default=12, help="sampling steps (12)")
     p.add_argument("--sampler", default="euler", choices=list(SAMPLERS), help="sampler (euler)")
     p.add_argument("--schedule", default="rectified-flow", help="noise schedule for sampling (rectified-flow)")
+    p.add_argument("--spacing", choices=get_args(Spacing),
+                   help="time grid of the sampling steps (default: the schedule's; karras and logsnr take smaller "
+                        "last steps)")
     p.add_argument("--consistency", type=non_negative_int, default=8,
                    help="paired samples from a second, disjoint pool of the same size (8; 0: off)")
     p.add_argument("--pca-dim", type=positive_int, default=32, help="PCA components for the PCA Frechet distance")
@@ -179,7 +183,7 @@ def load_reference(path: str, shape: tuple) -> tuple:
 
 # settings that change a denoiser's numbers; the others (budget, batch size, device, progress) may differ on resume
 RESULT_SETTINGS = ("data", "size", "pool", "test", "sigmas", "in_sample", "samples", "steps", "sampler", "schedule",
-                   "consistency", "pca_dim", "classifier", "seed")
+                   "spacing", "consistency", "pca_dim", "classifier", "seed")
 
 
 def previous_records(out: Path, settings: dict) -> dict:
@@ -481,7 +485,7 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
                     r["ratio"][i] = float(e.mse[0] / ref.mse[i])
             elif stage == "sampling":
                 res = sample(guard, schedule, noise=start_noise[:b_sample], steps=args.steps, sampler=args.sampler,
-                             seed=args.seed, top_k=5, device=device)
+                             spacing=args.spacing, seed=args.seed, top_k=5, device=device)
                 samples = res.samples.float()
                 rec["_samples"] = samples
                 if not bool(torch.isfinite(samples).all()):
@@ -501,6 +505,7 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
                 center = torch.cat([pool, split["second"]]).double().mean(0)
                 sc = split_consistency(guard, den_b, center=center, n=b_cons, steps=args.steps, seed=args.seed,
                                        noise=start_noise[:b_cons], schedule=schedule, sampler=args.sampler,
+                                       spacing=args.spacing,
                                        samples_a=rec["_samples"][:b_cons] if reuse else None, device=device)
                 rec["consistency"] = {"mean": sc.mean, "baseline": sc.baseline, "n": args.consistency}
             took = time.perf_counter() - t1
@@ -587,7 +592,8 @@ def markdown_table(results: dict) -> str:
     lines = [f"# boneless eval: {s['data']}", "",
              f"Pool {p['pool']} training images; {p['test']} held-out images ({p['test_source']}); "
              f"y = x + sigma z with one z per image for every sigma and denoiser. "
-             f"{s['samples']} samples per denoiser ({s['sampler']}, {s['schedule']}, {s['steps']} steps, seed {s['seed']}). "
+             f"{s['samples']} samples per denoiser ({s['sampler']}, {s['schedule']}, {s['steps']} steps"
+             f"{', ' + s['spacing'] + ' spacing' if s.get('spacing') else ''}, seed {s['seed']}). "
              f"This run took {results.get('seconds', 0):.0f} s; the denoisers' times (column 'seconds', runs "
              f"resumed with --resume included) sum to "
              f"{sum(r['timings'].get('total_s', 0) for r in dens.values()):.0f} s.", "",

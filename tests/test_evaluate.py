@@ -166,6 +166,31 @@ def test_resume_refuses_results_made_with_other_settings(tmp_path, capsys):
     assert "other settings (steps 10, now 5)" in _error_line(capsys)
 
 
+def test_spacing_reaches_both_sampling_stages_and_is_a_result_setting(tmp_path, registry, monkeypatch, capsys):
+    """--spacing karras: the samples differ from the default grid's, the split consistency samples on the same
+    grid, the table says so, and resuming with another spacing is refused."""
+    import boneless.evaluate as ev
+    seen = []
+
+    def recording(den_a, den_b, **options):
+        seen.append(options.get("spacing"))
+        return metrics.split_consistency(den_a, den_b, **options)
+
+    monkeypatch.setattr(ev, "split_consistency", recording)
+    runs = {}
+    for spacing in ("uniform", "karras"):
+        out = tmp_path / spacing
+        assert main(TINY + ["--denoisers", "wiener-test", "--consistency", "2", "--classifier", "off",
+                            "--spacing", spacing, "--out", str(out)]) == 0
+        runs[spacing] = np.load(out / "samples_wiener-test.npy")
+    assert seen == ["uniform", "karras"]
+    assert np.abs(runs["uniform"] - runs["karras"]).max() > 1e-3
+    assert "10 steps, karras spacing" in (tmp_path / "karras" / "table.md").read_text()
+    rc = main(TINY + ["--denoisers", "wiener-test", "--consistency", "2", "--classifier", "off", "--spacing",
+                      "logsnr", "--out", str(tmp_path / "karras"), "--resume"])
+    assert rc == 2 and "other settings (spacing 'karras', now 'logsnr')" in _error_line(capsys)
+
+
 class _RunsOutAtHighNoise(WienerFilter):
     """Behaves as if its time budget ran out at its first call with sigma = 2 (no clock involved)."""
 

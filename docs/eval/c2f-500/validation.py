@@ -6,6 +6,7 @@ the first 10000 does not contain), never test images. docs/EVAL.md, "Goal 2 at 5
     python validation.py members N MEMBER,...          # one blend member alone below the switch (Euler, 12 steps)
     python validation.py flips N                       # the pool and its flips (20000 rows; Euler, 12 steps)
     python validation.py alone N NAME[@VARIANT],...    # registry denoisers on their own (default: euler-12)
+    python validation.py real N                        # only the real row: 5 sets of N further training images
 """
 import sys
 import time
@@ -22,6 +23,7 @@ SAMPLERS = {
     "euler-12": dict(sampler="euler", steps=12),
     "euler-24": dict(sampler="euler", steps=24),
     "euler-48": dict(sampler="euler", steps=48),
+    "euler-96": dict(sampler="euler", steps=96),
     "euler-12-karras": dict(sampler="euler", steps=12, spacing="karras"),
     "euler-12-logsnr": dict(sampler="euler", steps=12, spacing="logsnr"),
     "heun-12": dict(sampler="heun", steps=12),
@@ -33,13 +35,13 @@ SAMPLERS = {
 }
 
 mode, n = sys.argv[1], int(sys.argv[2])
-CHOICES = {"samplers": SAMPLERS, "members": BLEND_MEMBERS, "flips": (), "alone": boneless.DENOISERS}
+CHOICES = {"samplers": SAMPLERS, "members": BLEND_MEMBERS, "flips": (), "alone": boneless.DENOISERS, "real": ()}
 if mode not in CHOICES:
     sys.exit(f"unknown mode {mode!r}: {', '.join(CHOICES)}")
 names = sys.argv[3].split(",") if len(sys.argv) > 3 else list(SAMPLERS) if mode == "samplers" else []
 unknown = [m for m in names if m.split("@")[0] not in CHOICES[mode]
            or (mode == "alone" and m.count("@") and m.split("@")[1] not in SAMPLERS)]
-if unknown or (mode not in ("samplers", "flips") and not names):
+if unknown or (mode not in ("samplers", "flips", "real") and not names):
     sys.exit(f"unknown or missing names {unknown}: choose from {', '.join(CHOICES[mode])}")
 X = load_dataset("fashion-mnist", limit=10000 + 500 + 5 * n)
 pool, V, ref = X[:10000], X[10000:10500], X[10500:]
@@ -62,10 +64,11 @@ def report(name, S, t0, rows=pool):
           flush=True)
 
 
-if mode == "samplers":
+if mode in ("samplers", "real"):
     real = [quality(ref[i * n:(i + 1) * n]) for i in range(5)]
     print("real (mean, sd over 5 sets)", {k: (round(float(v.mean()), 3), round(float(v.std()), 3)) for k, v in
                                           ((k, torch.tensor([r[k] for r in real])) for k in real[0])}, flush=True)
+if mode == "samplers":
     den = CoarseToFineDenoiser(pool)
     for name in names:
         t0 = time.perf_counter()
