@@ -611,7 +611,7 @@ class LocalGaussianDenoiser(_PatchDenoiser):
     Args:
         X: training images [N, C, H, W].
         schedule: patch side per noise level (:class:`PatchSchedule` or an int; default
-            :data:`LOCAL_GAUSSIAN_SCHEDULE`).
+            :data:`LOCAL_GAUSSIAN_SCHEDULE`, capped on small pools: :meth:`patch_size`).
         neighbours: ``K`` per noise level (a :class:`PatchSchedule` whose "sizes" are counts, or an int).
         passes: 1 (neighbours of the noisy square) or 2 (then neighbours of the first-pass estimate).
         ridge: added to the diagonal of each neighbour covariance (for data of the reference spread; scaled
