@@ -3,7 +3,7 @@ horizontal flips, scored against VALIDATION images (Fashion-MNIST training image
 the first 10000 does not contain), never test images. docs/EVAL.md, "Goal 2 at 500 samples", has the results.
 
     python validation.py samplers N [VARIANT,...]    # N samples from seed 1 per sampler variant (default: all)
-    python validation.py members N MEMBER,...          # one blend member alone below the switch (Euler, 12 steps)
+    python validation.py members N MEMBER[@VARIANT],...  # one blend member alone below the switch (default euler-12)
     python validation.py flips N                       # the pool and its flips (20000 rows; Euler, 12 steps)
     python validation.py alone N NAME[@VARIANT],...    # registry denoisers on their own (default: euler-12)
     python validation.py real N                        # only the real row: 5 sets of N further training images
@@ -41,7 +41,7 @@ if mode not in CHOICES:
     sys.exit(f"unknown mode {mode!r}: {', '.join(CHOICES)}")
 names = sys.argv[3].split(",") if len(sys.argv) > 3 else list(SAMPLERS) if mode == "samplers" else []
 unknown = [m for m in names if m.split("@")[0] not in CHOICES[mode]
-           or (mode == "alone" and m.count("@") and m.split("@")[1] not in SAMPLERS)]
+           or (mode in ("alone", "members") and m.count("@") and m.split("@")[1] not in SAMPLERS)]
 if unknown or (mode not in ("samplers", "flips", "real") and not names):
     sys.exit(f"unknown or missing names {unknown}: choose from {', '.join(CHOICES[mode])}")
 X = load_dataset("fashion-mnist", limit=10000 + 500 + 5 * n)
@@ -75,12 +75,13 @@ if mode == "samplers":
         t0 = time.perf_counter()
         report(name, boneless.sample(den, "rectified-flow", n=n, seed=1, **SAMPLERS[name]).samples, t0)
 elif mode == "members":
-    for member in names:
+    for name in names:
         t0 = time.perf_counter()
         w = torch.zeros(len(BLEND_SIGMAS), len(BLEND_MEMBERS), dtype=torch.float64)
-        w[:, BLEND_MEMBERS.index(member)] = 1  # one-hot blend weights: this member alone below the switch
+        w[:, BLEND_MEMBERS.index(name.split("@")[0])] = 1  # one-hot blend weights: this member alone below the switch
         den = CoarseToFineDenoiser(pool, blend={"weights": w})
-        report(member, boneless.sample(den, "rectified-flow", n=n, seed=1, sampler="euler", steps=12).samples, t0)
+        variant = SAMPLERS[name.split("@")[1] if "@" in name else "euler-12"]
+        report(name, boneless.sample(den, "rectified-flow", n=n, seed=1, **variant).samples, t0)
 elif mode == "flips":
     t0 = time.perf_counter()
     rows = torch.cat([pool, pool.flip(-1)])
