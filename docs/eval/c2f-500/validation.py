@@ -35,13 +35,20 @@ SAMPLERS = {
     "ddpm-12": dict(sampler="ddpm", steps=12),
 }
 
+
+def split_name(name: str) -> tuple[str, str]:
+    """``NAME[@VARIANT]`` as (name, variant), the variant euler-12 if no ``@`` is given."""
+    base, at, variant = name.partition("@")
+    return base, variant if at else "euler-12"
+
+
 mode, n = sys.argv[1], int(sys.argv[2])
 CHOICES = {"samplers": SAMPLERS, "members": BLEND_MEMBERS, "flips": (), "alone": boneless.DENOISERS, "real": ()}
 if mode not in CHOICES:
     sys.exit(f"unknown mode {mode!r}: {', '.join(CHOICES)}")
 names = sys.argv[3].split(",") if len(sys.argv) > 3 else list(SAMPLERS) if mode == "samplers" else []
-unknown = [m for m in names if m.split("@")[0] not in CHOICES[mode]
-           or (mode in ("alone", "members") and m.count("@") and m.split("@")[1] not in SAMPLERS)]
+unknown = [m for m in names if split_name(m)[0] not in CHOICES[mode]
+           or (mode in ("alone", "members") and split_name(m)[1] not in SAMPLERS)]
 if unknown or (mode not in ("samplers", "flips", "real") and not names):
     sys.exit(f"unknown or missing names {unknown}: choose from {', '.join(CHOICES[mode])}")
 X = load_dataset("fashion-mnist", limit=10000 + 500 + 5 * n)
@@ -78,10 +85,10 @@ elif mode == "members":
     for name in names:
         t0 = time.perf_counter()
         w = torch.zeros(len(BLEND_SIGMAS), len(BLEND_MEMBERS), dtype=torch.float64)
-        w[:, BLEND_MEMBERS.index(name.split("@")[0])] = 1  # one-hot blend weights: this member alone below the switch
+        member, variant = split_name(name)
+        w[:, BLEND_MEMBERS.index(member)] = 1  # one-hot blend weights: this member alone below the switch
         den = CoarseToFineDenoiser(pool, blend={"weights": w})
-        variant = SAMPLERS[name.split("@")[1] if "@" in name else "euler-12"]
-        report(name, boneless.sample(den, "rectified-flow", n=n, seed=1, **variant).samples, t0)
+        report(name, boneless.sample(den, "rectified-flow", n=n, seed=1, **SAMPLERS[variant]).samples, t0)
 elif mode == "flips":
     t0 = time.perf_counter()
     rows = torch.cat([pool, pool.flip(-1)])
@@ -91,6 +98,6 @@ elif mode == "flips":
 elif mode == "alone":
     for name in names:
         t0 = time.perf_counter()
-        den = boneless.DENOISERS[name.split("@")[0]](pool)
-        variant = SAMPLERS[name.split("@")[1] if "@" in name else "euler-12"]
-        report(name, boneless.sample(den, "rectified-flow", n=n, seed=1, **variant).samples, t0)
+        base, variant = split_name(name)
+        den = boneless.DENOISERS[base](pool)
+        report(name, boneless.sample(den, "rectified-flow", n=n, seed=1, **SAMPLERS[variant]).samples, t0)
