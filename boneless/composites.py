@@ -120,13 +120,17 @@ class BlendDenoiser:
         self.gmm = build(GMMDenoiser, X, components=min(o["components"], len(X)), seed=o["seed"], device=o["device"])
         self.gauss = build(GaussianDenoiser, X, device=o["device"])
 
-    def members(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
-        """The member estimates [M, B, *shape] (float64), in the order of ``BLEND_MEMBERS``."""
+    def members(self, x: torch.Tensor, alpha: Coef, sigma: Coef, active: Sequence[bool] | None = None
+                ) -> torch.Tensor:
+        """The member estimates [M, B, *shape] (float64), in the order of ``BLEND_MEMBERS``; a member that
+        ``active`` marks False is not computed and its rows are zeros."""
         a, s = check_query(x, self.shape, alpha, sigma)
-        ident = x.double() / a.clamp(min=1e-300).to(x.device)[:, None, None, None]
-        out = [self.local_gaussian(x, a, s), self.composite(x, a, s), self.local(x, a, s), self.gmm(x, a, s),
-               self.gauss(x, a, s), ident]
-        return torch.stack([e.double().cpu() for e in out])
+        calls = [lambda: self.local_gaussian(x, a, s), lambda: self.composite(x, a, s), lambda: self.local(x, a, s),
+                 lambda: self.gmm(x, a, s), lambda: self.gauss(x, a, s),
+                 lambda: x.double() / a.clamp(min=1e-300).to(x.device)[:, None, None, None]]
+        active = [True] * len(calls) if active is None else active
+        return torch.stack([call().double().cpu() if on else torch.zeros(x.shape, dtype=torch.float64)
+                            for call, on in zip(calls, active)])
 
     def fit(self, V: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         """Least-squares weights [len(sigmas), M] of the members on the clean images ``V`` noised at each level."""
@@ -153,8 +157,9 @@ class BlendDenoiser:
     def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
         a, s = check_query(x, self.shape, alpha, sigma)
 
-        def blended(xk, ak, sk):
-            return torch.einsum("bm,mb...->b...", self.weights_at(sk / ak), self.members(xk, ak, sk))
+        def blended(xk, ak, sk):  # a member with weight 0 at every queried level is not computed
+            w = self.weights_at(sk / ak)
+            return torch.einsum("bm,mb...->b...", w, self.members(xk, ak, sk, active=(w != 0).any(0).tolist()))
         return prior_mean_at_alpha_zero(self.mean, x, a, s, blended)
 
 

@@ -365,7 +365,13 @@ def test_blend_weights_fit_interpolate_and_select_members(X):
     x = images(3, seed=12)
     a, s = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64), torch.full((3,), 0.3, dtype=torch.float64)
     den = BlendDenoiser(X, sigmas=sig, weights=onehot)
+    full = den.members(x, a, s)
+    for name in ("local_gaussian", "composite", "local", "gmm"):  # weight 0 at every level: never called
+        setattr(den, name, None)
     torch.testing.assert_close(den(x, a, s), GaussianDenoiser(X)(x, a, s), rtol=0, atol=1e-5)
+    some = den.members(x, a, s, active=[m in ("gaussian", "identity") for m in BLEND_MEMBERS])
+    torch.testing.assert_close(some[-2:], full[-2:], rtol=0, atol=0)
+    assert not bool(some[:-2].any())
     onehot = torch.zeros_like(onehot)
     onehot[:, BLEND_MEMBERS.index("identity")] = 1
     ident = BlendDenoiser(X, sigmas=sig, weights=onehot)(x, a, s)
