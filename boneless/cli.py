@@ -14,20 +14,17 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import get_args
-
 import torch
 
 from . import __version__
 from .data import is_image, load_dataset
 from .distributed import DistributedError
 from .metrics import COPY_RATIO, nearest
-from .options import (add_data_arguments, add_resume_arguments, finite_float, positive_float, positive_int,
+from .options import (add_data_arguments, add_grid_arguments, add_resume_arguments, finite_float, positive_float, positive_int,
                       torch_device)
 from .outputs import check_output_dir, write_json, write_npz
 from .registry import DENOISERS, make_denoiser
 from .rows import STORAGES
-from .schedules import Spacing
 from .plots import (display_range, neighbours_grid, posterior_figure, samples_grid, save_figure, save_image,
                     scatter_samples, trajectory_figure, trajectory_scatter)
 from .checkpoints import sample_resumable
@@ -58,7 +55,7 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--num-samples", dest="n", type=positive_int, default=16, help="number of samples (default 16)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", default="runs/sample", help="output folder (default runs/sample)")
-    p.add_argument("--spacing", choices=get_args(Spacing), help="time grid (default: per schedule)")
+    add_grid_arguments(p, spacing_help="time grid (default: per schedule)")
     p.add_argument("--softmax-temperature", type=positive_float,
                    help="temperature T on the posterior logits (default 1: the exact posterior; >1 flatter); "
                         "denoisers with a posterior over examples (empirical, smoothed)")
@@ -148,8 +145,10 @@ def _run_sample(args, rank: int, world: int, device: torch.device) -> int:
     if world > 1 and args.resume:  # every rank must resume from the same state (several nodes: a shared --out)
         size = checkpoint.stat().st_size if checkpoint.exists() else -1
         distributed.check_same([size], f"checkpoint sizes at {checkpoint} (-1: missing)", device=device)
+    if args.times:
+        args.steps = len(args.times) - 1  # the given grid's steps, recorded as such
     options = dict(n=args.n, steps=args.steps, sampler=args.sampler, seed=args.seed, shape=tuple(X.shape[1:]),
-                   spacing=args.spacing, flow_scale=tuple(args.flow_scale), noise_strength=tuple(args.noise_strength),
+                   spacing=args.spacing, times=args.times, flow_scale=tuple(args.flow_scale), noise_strength=tuple(args.noise_strength),
                    eta=args.eta, churn=args.churn, top_k=args.top_k, device=device,
                    progress=rank == 0 and not args.no_progress)
     if args.restart and rank:  # rank 0 alone writes checkpoints, and deletes the old one

@@ -25,7 +25,6 @@ import platform
 import time
 import warnings
 from pathlib import Path
-from typing import get_args
 
 import numpy as np
 import torch
@@ -38,13 +37,13 @@ from .classifier import fashion_classifier
 from .memo import sharing
 from .metrics import (COPY_RATIO, PCAFeatures, WienerFilter, denoising_error, effective_examples, frechet_distance,
                       nearest, nearest_distance_stats, split_consistency)
-from .options import non_negative_int, positive_float, positive_int, torch_device
+from .options import add_grid_arguments, non_negative_int, positive_float, positive_int, torch_device
 from .outputs import atomic_path, check_output_dir
 from .plots import (display_range, image_grid, neighbours_grid, pyplot, samples_grid, save_figure, save_image,
                     scatter_samples)
 from .registry import DENOISERS, make_denoiser
 from .samplers import SAMPLERS, sample
-from .schedules import Spacing, get_schedule
+from .schedules import get_schedule
 
 DEFAULT_SIGMAS = "0.05,0.1,0.2,0.5,1,2"
 REFERENCE = "reference"  # the row of the trained network given by --reference
@@ -78,9 +77,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, default=12, help="sampling steps (12)")
     p.add_argument("--sampler", default="euler", choices=list(SAMPLERS), help="sampler (euler)")
     p.add_argument("--schedule", default="rectified-flow", help="noise schedule for sampling (rectified-flow)")
-    p.add_argument("--spacing", choices=get_args(Spacing),
-                   help="time grid of the sampling steps (default: the schedule's; karras and logsnr take smaller "
-                        "last steps)")
+    add_grid_arguments(p, spacing_help="time grid of the sampling steps (default: the schedule's; karras and logsnr "
+                                       "take smaller last steps)")
     p.add_argument("--consistency", type=non_negative_int, default=8,
                    help="paired samples from a second, disjoint pool of the same size (8; 0: off)")
     p.add_argument("--pca-dim", type=positive_int, default=32, help="PCA components for the PCA Frechet distance")
@@ -183,7 +181,7 @@ def load_reference(path: str, shape: tuple) -> tuple:
 
 # settings that change a denoiser's numbers; the others (budget, batch size, device, progress) may differ on resume
 RESULT_SETTINGS = ("data", "size", "pool", "test", "sigmas", "in_sample", "samples", "steps", "sampler", "schedule",
-                   "spacing", "consistency", "pca_dim", "classifier", "seed")
+                   "spacing", "times", "consistency", "pca_dim", "classifier", "seed")
 
 
 def previous_records(out: Path, settings: dict) -> dict:
@@ -271,6 +269,8 @@ def run(args) -> int:
     if args.in_sample and args.in_sample > len(pool):
         raise ValueError(f"--in-sample {args.in_sample} exceeds --pool {len(pool)}")
     args.in_sample = args.in_sample or min(IN_SAMPLE, len(pool))  # recorded in the settings
+    if args.times:
+        args.steps = len(args.times) - 1  # the given grid's steps, recorded as such
     in_sample = pool[:args.in_sample]
     batch = args.batch_size
     settings = {k: v for k, v in vars(args).items() if k != "func"}
@@ -485,7 +485,7 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
                     r["ratio"][i] = float(e.mse[0] / ref.mse[i])
             elif stage == "sampling":
                 res = sample(guard, schedule, noise=start_noise[:b_sample], steps=args.steps, sampler=args.sampler,
-                             spacing=args.spacing, seed=args.seed, top_k=5, device=device)
+                             spacing=args.spacing, times=args.times, seed=args.seed, top_k=5, device=device)
                 samples = res.samples.float()
                 rec["_samples"] = samples
                 if not bool(torch.isfinite(samples).all()):
@@ -505,7 +505,7 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
                 center = torch.cat([pool, split["second"]]).double().mean(0)
                 sc = split_consistency(guard, den_b, center=center, n=b_cons, steps=args.steps, seed=args.seed,
                                        noise=start_noise[:b_cons], schedule=schedule, sampler=args.sampler,
-                                       spacing=args.spacing,
+                                       spacing=args.spacing, times=args.times,
                                        samples_a=rec["_samples"][:b_cons] if reuse else None, device=device)
                 rec["consistency"] = {"mean": sc.mean, "baseline": sc.baseline, "n": args.consistency}
             took = time.perf_counter() - t1
@@ -593,7 +593,8 @@ def markdown_table(results: dict) -> str:
              f"Pool {p['pool']} training images; {p['test']} held-out images ({p['test_source']}); "
              f"y = x + sigma z with one z per image for every sigma and denoiser. "
              f"{s['samples']} samples per denoiser ({s['sampler']}, {s['schedule']}, {s['steps']} steps"
-             f"{', ' + s['spacing'] + ' spacing' if s.get('spacing') else ''}, seed {s['seed']}). "
+             f"{', ' + s['spacing'] + ' spacing' if s.get('spacing') else ''}"
+             f"{', times ' + ','.join(f'{t:g}' for t in s['times']) if s.get('times') else ''}, seed {s['seed']}). "
              f"This run took {results.get('seconds', 0):.0f} s; the denoisers' times (column 'seconds', runs "
              f"resumed with --resume included) sum to "
              f"{sum(r['timings'].get('total_s', 0) for r in dens.values()):.0f} s.", "",

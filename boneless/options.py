@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import get_args
 
 import torch
 
 from .data import DATASETS
+from .schedules import Spacing, check_times
 
 
 def _number(cast, accept, what: str):
@@ -32,6 +34,23 @@ non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
 non_negative_float = _number(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
 finite_float = _number(float, math.isfinite, "a finite number")
+
+
+def time_list(text: str) -> list[float]:
+    """An argparse ``type``: comma-separated times, strictly decreasing in [0, 1] (:func:`check_times`)."""
+    try:
+        return check_times([float(t) for t in text.split(",")]).tolist()
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e}" if "times" in str(e) else f"expected T0,T1,..., got {text!r}") from None
+
+
+def add_grid_arguments(p: argparse.ArgumentParser, *, spacing_help: str) -> None:
+    """``--spacing`` or ``--times`` (one or the other): the sampling steps' time grid, named or given."""
+    grid = p.add_mutually_exclusive_group()
+    grid.add_argument("--spacing", choices=get_args(Spacing), help=spacing_help)
+    grid.add_argument("--times", type=time_list, metavar="T0,T1,...",
+                      help="the time grid itself: decreasing times in [0, 1] (1: pure noise), e.g. 1,0.9,0.7,0.4,0; "
+                           "replaces --steps")
 
 
 def add_data_arguments(p: argparse.ArgumentParser, *, default: str = "digits") -> None:

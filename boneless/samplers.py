@@ -18,12 +18,12 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import torch
 
 from .denoisers import PosteriorDenoiser, velocity_from_x0
-from .schedules import Schedule, Spacing, get_schedule, time_grid
+from .schedules import Schedule, Spacing, check_times, get_schedule, time_grid
 
 
 @dataclass(frozen=True)
@@ -253,10 +253,10 @@ def start(denoiser, schedule: Schedule | str = "rectified-flow", *, n: int = 16,
           flow_scale: tuple[float, float] = (1.0, 1.0), noise_strength: tuple[float, float] = (0.0, 0.0),
           eta: float = 0.0, churn: float = 1.0, record_every: int | None = None,
           record_steps: list[int] | None = None, top_k: int = 5, noise: torch.Tensor | None = None,
-          device: torch.device | str = "cpu") -> Run:
-    """A run of :func:`sample` at step 0: options checked, the time grid made, ``x`` drawn from the prior
-    (``sigma(ts[0]) * noise`` when the standard normal ``noise`` [n, *shape] is given; ``n`` and ``shape`` are
-    then read from it)."""
+          times: Sequence[float] | torch.Tensor | None = None, device: torch.device | str = "cpu") -> Run:
+    """A run of :func:`sample` at step 0: options checked, the time grid made (or ``times`` taken as it is, in
+    place of ``steps``, ``spacing`` and ``t_max``), ``x`` drawn from the prior (``sigma(ts[0]) * noise`` when the
+    standard normal ``noise`` [n, *shape] is given; ``n`` and ``shape`` are then read from it)."""
     schedule = get_schedule(schedule) if isinstance(schedule, str) else schedule
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
@@ -272,7 +272,13 @@ def start(denoiser, schedule: Schedule | str = "rectified-flow", *, n: int = 16,
     for name, (a, b) in (("flow_scale", flow_scale), ("noise_strength", noise_strength)):
         if not all(math.isfinite(v) for v in (a, b)) or (name == "noise_strength" and min(a, b) < 0):
             raise ValueError(f"{name} must be finite" + (" and >= 0" if name == "noise_strength" else ""))
-    ts = time_grid(schedule, steps, spacing=spacing, t_max=t_max)
+    if times is None:
+        ts = time_grid(schedule, steps, spacing=spacing, t_max=t_max)
+    elif spacing is not None:
+        raise ValueError("give spacing or times, not both")
+    else:
+        ts = check_times(times)
+        steps = len(ts) - 1
     if record_steps is not None:
         if any(not (isinstance(i, int) and 0 <= i < steps) for i in record_steps):
             raise ValueError(f"record_steps must be step indices in [0, {steps - 1}]")
@@ -348,6 +354,7 @@ def sample(denoiser, schedule: Schedule | str = "rectified-flow", *, progress: b
             ``noise``: the standard normal draw to start from, [n, *shape] (default: drawn from ``seed``).
             ``shape``: the shape of one sample (default: ``denoiser.shape``).
             ``spacing``: time grid (``uniform``, ``karras``, ``logsnr``; default per schedule); ``t_max``.
+            ``times``: or the grid itself, decreasing times in [0, 1] (``steps`` is then its length - 1).
             ``flow_scale``, ``noise_strength``: the notebook's two knobs as (start, end) linear schedules.
             ``record_every``: record x_t and x0_hat every this many steps (default: about 10 frames), plus the
             last; ``record_steps``: or at exactly these step indices (0 .. steps - 1).

@@ -149,6 +149,17 @@ def lam_of_t(schedule: Schedule, t: float) -> float:
 Spacing = Literal["uniform", "karras", "logsnr"]
 
 
+def check_times(times) -> torch.Tensor:
+    """An explicit time grid as float64 ``[steps + 1]``: finite, strictly decreasing, within [0, 1], at least two
+    points (k-diffusion's samplers take their ``sigmas`` the same way)."""
+    ts = torch.as_tensor(times, dtype=torch.float64).flatten()
+    if len(ts) < 2 or not bool(torch.isfinite(ts).all()) or not bool((ts[1:] < ts[:-1]).all()) \
+            or float(ts[0]) > 1 or float(ts[-1]) < 0:
+        raise ValueError("times must be at least two strictly decreasing numbers in [0, 1], got "
+                         f"{[round(float(t), 6) for t in ts[:8]]}{' ...' if len(ts) > 8 else ''}")
+    return ts
+
+
 def time_grid(schedule: Schedule, steps: int, *, spacing: Spacing | None = None, t_max: float = 1.0,
               t_min: float = 0.0, lam_max: float = 80.0, lam_min: float = 0.002, rho: float = 7.0) -> torch.Tensor:
     """Decreasing times ``[steps + 1]`` from ``t_max`` to ``t_min`` (float64).

@@ -64,6 +64,22 @@ def test_sample_points_and_other_options(tmp_path, capsys):
     assert (out / "posterior.png").exists() and (out / "trajectory.png").exists()
 
 
+def test_sample_on_a_given_time_grid(tmp_path, capsys):
+    """--times is the grid of the run (recorded in the report); a grid that does not decrease, or --times with
+    --spacing, is a one-line error with exit code 2."""
+    out = tmp_path / "grid"
+    code, _, err = run(["sample", "--data", "moons", "-n", "4", "--times", "1,0.8,0.5,0.2,0.05,0", "--sampler",
+                        "heun", "--out", str(out), "--no-progress"], capsys)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["steps"] == 5 and report["time_grid"] == [1.0, 0.8, 0.5, 0.2, 0.05, 0.0]
+    for extra in (["--times", "1,0.5,0.7"], ["--times", "1,x"], ["--times", "1,0", "--spacing", "karras"]):
+        with pytest.raises(SystemExit) as e:  # argparse's one-line error
+            main(["sample", "--data", "moons", "--out", str(tmp_path / "bad"), *extra])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "--times" in err, err
+
+
 def test_sample_from_an_image_folder_with_an_unreadable_file(tmp_path, capsys):
     folder = tmp_path / "imgs"
     folder.mkdir()

@@ -191,6 +191,28 @@ def test_spacing_reaches_both_sampling_stages_and_is_a_result_setting(tmp_path, 
     assert rc == 2 and "other settings (spacing 'karras', now 'logsnr')" in _error_line(capsys)
 
 
+def test_a_given_time_grid_reaches_both_sampling_stages_and_is_a_result_setting(tmp_path, registry, monkeypatch,
+                                                                                 capsys):
+    """--times: both sampling stages run on that grid, the steps and the table follow it, and resuming with
+    another grid is refused."""
+    import boneless.evaluate as ev
+    seen = []
+
+    def recording(den_a, den_b, **options):
+        seen.append(options.get("times"))
+        return metrics.split_consistency(den_a, den_b, **options)
+
+    monkeypatch.setattr(ev, "split_consistency", recording)
+    out = tmp_path / "grid"
+    args = TINY + ["--denoisers", "wiener-test", "--consistency", "2", "--classifier", "off", "--out", str(out)]
+    assert main(args + ["--times", "1,0.6,0.2,0"]) == 0
+    assert seen == [[1.0, 0.6, 0.2, 0.0]]
+    assert json.loads((out / "results.json").read_text())["settings"]["steps"] == 3
+    assert "3 steps, times 1,0.6,0.2,0, seed" in (out / "table.md").read_text()
+    assert main(args + ["--times", "1,0.5,0", "--resume"]) == 2
+    assert "other settings" in _error_line(capsys)
+
+
 class _RunsOutAtHighNoise(WienerFilter):
     """Behaves as if its time budget ran out at its first call with sigma = 2 (no clock involved)."""
 

@@ -108,6 +108,22 @@ def test_euler_first_order_heun_second_order(schedule):
     assert errors["heun"][-1] < errors["euler"][-1] / 4
 
 
+def test_an_explicit_time_grid_is_the_named_grid_given_by_hand(digits):
+    """``times`` runs exactly the grid it is given: the Karras grid passed by hand gives the Karras samples, a grid
+    of its own differs, and a grid that does not decrease in [0, 1] (or comes with ``spacing``) is refused."""
+    den, rf = EmpiricalDenoiser(digits), get_schedule("rectified-flow")
+    named = sample(den, rf, n=4, steps=6, seed=3, sampler="heun", spacing="karras")
+    given = sample(den, rf, n=4, seed=3, sampler="heun", times=time_grid(rf, 6, spacing="karras").tolist())
+    assert torch.equal(named.samples, given.samples) and torch.equal(named.ts, given.ts)
+    own = sample(den, rf, n=4, seed=3, sampler="heun", times=[1.0, 0.9, 0.8, 0.6, 0.3, 0.05, 0.0])
+    assert len(own.ts) == 7 and float((own.samples - named.samples).abs().max()) > 1e-3
+    for bad in ([1.0], [1.0, 0.5, 0.5, 0.0], [0.5, 0.7, 0.0], [1.2, 0.5, 0.0], [1.0, 0.5, -0.1], [1.0, math.nan]):
+        with pytest.raises(ValueError, match="times must be"):
+            sample(den, rf, n=2, times=bad)
+    with pytest.raises(ValueError, match="spacing or times"):
+        sample(den, rf, n=2, times=[1.0, 0.0], spacing="karras")
+
+
 def test_default_knobs_are_the_identity_and_knobs_act(digits):
     den = EmpiricalDenoiser(digits)
     base = sample(den, "rf", n=4, steps=20, seed=2).samples
