@@ -7,6 +7,10 @@ the first 10000 does not contain), never test images. docs/EVAL.md, "Goal 2 at 5
     python validation.py flips N                       # the pool and its flips (20000 rows; Euler, 12 steps)
     python validation.py alone N NAME[@VARIANT],...    # registry denoisers on their own (default: euler-12)
     python validation.py real N                        # only the real row: 5 sets of N further training images
+    python validation.py switch N T[@VARIANT],...      # local-gaussian below a switch at time T, exact above
+                                                       # (default heun-split)
+"tv" is the total variation between the classifier's class frequencies in the samples and in the validation
+images; the class counts of the samples follow each line.
 """
 import sys
 import time
@@ -18,6 +22,12 @@ from boneless.classifier import fashion_classifier
 from boneless.composites import BLEND_MEMBERS, BLEND_SIGMAS, CoarseToFineDenoiser
 from boneless.data import load_dataset
 from boneless.metrics import PCAFeatures, frechet_distance, nearest_distance_stats
+from boneless.schedules import get_schedule, time_grid
+
+# Heun on a grid even in t down to t = 0.6, where the exact flow's class frequencies are settled
+# (docs/eval/class-balance), and the Karras grid's small steps below: 12 steps, 23 denoiser calls
+HEUN_SPLIT = torch.cat([torch.linspace(1, 0.6, 7, dtype=torch.float64),
+                        time_grid(get_schedule("rectified-flow"), 6, spacing="karras", t_max=0.6)[1:]]).tolist()
 
 SAMPLERS = {
     "euler-12": dict(sampler="euler", steps=12),
@@ -33,22 +43,33 @@ SAMPLERS = {
     "em-24": dict(sampler="euler-maruyama", steps=24, churn=1.0),
     "em-24-c0.3": dict(sampler="euler-maruyama", steps=24, churn=0.3),
     "ddpm-12": dict(sampler="ddpm", steps=12),
+    "heun-split": dict(sampler="heun", times=HEUN_SPLIT),
 }
 
 
-def split_name(name: str) -> tuple[str, str]:
-    """``NAME[@VARIANT]`` as (name, variant), the variant euler-12 if no ``@`` is given."""
+def split_name(name: str, default: str = "euler-12") -> tuple[str, str]:
+    """``NAME[@VARIANT]`` as (name, variant), the variant ``default`` if no ``@`` is given."""
     base, at, variant = name.partition("@")
-    return base, variant if at else "euler-12"
+    return base, variant if at else default
+
+
+def is_time(text: str) -> bool:
+    """Whether ``text`` is a time strictly between 0 and 1 (a switch of the ``switch`` mode)."""
+    try:
+        return 0 < float(text) < 1
+    except ValueError:
+        return False
 
 
 mode, n = sys.argv[1], int(sys.argv[2])
-CHOICES = {"samplers": SAMPLERS, "members": BLEND_MEMBERS, "flips": (), "alone": boneless.DENOISERS, "real": ()}
+CHOICES = {"samplers": SAMPLERS, "members": BLEND_MEMBERS, "flips": (), "alone": boneless.DENOISERS, "real": (),
+           "switch": ()}
 if mode not in CHOICES:
     sys.exit(f"unknown mode {mode!r}: {', '.join(CHOICES)}")
 names = sys.argv[3].split(",") if len(sys.argv) > 3 else list(SAMPLERS) if mode == "samplers" else []
-unknown = [m for m in names if split_name(m)[0] not in CHOICES[mode]
-           or (mode in ("alone", "members") and split_name(m)[1] not in SAMPLERS)]
+known = is_time if mode == "switch" else lambda first: first in CHOICES[mode]
+unknown = [m for m in names if not known(split_name(m)[0])
+           or (mode in ("alone", "members", "switch") and split_name(m)[1] not in SAMPLERS)]
 if unknown or (mode not in ("samplers", "flips", "real") and not names):
     sys.exit(f"unknown or missing names {unknown}: choose from {', '.join(CHOICES[mode])}")
 X = load_dataset("fashion-mnist", limit=10000 + 500 + 5 * n)
@@ -56,6 +77,11 @@ pool, V, ref = X[:10000], X[10000:10500], X[10500:]
 clf = fashion_classifier(progress=False)
 pca = PCAFeatures(pool)
 features = {"pca": pca(V), "clf": clf.features(V)}
+classes_V = torch.bincount(clf.probabilities(V).argmax(1), minlength=10)
+
+
+def classes(S):
+    return torch.bincount(clf.probabilities(S).argmax(1), minlength=10)
 
 
 def quality(S, rows=pool):
@@ -64,12 +90,13 @@ def quality(S, rows=pool):
     return {"ratio": q["median_ratio"], "ks": q["ks"], "copy": q["copy_rate"],
             "fd_pca": frechet_distance(pca(S), features["pca"]),
             "fd_clf": frechet_distance(clf.features(S), features["clf"]),
-            "conf": float(clf.probabilities(S).max(1).values.mean())}
+            "conf": float(clf.probabilities(S).max(1).values.mean()),
+            "tv": 0.5 * float((classes(S) / len(S) - classes_V / len(V)).abs().sum())}
 
 
 def report(name, S, t0, rows=pool):
     print(name, f"{time.perf_counter() - t0:.0f} s", {k: round(v, 3) for k, v in quality(S, rows).items()},
-          flush=True)
+          classes(S).tolist(), flush=True)
 
 
 if mode in ("samplers", "real"):
@@ -81,13 +108,15 @@ if mode == "samplers":
     for name in names:
         t0 = time.perf_counter()
         report(name, boneless.sample(den, "rectified-flow", n=n, seed=1, **SAMPLERS[name]).samples, t0)
-elif mode == "members":
+elif mode in ("members", "switch"):
     for name in names:
         t0 = time.perf_counter()
         w = torch.zeros(len(BLEND_SIGMAS), len(BLEND_MEMBERS), dtype=torch.float64)
-        member, variant = split_name(name)
+        first, variant = split_name(name, "euler-12" if mode == "members" else "heun-split")
+        t = None if mode == "members" else float(first)  # the switch as a time of the rectified flow
+        member, switch = (first, {}) if t is None else ("local-gaussian", {"switch": t / (1 - t)})
         w[:, BLEND_MEMBERS.index(member)] = 1  # one-hot blend weights: this member alone below the switch
-        den = CoarseToFineDenoiser(pool, blend={"weights": w})
+        den = CoarseToFineDenoiser(pool, blend={"weights": w}, **switch)
         report(name, boneless.sample(den, "rectified-flow", n=n, seed=1, **SAMPLERS[variant]).samples, t0)
 elif mode == "flips":
     t0 = time.perf_counter()
