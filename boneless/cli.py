@@ -14,14 +14,15 @@ import sys
 import time
 import warnings
 from pathlib import Path
+
 import torch
 
 from . import __version__
 from .data import is_image, load_dataset
 from .distributed import DistributedError
 from .metrics import COPY_RATIO, nearest
-from .options import (add_data_arguments, add_grid_arguments, add_resume_arguments, finite_float, positive_float, positive_int,
-                      torch_device)
+from .options import (add_data_arguments, add_grid_arguments, add_resume_arguments, finite_float, positive_float,
+                      positive_int, torch_device)
 from .outputs import check_output_dir, write_json, write_npz
 from .registry import DENOISERS, make_denoiser
 from .rows import STORAGES
@@ -148,9 +149,9 @@ def _run_sample(args, rank: int, world: int, device: torch.device) -> int:
     if args.times:
         args.steps = len(args.times) - 1  # the given grid's steps, recorded as such
     options = dict(n=args.n, steps=args.steps, sampler=args.sampler, seed=args.seed, shape=tuple(X.shape[1:]),
-                   spacing=args.spacing, times=args.times, flow_scale=tuple(args.flow_scale), noise_strength=tuple(args.noise_strength),
-                   eta=args.eta, churn=args.churn, top_k=args.top_k, device=device,
-                   progress=rank == 0 and not args.no_progress)
+                   spacing=args.spacing, times=args.times, flow_scale=tuple(args.flow_scale),
+                   noise_strength=tuple(args.noise_strength), eta=args.eta, churn=args.churn, top_k=args.top_k,
+                   device=device, progress=rank == 0 and not args.no_progress)
     if args.restart and rank:  # rank 0 alone writes checkpoints, and deletes the old one
         res = sample(den, schedule, **options)
     else:
