@@ -24,10 +24,13 @@ from boneless.data import load_dataset
 from boneless.metrics import PCAFeatures, frechet_distance, nearest_distance_stats
 from boneless.schedules import get_schedule, time_grid
 
-# Heun on a grid even in t down to t = 0.6, where the exact flow's class frequencies are settled
-# (docs/eval/class-balance), and the Karras grid's small steps below: 12 steps, 23 denoiser calls
-HEUN_SPLIT = torch.cat([torch.linspace(1, 0.6, 7, dtype=torch.float64),
-                        time_grid(get_schedule("rectified-flow"), 6, spacing="karras", t_max=0.6)[1:]]).tolist()
+
+def heun_split(below: int) -> dict:
+    """Heun on a grid of 6 even steps in t down to t = 0.6, where the exact flow's class frequencies are settled
+    (docs/eval/class-balance), and ``below`` steps of the Karras grid below (6: 12 steps, 23 denoiser calls)."""
+    return dict(sampler="heun", times=torch.cat([torch.linspace(1, 0.6, 7, dtype=torch.float64), time_grid(
+        get_schedule("rectified-flow"), below, spacing="karras", t_max=0.6)[1:]]).tolist())
+
 
 SAMPLERS = {
     "euler-12": dict(sampler="euler", steps=12),
@@ -43,7 +46,8 @@ SAMPLERS = {
     "em-24": dict(sampler="euler-maruyama", steps=24, churn=1.0),
     "em-24-c0.3": dict(sampler="euler-maruyama", steps=24, churn=0.3),
     "ddpm-12": dict(sampler="ddpm", steps=12),
-    "heun-split": dict(sampler="heun", times=HEUN_SPLIT),
+    "heun-split": heun_split(6),
+    "heun-split-10": heun_split(10),
 }
 
 
