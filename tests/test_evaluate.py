@@ -209,8 +209,8 @@ def test_a_given_time_grid_reaches_both_sampling_stages_and_is_a_result_setting(
     assert seen == [[1.0, 0.6, 0.2, 0.0]]
     assert json.loads((out / "results.json").read_text())["settings"]["steps"] == 3
     assert "3 steps, times 1,0.6,0.2,0, seed" in (out / "table.md").read_text()
-    assert main(args + ["--times", "1,0.5,0", "--resume"]) == 2
-    assert "other settings" in _error_line(capsys)
+    assert main(args + ["--times", "1,0.5,0.2,0", "--resume"]) == 2  # the same steps, another grid
+    assert "other settings (times [1.0, 0.6, 0.2, 0.0], now [1.0, 0.5, 0.2, 0.0])" in _error_line(capsys)
 
 
 class _RunsOutAtHighNoise(WienerFilter):
