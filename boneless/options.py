@@ -39,9 +39,13 @@ finite_float = _number(float, math.isfinite, "a finite number")
 def time_list(text: str) -> list[float]:
     """An argparse ``type``: comma-separated times, strictly decreasing in [0, 1] (:func:`check_times`)."""
     try:
-        return check_times([float(t) for t in text.split(",")]).tolist()
-    except ValueError as e:  # a word that is not a number, or numbers that are not a grid
-        raise argparse.ArgumentTypeError(str(e) if "times" in str(e) else f"expected T0,T1,..., got {text!r}") from None
+        values = [float(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected T0,T1,..., got {text!r}") from None
+    try:
+        return check_times(values).tolist()
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_grid_arguments(p: argparse.ArgumentParser, *, spacing_help: str) -> None:
