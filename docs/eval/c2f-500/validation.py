@@ -81,26 +81,30 @@ pool, V, ref = X[:10000], X[10000:10500], X[10500:]
 clf = fashion_classifier(progress=False)
 pca = PCAFeatures(pool)
 features = {"pca": pca(V), "clf": clf.features(V)}
-classes_V = torch.bincount(clf.probabilities(V).argmax(1), minlength=10)
 
 
-def classes(S):
-    return torch.bincount(clf.probabilities(S).argmax(1), minlength=10)
+def classes(P):
+    """Class counts of images whose classifier probabilities are ``P`` [n, 10]."""
+    return torch.bincount(P.argmax(1), minlength=10)
+
+
+classes_V = classes(clf.probabilities(V))
 
 
 def quality(S, rows=pool):
     """Scores of images S against the validation images; nearest distances to ``rows`` (a copy of any is a copy)."""
     q = nearest_distance_stats(S, rows, heldout=V)
+    P = clf.probabilities(S)
     return {"ratio": q["median_ratio"], "ks": q["ks"], "copy": q["copy_rate"],
             "fd_pca": frechet_distance(pca(S), features["pca"]),
             "fd_clf": frechet_distance(clf.features(S), features["clf"]),
-            "conf": float(clf.probabilities(S).max(1).values.mean()),
-            "tv": 0.5 * float((classes(S) / len(S) - classes_V / len(V)).abs().sum())}
+            "conf": float(P.max(1).values.mean()),
+            "tv": 0.5 * float((classes(P) / len(S) - classes_V / len(V)).abs().sum())}
 
 
 def report(name, S, t0, rows=pool):
     print(name, f"{time.perf_counter() - t0:.0f} s", {k: round(v, 3) for k, v in quality(S, rows).items()},
-          classes(S).tolist(), flush=True)
+          classes(clf.probabilities(S)).tolist(), flush=True)
 
 
 if mode in ("samplers", "real"):

@@ -17,6 +17,7 @@ import torch
 import boneless
 from boneless.classifier import fashion_classifier
 from boneless.data import load_dataset
+from boneless.metrics import nearest
 from boneless.schedules import get_schedule, time_grid
 
 RF = get_schedule("rectified-flow")
@@ -50,7 +51,7 @@ pool_p = torch.bincount(y, minlength=10).double() / len(y)
 
 def labels(S: torch.Tensor) -> torch.Tensor:
     """The label of each sample's nearest training image."""
-    return y[torch.cdist(S.flatten(1).double(), X.flatten(1).double()).argmin(1)]
+    return y[nearest(S, X, k=1)[1][:, 0]]
 
 
 if mode == "grids":
@@ -66,8 +67,8 @@ else:
     grid = GRIDS["heun-split"]["times"]
     cuts = {min(range(len(grid) - 1), key=lambda i: abs(grid[i] - float(v))) for v in names}  # nearest grid points
     lg, clf = boneless.make_denoiser("local-gaussian", X), fashion_classifier(progress=False)
-    ts = torch.tensor(grid, dtype=torch.float64)
     run = boneless.samplers.start(exact, RF, n=n, seed=1, sampler="heun", times=grid)
+    ts = run.ts
     states = {}
     for i in range(len(grid) - 1):
         if i in cuts:
