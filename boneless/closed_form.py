@@ -9,6 +9,8 @@ is constructible as ``cls(X)`` with good defaults, and exposes ``.shape`` (one e
   Solomon (arXiv 2310.12395): the exact denoiser averaged over Gaussian perturbations of its input.
 - :class:`GMMDenoiser` (``gmm``): the exact posterior mean under a Gaussian mixture fitted by k-means with
   covariances shrunk toward the global one.
+- :class:`ParzenDenoiser` (``parzen``): the exact posterior mean under manifold Parzen windows (Vincent & Bengio
+  2002), one low-rank Gaussian around each training example.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 
 from .checks import non_negative, positive_int
 from .data import REFERENCE_SPREAD, check_data, spread
-from .denoisers import Coef, EmpiricalDenoiser, check_query
+from .denoisers import Coef, EmpiricalDenoiser, check_query, prior_mean_at_alpha_zero
 
 
 VAR_FLOOR = 1e-12  # relative floor on predictive variances (only reached at sigma = 0)
@@ -271,3 +273,94 @@ class GMMDenoiser:
         means, r = self._posterior(x, alpha, sigma)
         out = torch.einsum("bk,kbd->bd", r, means)
         return out.to(x.device, x.dtype).reshape(x.shape)
+
+
+class ParzenDenoiser:
+    """The exact posterior mean under manifold Parzen windows (Vincent & Bengio 2002): a mixture with one Gaussian
+    per training example ``x_i``, of equal weight, mean ``x_i`` and covariance
+
+    ``C_i = scale^2 / K sum_j (x_j - x_i)(x_j - x_i)^T + ridge I``  over the ``K`` nearest other examples ``x_j``,
+
+    a Gaussian stretched along the directions in which the data continue around ``x_i``. In the noise-normalised
+    frame ``y = x / alpha``, ``lam = sigma / alpha``:
+
+    ``x0_hat = sum_i r_i(y) [x_i + C_i (C_i + lam^2 I)^-1 (y - x_i)]``,
+    ``r_i(y) = softmax_i(log N(y; x_i, C_i + lam^2 I))``,
+
+    each component evaluated exactly in the ``K``-dimensional span of its neighbours (its eigenbasis there, the
+    isotropic rest in closed form), in float64. Unlike the empirical distribution, every component has full
+    support, so the flow ends near, not on, the training examples; at high noise the components weigh the data
+    nearly as the exact posterior does, and so do the classes the flow picks (docs/EVAL.md, "Eighth push").
+    ``scale = 0`` is the exact denoiser of the data blurred by ``N(0, ridge I)``.
+
+    Args:
+        X: training examples [N, *shape].
+        neighbours: ``K``, the neighbours that shape each component (at most ``N - 1``).
+        scale: the factor on the neighbour deviations (>= 0).
+        ridge: the isotropic variance of every component (> 0), for data of the reference spread (scaled with the
+            data's variance).
+        device: where the parameters live and the computation runs. Memory: ``N K D`` float64 numbers.
+    """
+
+    def __init__(self, X: torch.Tensor, *, neighbours: int = 32, scale: float = 1.5, ridge: float = 1e-4,
+                 device: torch.device | str | None = None):
+        X = check_data(X)
+        positive_int(neighbours, "neighbours")
+        scale = non_negative(scale, "scale")
+        if non_negative(ridge, "ridge") == 0:
+            raise ValueError("ridge must be > 0: every component needs full support")
+        self.shape = tuple(X.shape[1:])
+        self.device = _device(X, device)
+        F = X.reshape(len(X), -1).to(self.device, torch.float64)
+        N, D = F.shape
+        self.ridge = float(ridge) * (spread(X) / REFERENCE_SPREAD) ** 2
+        self.X, self.xx, self.mu = F, (F * F).sum(1), F.mean(0)
+        K = min(neighbours, N - 1)
+        self.var = torch.zeros(N, K, dtype=torch.float64, device=self.device)
+        self.V = torch.zeros(N, K, D, dtype=torch.float64, device=self.device)  # unit principal directions
+        step = max(1, (1 << 24) // (N + K * D))
+        for i in range(0, N, step):
+            self.var[i:i + step], self.V[i:i + step] = _components(F, i, step, K, scale)
+        self.Vx = (self.V @ F[..., None])[..., 0]  # [N, K]
+
+    def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
+        a, s = check_query(x, self.shape, alpha, sigma)
+        return prior_mean_at_alpha_zero(self.mu.reshape(self.shape), x, a, s, self._estimate)  # the mixture's mean
+
+    def _estimate(self, x, a, s):
+        N, K = self.var.shape
+        step = max(1, (1 << 24) // max(N * K, N))  # [step, N, K] float64 temporaries of at most 128 MB
+        y = x.reshape(len(x), -1).to(self.device, torch.float64) / a.to(self.device)[:, None]
+        lam2 = (s / a).to(self.device) ** 2
+        out = torch.cat([self._mean(y[i:i + step], lam2[i:i + step]) for i in range(0, len(y), step)])
+        return out.to(x.device, x.dtype).reshape(x.shape)
+
+    def _mean(self, y, lam2):
+        (N, K), D = self.var.shape, y.shape[1]
+        c = self.ridge + lam2  # [B] the isotropic variance of every component's predictive
+        vv = (y * y).sum(1)[:, None] + self.xx[None] - 2 * y @ self.X.T  # |y - x_i|^2 [B, N]
+        b = (y @ self.V.reshape(N * K, D).T).reshape(len(y), N, K) - self.Vx  # V_i (y - x_i)
+        shrink = self.var / (self.var + c[:, None, None])  # var / (var + c) [B, N, K]
+        # log N(y; x_i, C_i + lam^2 I) up to a constant: Mahalanobis distance and log-determinant by Woodbury
+        maha = (vv - (b * b * shrink).sum(2)) / c[:, None]
+        logdet = (D - K) * c.log()[:, None] + (self.var + c[:, None, None]).log().sum(2)
+        r = torch.softmax(-0.5 * (maha + logdet), 1)  # [B, N]
+        # component means y - lam^2 (C_i + lam^2 I)^-1 (y - x_i), with (C_i + lam^2 I)^-1 v = (v - V^T shrink b) / c
+        mix = r @ self.X + (r[..., None] * shrink * b).reshape(len(y), N * K) @ self.V.reshape(N * K, D)
+        return y - (lam2 / c)[:, None] * (y - mix)
+
+
+def _components(F: torch.Tensor, start: int, step: int, K: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The principal variances [n, K] and unit directions [n, K, D] of ``scale^2 / K sum_j (x_j - x_i)(x_j -
+    x_i)^T`` for the rows ``x_i`` of ``F`` from ``start`` to ``start + step``, over the ``K`` nearest other rows
+    ``x_j`` (squared distances in float64); a direction of zero variance is a row of zeros."""
+    rows = F[start:start + step]
+    if K == 0:
+        return F.new_zeros(len(rows), 0), F.new_zeros(len(rows), 0, F.shape[1])
+    d2 = (rows * rows).sum(1)[:, None] + (F * F).sum(1)[None] - 2 * rows @ F.T
+    d2[torch.arange(len(rows)), torch.arange(start, start + len(rows))] = float("inf")  # not itself
+    dev = (F[d2.topk(K, largest=False).indices] - rows[:, None]) * (scale / math.sqrt(K))  # [n, K, D]
+    var, Q = torch.linalg.eigh(dev @ dev.transpose(1, 2))  # the K x K Gram matrices: dev^T Q = V^T diag(sqrt var)
+    keep = var > 1e-12 * var.amax(1, keepdim=True)
+    V = Q.transpose(1, 2) @ dev / var.clamp(min=1e-300).sqrt()[..., None]
+    return torch.where(keep, var, 0.0), torch.where(keep[..., None], V, 0.0)

@@ -5,6 +5,8 @@
   fitted on validation images.
 - :class:`CoarseToFineDenoiser` (``coarse-to-fine``; this project's): the exact whole-image posterior mean at
   high noise, the blend below a switch.
+- :class:`ParzenLocalDenoiser` (``parzen-local``; this project's): manifold Parzen windows at high noise, the local
+  Gaussian of patches below a switch.
 
 Members are called through their public methods and return what they compute; no composite reads state that a
 member kept from an earlier call.
@@ -18,7 +20,7 @@ from typing import Sequence
 import torch
 
 from .checks import positive_int
-from .closed_form import GaussianDenoiser, GMMDenoiser
+from .closed_form import GaussianDenoiser, GMMDenoiser, ParzenDenoiser
 from .data import REFERENCE_SPREAD, check_data, spread
 from .denoisers import Coef, EmpiricalDenoiser, check_query, prior_mean_at_alpha_zero
 from .memo import build
@@ -190,19 +192,68 @@ class CoarseToFineDenoiser:
     def __init__(self, X: torch.Tensor, *, switch: float = COARSE_TO_FINE_SWITCH, blend: dict | None = None,
                  device: torch.device | str | None = None):
         X = check_data(X)
-        if not (isinstance(switch, (int, float)) and not math.isnan(switch) and switch >= 0):
-            raise ValueError(f"switch must be a number >= 0, got {switch!r}")
-        self.switch = float(switch) * spread(X) / REFERENCE_SPREAD  # at this data's scale
+        self.switch = check_switch(switch) * spread(X) / REFERENCE_SPREAD  # at this data's scale
         self.shape = tuple(X.shape[1:])
         self.exact = build(EmpiricalDenoiser, X, device=device)
         self.blend = build(BlendDenoiser, X, device=device, **(blend or {}))  # in one eval run: the blend row's
 
     def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
-        a, s = check_query(x, self.shape, alpha, sigma)
-        coarse = s >= self.switch * a  # per query (alpha = 0 is infinite noise; switch = inf: never)
-        out = torch.empty_like(x)
-        for mask, member in ((coarse, self.exact), (~coarse, self.blend)):
-            if bool(mask.any()):
-                idx = torch.nonzero(mask)[:, 0]
-                out[idx.to(x.device)] = member(x[idx.to(x.device)], a[idx], s[idx]).to(x.dtype)
-        return out
+        return switched(x, alpha, sigma, self.shape, self.switch, self.exact, self.blend)
+
+
+def switched(x: torch.Tensor, alpha: Coef, sigma: Coef, shape: tuple[int, ...], switch: float, coarse, fine
+             ) -> torch.Tensor:
+    """``coarse(x)`` for the queries with ``sigma / alpha >= switch`` (alpha = 0 is infinite noise; ``switch =
+    inf``: never), ``fine(x)`` for the others."""
+    a, s = check_query(x, shape, alpha, sigma)
+    high = s >= switch * a
+    out = torch.empty_like(x)
+    for mask, member in ((high, coarse), (~high, fine)):
+        if bool(mask.any()):
+            idx = torch.nonzero(mask)[:, 0]
+            out[idx.to(x.device)] = member(x[idx.to(x.device)], a[idx], s[idx]).to(x.dtype)
+    return out
+
+
+def check_switch(switch) -> float:
+    """``switch`` as a float >= 0 (``inf`` allowed), or a one-line ``ValueError``."""
+    if not (isinstance(switch, (int, float)) and not math.isnan(switch) and switch >= 0):
+        raise ValueError(f"switch must be a number >= 0, got {switch!r}")
+    return float(switch)
+
+
+# the switch of ParzenLocalDenoiser: t = 0.3 of the rectified flow, chosen with parzen's scale 1.5 and 32 neighbours
+# on validation samples (training images 10000-10499, never test images; docs/EVAL.md, "Eighth push")
+PARZEN_LOCAL_SWITCH = 0.3 / 0.7
+
+
+class ParzenLocalDenoiser:
+    """Manifold Parzen windows at high noise, local Gaussians of patches below: this project's design for
+    generation.
+
+    ``x0_hat`` is the :class:`~boneless.closed_form.ParzenDenoiser` estimate (``parzen``: one low-rank Gaussian
+    around each training image) while ``sigma / alpha >= switch``, and the :class:`~boneless.patches.
+    LocalGaussianDenoiser` estimate (``local-gaussian``) below. Above the switch the Parzen posterior weighs the
+    training images nearly as the exact one does, so the flow picks classes in the data's proportions (the local
+    Gaussian alone under-samples the rarer shapes there); unlike the exact posterior its components have width,
+    so the state it hands on lies near, not on, a training image, and the patches below add the detail.
+
+    Args:
+        X: training images [N, C, H, W].
+        switch: the ``sigma / alpha`` at and above which the Parzen estimate is used (``inf``: never; 0: always),
+            for data of the reference spread (scaled with the data's spread).
+        parzen: options of the Parzen member (``neighbours``, ``scale``, ``ridge``).
+        local_gaussian: options of the local Gaussian member (e.g. ``schedule``, ``neighbours``).
+        device: where the members compute.
+    """
+
+    def __init__(self, X: torch.Tensor, *, switch: float = PARZEN_LOCAL_SWITCH, parzen: dict | None = None,
+                 local_gaussian: dict | None = None, device: torch.device | str | None = None):
+        X = check_data(X)
+        self.switch = check_switch(switch) * spread(X) / REFERENCE_SPREAD
+        self.shape = tuple(X.shape[1:])
+        self.parzen = build(ParzenDenoiser, X, device=device, **(parzen or {}))
+        self.local_gaussian = build(LocalGaussianDenoiser, X, device=device, **(local_gaussian or {}))
+
+    def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
+        return switched(x, alpha, sigma, self.shape, self.switch, self.parzen, self.local_gaussian)

@@ -11,8 +11,8 @@ import inspect
 
 import torch
 
-from .closed_form import GaussianDenoiser, GMMDenoiser, SmoothedDenoiser
-from .composites import BlendDenoiser, CoarseToFineDenoiser
+from .closed_form import GaussianDenoiser, GMMDenoiser, ParzenDenoiser, SmoothedDenoiser
+from .composites import BlendDenoiser, CoarseToFineDenoiser, ParzenLocalDenoiser
 from .denoisers import EmpiricalDenoiser
 from .experts import SUREExpertsDenoiser
 from .memo import build
@@ -24,6 +24,7 @@ DENOISERS: dict[str, type] = {
     "gaussian": GaussianDenoiser,
     "smoothed": SmoothedDenoiser,
     "gmm": GMMDenoiser,
+    "parzen": ParzenDenoiser,
     "local": LocalDenoiser,
     "local-equivariant": EquivariantLocalDenoiser,
     "local-wiener": WienerLocalDenoiser,
@@ -31,6 +32,7 @@ DENOISERS: dict[str, type] = {
     "local-gaussian": LocalGaussianDenoiser,
     "blend": BlendDenoiser,
     "coarse-to-fine": CoarseToFineDenoiser,
+    "parzen-local": ParzenLocalDenoiser,
     "sure-experts": SUREExpertsDenoiser,
 }
 

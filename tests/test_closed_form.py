@@ -1,12 +1,13 @@
-"""Mathematics of the whole-image closed-form denoisers: gaussian (Wiener), smoothed (CFDM), gmm."""
+"""Mathematics of the whole-image closed-form denoisers: gaussian (Wiener), smoothed (CFDM), gmm, parzen."""
 
 import math
 
 import pytest
 import torch
+from hypothesis import given, strategies as st
 
 from boneless import DENOISERS, EmpiricalDenoiser
-from boneless.closed_form import GaussianDenoiser, GMMDenoiser, SmoothedDenoiser, kmeans
+from boneless.closed_form import GaussianDenoiser, GMMDenoiser, ParzenDenoiser, SmoothedDenoiser, kmeans
 from boneless.denoisers import exact_reference
 from boneless.data import REFERENCE_SPREAD, spread
 
@@ -165,7 +166,79 @@ def test_kmeans_is_seeded_and_partitions():
     torch.testing.assert_close(c1, torch.stack([X[l1 == k].mean(0) for k in range(5)]))
 
 
-@pytest.mark.parametrize("name", ["gaussian", "smoothed", "gmm"])
+def parzen_reference(X, x, a, s, K, scale, ridge):
+    """Independent float64 reference: the manifold Parzen mixture written out, each component's full covariance
+    ``C_i = scale^2 / K sum_j (x_j - x_i)(x_j - x_i)^T + ridge I`` over its K nearest others (by sorting all
+    distances), evidence ``N(x; a x_i, a^2 C_i + s^2 I)``, component means by a dense solve."""
+    F = X.reshape(len(X), -1).double()
+    N, D = F.shape
+    I = torch.eye(D, dtype=torch.float64)
+    covs = []
+    for i in range(N):
+        d2 = ((F - F[i]) ** 2).sum(1)
+        d2[i] = math.inf
+        dev = F[d2.argsort()[:K]] - F[i]
+        covs.append(scale ** 2 / max(K, 1) * dev.T @ dev + ridge * I)
+    out = []
+    for xb, ab, sb in zip(x.reshape(len(x), -1).double(), a.tolist(), s.tolist()):
+        if ab == 0:
+            out.append(F.mean(0))
+            continue
+        logp, means = [], []
+        for i in range(N):
+            cov = ab * ab * covs[i] + sb * sb * I
+            logp.append(torch.distributions.MultivariateNormal(ab * F[i], covariance_matrix=cov).log_prob(xb))
+            means.append(F[i] + ab * covs[i] @ torch.linalg.solve(cov, xb - ab * F[i]))
+        r = torch.softmax(torch.stack(logp), 0)
+        out.append((r[:, None] * torch.stack(means)).sum(0))
+    return torch.stack(out).reshape(x.shape)
+
+
+@given(N=st.integers(1, 9), D=st.integers(1, 7), K=st.integers(1, 10), scale=st.floats(0, 3),
+       ridge=st.floats(1e-4, 1), spread_=st.floats(1e-3, 1e3), seed=st.integers(0, 2 ** 16),
+       log_lam=st.floats(-3, 2))
+def test_parzen_is_the_mixture_posterior_mean(N, D, K, scale, ridge, spread_, seed, log_lam):
+    """Against the mixture written out in float64 (full covariances, dense solves), for data of any scale and
+    offset, any number of neighbours (more than the data have too), noise levels from 1e-3 to 100 x the data's
+    spread, queries near training points (near-ties of the weights) and far from them, and alpha = 0."""
+    g = torch.Generator().manual_seed(seed)
+    X = (spread_ * torch.randn(N, D, generator=g, dtype=torch.float64) + 3 * spread_).float()
+    den = ParzenDenoiser(X, neighbours=K, scale=scale, ridge=ridge)
+    unit = spread(X) / REFERENCE_SPREAD
+    a = torch.tensor([1.0, 0.5, 0.0, 2.0], dtype=torch.float64)
+    s = 10 ** log_lam * unit * a.clamp(min=0.5)
+    near = X.double()[torch.randint(N, (4,), generator=g)] + 1e-3 * unit * torch.randn(4, D, generator=g)
+    x = a[:, None] * near + torch.randn(4, D, generator=g, dtype=torch.float64) * s[:, None]
+    ref = parzen_reference(X, x, a, s, min(K, N - 1), scale, ridge * unit ** 2)
+    err = (den(x, a, s) - ref).abs().max() / (ref.abs().max() + unit)
+    assert float(err) < 1e-8, err
+
+
+def test_parzen_limits(cloud):
+    """``scale = 0`` is the exact denoiser of the data blurred by the ridge; one example is a Wiener filter around
+    it; no noise returns the query (every component has full support); a batch is one query at a time."""
+    x = 0.4 * torch.randn(6, 5, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    a = torch.tensor([1.0, 0.5, 2.0, 1.0, 0.8, 1.0], dtype=torch.float64)
+    s = torch.tensor([0.02, 0.1, 0.5, 1.0, 0.3, 3.0], dtype=torch.float64)
+    ridge = 0.01 * (spread(cloud) / REFERENCE_SPREAD) ** 2
+    y, lam2 = x / a[:, None], (s / a) ** 2
+    blurred = exact_reference(cloud, y, 1.0, (ridge + lam2).sqrt())  # the exact denoiser at variance ridge + lam2
+    shrink = (lam2 / (ridge + lam2))[:, None]
+    torch.testing.assert_close(ParzenDenoiser(cloud, scale=0.0, ridge=0.01)(x, a, s), y - shrink * (y - blurred),
+                               rtol=0, atol=1e-9)
+    one = ParzenDenoiser(cloud[:1], ridge=0.01)
+    r1 = 0.01 * REFERENCE_SPREAD ** 2 / REFERENCE_SPREAD ** 2  # one example: the reference spread
+    x1 = cloud[0].double() + (1 - lam2 / (r1 + lam2))[:, None] * (y - cloud[0].double())
+    torch.testing.assert_close(one(x, a, s), x1, rtol=0, atol=1e-12)
+    den = ParzenDenoiser(cloud, neighbours=8)
+    torch.testing.assert_close(den(x, a, 0.0), y, rtol=0, atol=1e-12)
+    torch.testing.assert_close(den(x.float(), 0.0, 1.0)[0], cloud.double().mean(0).float())
+    out = den(x, a, s)
+    for b in range(len(x)):
+        torch.testing.assert_close(den(x[b:b + 1], a[b:b + 1], s[b:b + 1])[0], out[b], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "smoothed", "gmm", "parzen"])
 def test_bad_input_is_a_one_line_value_error(name, cloud):
     den = DENOISERS[name](cloud) if name != "gmm" else DENOISERS[name](cloud, components=2)
     x = torch.zeros(2, 5)
@@ -194,3 +267,6 @@ def test_bad_options():
         SmoothedDenoiser(X, draws=0)
     with pytest.raises(ValueError):
         GaussianDenoiser(torch.full((3, 2), math.nan))
+    for bad in (dict(neighbours=0), dict(scale=-1.0), dict(ridge=0.0), dict(ridge=math.inf)):
+        with pytest.raises(ValueError):
+            ParzenDenoiser(X, **bad)

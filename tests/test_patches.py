@@ -457,6 +457,26 @@ def test_coarse_to_fine_is_exact_above_the_switch_and_blend_below(X):
         CoarseToFineDenoiser(X, switch=-1.0, blend=opts)
 
 
+def test_parzen_local_is_parzen_above_the_switch_and_local_gaussian_below(X):
+    from boneless.closed_form import ParzenDenoiser
+    from boneless.composites import ParzenLocalDenoiser
+    x = images(4, seed=13).double()
+    a = torch.tensor([1.0, 0.5, 1.0, 0.0], dtype=torch.float64)
+    s = torch.tensor([0.1, 1.0, 0.4, 1.0], dtype=torch.float64)  # sigma / alpha = 0.1, 2, 0.4, inf
+    den = ParzenLocalDenoiser(X, switch=1.0, parzen=dict(neighbours=5))
+    assert den.switch == pytest.approx(spread(X) / REFERENCE_SPREAD) and 0.4 < den.switch < 2  # at X's spread
+    parzen, local = ParzenDenoiser(X, neighbours=5)(x, a, s), LocalGaussianDenoiser(X)(x, a, s)
+    got = den(x, a, s)
+    high = torch.tensor([False, True, False, True])
+    torch.testing.assert_close(got[high], parzen[high], rtol=0, atol=1e-12)
+    torch.testing.assert_close(got[~high], local[~high], rtol=0, atol=1e-6)
+    assert float((parzen[~high] - local[~high]).abs().max()) > 1e-3  # the two members differ, so the split is seen
+    torch.testing.assert_close(ParzenLocalDenoiser(X, switch=0.0, parzen=dict(neighbours=5))(x, a, s), parzen)
+    torch.testing.assert_close(ParzenLocalDenoiser(X, switch=math.inf)(x, a, s), local, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="switch"):
+        ParzenLocalDenoiser(X, switch=math.nan)
+
+
 @pytest.mark.parametrize("K, d", [(12, 5), (5, 12), (7, 7), (170, 160), (160, 170)])
 def test_wiener_step_in_either_space_is_the_posterior_mean(K, d):
     """The local Gaussian's Wiener step ``mu + C (C + lam^2 I)^-1 (y - mu)``, solved in the d x d space or (K < d)
