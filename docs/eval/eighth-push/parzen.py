@@ -2,7 +2,8 @@
 `local-gaussian`'s class tilt: docs/EVAL.md, "Eighth push". Exploration only, not part of the package.
 
     python parzen.py mse N "K,SCALE;K,SCALE;..."    # held-out MSE / Wiener on N validation images, sigma 0.5..5
-    python parzen.py switch N "K,SCALE@T;..."       # Parzen above time T, local-gaussian below (Heun, heun-split)
+    python parzen.py switch N "K,SCALE@T;..." [B]   # Parzen above time T, local-gaussian below (Heun, heun-split;
+                                                    # B Karras steps below t = 0.6, default 6)
 
 `parzen` (boneless.closed_form.ParzenDenoiser) with K neighbours and SCALE; `switch` runs `parzen-local`
 (boneless.composites.ParzenLocalDenoiser) with the switch at time T, or `parzen` alone without @T.
@@ -54,6 +55,7 @@ if __name__ == "__main__":
             row = {name: round(float(((d(xt, 1.0, sig) - Vn) ** 2).mean()) / ref, 4) for name, d in dens.items()}
             print(f"sigma {sig}", row, flush=True)
     elif mode == "switch":
+        below = int(sys.argv[4]) if len(sys.argv) > 4 else 6
         clf = fashion_classifier(progress=False)
         pca = PCAFeatures(pool)
         fV = {"pca": pca(V), "clf": clf.features(V)}
@@ -63,7 +65,7 @@ if __name__ == "__main__":
             p, _, T = spec.partition("@")
             den = (ParzenLocalDenoiser(pool, switch=float(T) / (1 - float(T)), parzen=parse(p)) if T
                    else ParzenDenoiser(pool, **parse(p)))
-            S = boneless.sample(den, RF, n=n, seed=1, **heun_split()).samples
+            S = boneless.sample(den, RF, n=n, seed=1, **heun_split(below)).samples
             q = nearest_distance_stats(S, pool, heldout=V)
             P = clf.probabilities(S)
             cS = torch.bincount(P.argmax(1), minlength=10)
