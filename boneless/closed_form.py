@@ -299,23 +299,28 @@ class ParzenDenoiser:
         scale: the factor on the neighbour deviations (>= 0).
         ridge: the isotropic variance of every component (> 0), for data of the reference spread (scaled with the
             data's variance).
+        max_gb: refuse (one-line error) to build when the ``N K D`` float64 directions would take more gigabytes.
         device: where the parameters live and the computation runs. Memory: ``N K D`` float64 numbers.
     """
 
     def __init__(self, X: torch.Tensor, *, neighbours: int = 32, scale: float = 1.5, ridge: float = 1e-4,
-                 device: torch.device | str | None = None):
+                 max_gb: float = 8.0, device: torch.device | str | None = None):
         X = check_data(X)
         positive_int(neighbours, "neighbours")
         scale = non_negative(scale, "scale")
         if non_negative(ridge, "ridge") == 0:
             raise ValueError("ridge must be > 0: every component needs full support")
+        N, D = len(X), X[0].numel()
+        K = min(neighbours, N - 1)
+        gb = N * K * D * 8 / 1e9
+        if gb > non_negative(max_gb, "max_gb"):
+            raise ValueError(f"parzen would hold {N} x {K} x {D} float64 directions ({gb:.1f} GB, more than "
+                             f"max_gb={max_gb:g}): use fewer neighbours or a smaller pool, or raise max_gb")
         self.shape = tuple(X.shape[1:])
         self.device = _device(X, device)
-        F = X.reshape(len(X), -1).to(self.device, torch.float64)
-        N, D = F.shape
+        F = X.reshape(N, D).to(self.device, torch.float64)
         self.ridge = float(ridge) * (spread(X) / REFERENCE_SPREAD) ** 2
         self.X, self.xx, self.mu = F, (F * F).sum(1), F.mean(0)
-        K = min(neighbours, N - 1)
         self.var = torch.zeros(N, K, dtype=torch.float64, device=self.device)
         self.V = torch.zeros(N, K, D, dtype=torch.float64, device=self.device)  # unit principal directions
         step = max(1, (1 << 24) // (N + K * D))

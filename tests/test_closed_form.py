@@ -267,6 +267,8 @@ def test_bad_options():
         SmoothedDenoiser(X, draws=0)
     with pytest.raises(ValueError):
         GaussianDenoiser(torch.full((3, 2), math.nan))
-    for bad in (dict(neighbours=0), dict(scale=-1.0), dict(ridge=0.0), dict(ridge=math.inf)):
+    for bad in (dict(neighbours=0), dict(scale=-1.0), dict(ridge=0.0), dict(ridge=math.inf), dict(max_gb=-1.0)):
         with pytest.raises(ValueError):
             ParzenDenoiser(X, **bad)
+    with pytest.raises(ValueError, match=r"10 x 9 x 3 float64 directions \(0.0 GB"):
+        ParzenDenoiser(X, max_gb=1e-9)  # 2160 bytes
