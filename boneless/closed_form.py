@@ -320,7 +320,9 @@ class ParzenDenoiser:
         self.device = _device(X, device)
         F = X.reshape(N, D).to(self.device, torch.float64)
         self.ridge = float(ridge) * (spread(X) / REFERENCE_SPREAD) ** 2
-        self.X, self.xx, self.mu = F, (F * F).sum(1), F.mean(0)
+        self.mu = F.mean(0)
+        F = F - self.mu  # centred: the expanded squared distances below lose nothing to an offset of the data
+        self.X, self.xx = F, (F * F).sum(1)
         self.var = torch.zeros(N, K, dtype=torch.float64, device=self.device)
         self.V = torch.zeros(N, K, D, dtype=torch.float64, device=self.device)  # unit principal directions
         step = max(1, (1 << 24) // (N + K * D))
@@ -335,9 +337,9 @@ class ParzenDenoiser:
     def _estimate(self, x, a, s):
         N, K = self.var.shape
         step = max(1, (1 << 24) // max(N * K, N))  # [step, N, K] float64 temporaries of at most 128 MB
-        y = x.reshape(len(x), -1).to(self.device, torch.float64) / a.to(self.device)[:, None]
+        y = x.reshape(len(x), -1).to(self.device, torch.float64) / a.to(self.device)[:, None] - self.mu
         lam2 = (s / a).to(self.device) ** 2
-        out = torch.cat([self._mean(y[i:i + step], lam2[i:i + step]) for i in range(0, len(y), step)])
+        out = torch.cat([self._mean(y[i:i + step], lam2[i:i + step]) for i in range(0, len(y), step)]) + self.mu
         return out.to(x.device, x.dtype).reshape(x.shape)
 
     def _mean(self, y, lam2):
