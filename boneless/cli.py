@@ -21,8 +21,8 @@ from . import __version__
 from .data import is_image, load_dataset
 from .distributed import DistributedError
 from .metrics import COPY_RATIO, nearest
-from .options import (add_data_arguments, add_grid_arguments, add_resume_arguments, finite_float, positive_float,
-                      positive_int, torch_device)
+from .options import (add_data_arguments, add_grid_arguments, add_resume_arguments, finite_float, grid_steps,
+                      positive_float, positive_int, torch_device)
 from .outputs import check_output_dir, write_json, write_npz
 from .registry import DENOISERS, make_denoiser
 from .rows import STORAGES
@@ -146,8 +146,7 @@ def _run_sample(args, rank: int, world: int, device: torch.device) -> int:
     if world > 1 and args.resume:  # every rank must resume from the same state (several nodes: a shared --out)
         size = checkpoint.stat().st_size if checkpoint.exists() else -1
         distributed.check_same([size], f"checkpoint sizes at {checkpoint} (-1: missing)", device=device)
-    if args.times:
-        args.steps = len(args.times) - 1  # the given grid's steps, recorded as such
+    grid_steps(args)
     options = dict(n=args.n, steps=args.steps, sampler=args.sampler, seed=args.seed, shape=tuple(X.shape[1:]),
                    spacing=args.spacing, times=args.times, flow_scale=tuple(args.flow_scale),
                    noise_strength=tuple(args.noise_strength), eta=args.eta, churn=args.churn, top_k=args.top_k,

@@ -37,7 +37,7 @@ from .classifier import fashion_classifier
 from .memo import sharing
 from .metrics import (COPY_RATIO, PCAFeatures, WienerFilter, denoising_error, effective_examples, frechet_distance,
                       nearest, nearest_distance_stats, split_consistency)
-from .options import add_grid_arguments, non_negative_int, positive_float, positive_int, torch_device
+from .options import add_grid_arguments, grid_steps, non_negative_int, positive_float, positive_int, torch_device
 from .outputs import atomic_path, check_output_dir
 from .plots import (display_range, image_grid, neighbours_grid, pyplot, samples_grid, save_figure, save_image,
                     scatter_samples)
@@ -269,8 +269,7 @@ def run(args) -> int:
     if args.in_sample and args.in_sample > len(pool):
         raise ValueError(f"--in-sample {args.in_sample} exceeds --pool {len(pool)}")
     args.in_sample = args.in_sample or min(IN_SAMPLE, len(pool))  # recorded in the settings
-    if args.times:
-        args.steps = len(args.times) - 1  # the given grid's steps, recorded as such
+    grid_steps(args)
     in_sample = pool[:args.in_sample]
     batch = args.batch_size
     settings = {k: v for k, v in vars(args).items() if k != "func"}

@@ -57,6 +57,13 @@ def add_grid_arguments(p: argparse.ArgumentParser, *, spacing_help: str) -> None
                            "replaces --steps")
 
 
+def grid_steps(args: argparse.Namespace) -> None:
+    """After :func:`add_grid_arguments`: a given ``--times`` grid sets ``args.steps`` (its length - 1), so that the
+    run records the steps it takes."""
+    if args.times:
+        args.steps = len(args.times) - 1
+
+
 def add_data_arguments(p: argparse.ArgumentParser, *, default: str = "digits") -> None:
     """``--data``, ``--split``, ``--limit``, ``--size``: shared by every command that reads a dataset."""
     p.add_argument("--data", default=default, metavar="NAME|PATH",
