@@ -327,7 +327,7 @@ class ParzenDenoiser:
         self.V = torch.zeros(N, K, D, dtype=torch.float64, device=self.device)  # unit principal directions
         step = max(1, (1 << 24) // (N + K * D))
         for i in range(0, N, step):
-            self.var[i:i + step], self.V[i:i + step] = _components(F, i, step, K, scale)
+            self.var[i:i + step], self.V[i:i + step] = _components(F, self.xx, i, step, K, scale)
         self.Vx = (self.V @ F[..., None])[..., 0]  # [N, K]
 
     def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
@@ -347,24 +347,27 @@ class ParzenDenoiser:
         c = self.ridge + lam2  # [B] the isotropic variance of every component's predictive
         vv = (y * y).sum(1)[:, None] + self.xx[None] - 2 * y @ self.X.T  # |y - x_i|^2 [B, N]
         b = (y @ self.V.reshape(N * K, D).T).reshape(len(y), N, K) - self.Vx  # V_i (y - x_i)
-        shrink = self.var / (self.var + c[:, None, None])  # var / (var + c) [B, N, K]
+        g = self.var + c[:, None, None]  # the predictive variances along the directions [B, N, K]
+        shrink = self.var / g
         # log N(y; x_i, C_i + lam^2 I) up to a constant: Mahalanobis distance and log-determinant by Woodbury
         maha = (vv - (b * b * shrink).sum(2)) / c[:, None]
-        logdet = (D - K) * c.log()[:, None] + (self.var + c[:, None, None]).log().sum(2)
+        logdet = (D - K) * c.log()[:, None] + g.log().sum(2)
         r = torch.softmax(-0.5 * (maha + logdet), 1)  # [B, N]
         # component means y - lam^2 (C_i + lam^2 I)^-1 (y - x_i), with (C_i + lam^2 I)^-1 v = (v - V^T shrink b) / c
         mix = r @ self.X + (r[..., None] * shrink * b).reshape(len(y), N * K) @ self.V.reshape(N * K, D)
         return y - (lam2 / c)[:, None] * (y - mix)
 
 
-def _components(F: torch.Tensor, start: int, step: int, K: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _components(F: torch.Tensor, xx: torch.Tensor, start: int, step: int, K: int, scale: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """The principal variances [n, K] and unit directions [n, K, D] of ``scale^2 / K sum_j (x_j - x_i)(x_j -
     x_i)^T`` for the rows ``x_i`` of ``F`` from ``start`` to ``start + step``, over the ``K`` nearest other rows
-    ``x_j`` (squared distances in float64); a direction of zero variance is a row of zeros."""
+    ``x_j`` (squared distances in float64, ``xx`` the rows' squared norms); a direction of zero variance is a row
+    of zeros."""
     rows = F[start:start + step]
     if K == 0:
         return F.new_zeros(len(rows), 0), F.new_zeros(len(rows), 0, F.shape[1])
-    d2 = (rows * rows).sum(1)[:, None] + (F * F).sum(1)[None] - 2 * rows @ F.T
+    d2 = xx[start:start + step, None] + xx[None] - 2 * rows @ F.T
     d2[torch.arange(len(rows)), torch.arange(start, start + len(rows))] = float("inf")  # not itself
     dev = (F[d2.topk(K, largest=False).indices] - rows[:, None]) * (scale / math.sqrt(K))  # [n, K, D]
     var, Q = torch.linalg.eigh(dev @ dev.transpose(1, 2))  # the K x K Gram matrices: dev^T Q = V^T diag(sqrt var)
