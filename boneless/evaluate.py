@@ -300,7 +300,9 @@ def run(args) -> int:
     def quality(images: torch.Tensor) -> dict:
         q = {f"fd_{k}": frechet_distance(f(images), test_feats[k]) for k, f in feats.items()}
         if clf is not None:
-            q["confidence"] = float(clf.probabilities(images).max(1).values.mean())
+            probs = clf.probabilities(images)
+            q["confidence"] = float(probs.max(1).values.mean())
+            q["classes"] = torch.bincount(probs.argmax(1), minlength=probs.shape[1]).tolist()  # by top class
         return q
 
     ref = split["reference"]
@@ -314,6 +316,9 @@ def run(args) -> int:
         qs = [quality(r) for r in sets]
         real.update({"n": len(sets[0]), "sets": len(sets)})
         for key in qs[0]:
+            if isinstance(qs[0][key], list):  # the class counts: one list per set
+                real[key] = [q[key] for q in qs]
+                continue
             v = torch.tensor([q[key] for q in qs], dtype=torch.float64)
             real[key] = float(v.mean())
             real[key + "_std"] = float(v.std()) if len(v) > 1 else None

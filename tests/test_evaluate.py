@@ -260,6 +260,8 @@ def test_eval_on_fashion_mnist_with_the_classifier(tmp_path, monkeypatch):
     assert r["protocol"]["test_source"] == "test split" and r["protocol"]["second_pool"] == 400
     s = r["denoisers"]["empirical"]["samples"]
     assert s["fd_classifier"] >= 0 and 0 < s["confidence"] <= 1 and r["real"]["fd_classifier"] >= 0
+    assert len(s["classes"]) == 10 and sum(s["classes"]) == 6  # the samples' top classes
+    assert all(len(c) == 10 and sum(c) == 6 for c in r["real"]["classes"])  # those of each real set of 6
     assert "FD classifier" in (out / "table.md").read_text()
 
 
