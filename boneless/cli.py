@@ -21,8 +21,8 @@ from . import __version__
 from .data import is_image, load_dataset
 from .distributed import DistributedError
 from .metrics import COPY_RATIO, nearest
-from .options import (add_data_arguments, add_grid_arguments, add_resume_arguments, finite_float, grid_steps,
-                      positive_float, positive_int, torch_device)
+from .options import (add_data_arguments, add_grid_arguments, add_knob_arguments, add_resume_arguments, finite_float,
+                      grid_steps, positive_float, positive_int, torch_device)
 from .outputs import check_output_dir, write_json, write_npz
 from .registry import DENOISERS, make_denoiser
 from .rows import STORAGES
@@ -64,8 +64,7 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                    help="the notebook's 'temperature': scales the flow, linear over the run (notebook: 0 1; default 1 1)")
     p.add_argument("--noise-strength", type=float, nargs=2, default=(0.0, 0.0), metavar=("START", "END"),
                    help="Gaussian noise added to the flow, linear over the run (notebook: 1 0; default 0 0)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 deterministic, 1 = DDPM)")
-    p.add_argument("--churn", type=float, default=1.0, help="euler-maruyama noise level g^2 = 2 churn sigma d_sigma")
+    add_knob_arguments(p)
     p.add_argument("--top-k", type=positive_int, default=5, help="posterior examples recorded per step (default 5)")
     p.add_argument("--chunk-size", type=positive_int,
                    help="rows per step of the streaming loop (default: the denoiser's own; 2048 for empirical)")
@@ -117,9 +116,6 @@ def _run_sample(args, rank: int, world: int, device: torch.device) -> int:
     t0 = time.perf_counter()
     out = check_output_dir(args.out, files=SAMPLE_OUTPUTS) if rank == 0 else Path(args.out)
     schedule = get_schedule(args.schedule)
-    for name in ("eta", "churn"):
-        if not (math.isfinite(getattr(args, name)) and getattr(args, name) >= 0):
-            raise ValueError(f"--{name} must be a finite number >= 0, got {getattr(args, name)}")
     if min(args.noise_strength) < 0 or not all(map(math.isfinite, args.noise_strength)):
         raise ValueError("--noise-strength values must be finite and >= 0")
     X = load_dataset(args.data, split=args.split, limit=args.limit, size=args.size, mmap=args.mmap)

@@ -37,7 +37,7 @@ from .classifier import fashion_classifier
 from .memo import sharing
 from .metrics import (COPY_RATIO, PCAFeatures, WienerFilter, denoising_error, effective_examples, frechet_distance,
                       nearest, nearest_distance_stats, split_consistency)
-from .options import add_grid_arguments, grid_steps, non_negative_int, positive_float, positive_int, torch_device
+from .options import add_grid_arguments, add_knob_arguments, grid_steps, non_negative_int, positive_float, positive_int, torch_device
 from .outputs import atomic_path, check_output_dir
 from .plots import (display_range, image_grid, neighbours_grid, pyplot, samples_grid, save_figure, save_image,
                     scatter_samples)
@@ -49,13 +49,15 @@ DEFAULT_SIGMAS = "0.05,0.1,0.2,0.5,1,2"
 REFERENCE = "reference"  # the row of the trained network given by --reference
 IN_SAMPLE = 100  # pool images for the in-sample error by default
 REFERENCE_SETS = 5  # disjoint sets of unseen real images give the real-image quality and its spread
-# samplers that add no noise as the eval runs them (no eta, no noise_strength): each sample follows from its start
+# samplers that add no noise as the eval runs them (ddim with --eta 0; no noise_strength): each sample follows from
+# its start
 DETERMINISTIC_SAMPLERS = ("euler", "heun", "ddim")
 
 
 def reuses_samples(args) -> bool:
     """Whether the split consistency's first side is the sampling stage's first samples (same start, no noise)."""
-    return args.sampler in DETERMINISTIC_SAMPLERS and args.consistency <= args.samples
+    deterministic = args.sampler in DETERMINISTIC_SAMPLERS and not (args.sampler == "ddim" and args.eta > 0)
+    return deterministic and args.consistency <= args.samples
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -79,6 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", default="rectified-flow", help="noise schedule for sampling (rectified-flow)")
     add_grid_arguments(p, spacing_help="time grid of the sampling steps (default: the schedule's; karras and logsnr "
                                        "take smaller last steps)")
+    add_knob_arguments(p)
     p.add_argument("--consistency", type=non_negative_int, default=8,
                    help="paired samples from a second, disjoint pool of the same size (8; 0: off)")
     p.add_argument("--pca-dim", type=positive_int, default=32, help="PCA components for the PCA Frechet distance")
@@ -181,7 +184,8 @@ def load_reference(path: str, shape: tuple) -> tuple:
 
 # settings that change a denoiser's numbers; the others (budget, batch size, device, progress) may differ on resume
 RESULT_SETTINGS = ("data", "size", "pool", "test", "sigmas", "in_sample", "samples", "steps", "sampler", "schedule",
-                   "spacing", "times", "consistency", "pca_dim", "classifier", "seed")
+                   "spacing", "times", "eta", "churn", "consistency", "pca_dim", "classifier", "seed")
+SETTING_DEFAULTS = {"eta": 0.0, "churn": 1.0}  # for a results.json made before the setting existed
 
 
 def previous_records(out: Path, settings: dict) -> dict:
@@ -195,7 +199,7 @@ def previous_records(out: Path, settings: dict) -> dict:
         old_settings, records = old["settings"], old["denoisers"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"--resume: cannot read {path} ({type(e).__name__}: {one_line(e)})") from None
-    differ = [k for k in RESULT_SETTINGS if old_settings.get(k) != settings.get(k)]
+    differ = [k for k in RESULT_SETTINGS if old_settings.get(k, SETTING_DEFAULTS.get(k)) != settings.get(k)]
     if differ:
         k = differ[0]
         raise ValueError(f"--resume: {path} was made with other settings ({k} {old_settings.get(k)!r}, now "
@@ -489,7 +493,8 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
                     r["ratio"][i] = float(e.mse[0] / ref.mse[i])
             elif stage == "sampling":
                 res = sample(guard, schedule, noise=start_noise[:b_sample], steps=args.steps, sampler=args.sampler,
-                             spacing=args.spacing, times=args.times, seed=args.seed, top_k=5, device=device)
+                             spacing=args.spacing, times=args.times, eta=args.eta, churn=args.churn, seed=args.seed,
+                             top_k=5, device=device)
                 samples = res.samples.float()
                 rec["_samples"] = samples
                 if not bool(torch.isfinite(samples).all()):
@@ -509,7 +514,7 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
                 center = torch.cat([pool, split["second"]]).double().mean(0)
                 sc = split_consistency(guard, den_b, center=center, n=b_cons, steps=args.steps, seed=args.seed,
                                        noise=start_noise[:b_cons], schedule=schedule, sampler=args.sampler,
-                                       spacing=args.spacing, times=args.times,
+                                       spacing=args.spacing, times=args.times, eta=args.eta, churn=args.churn,
                                        samples_a=rec["_samples"][:b_cons] if reuse else None, device=device)
                 rec["consistency"] = {"mean": sc.mean, "baseline": sc.baseline, "n": args.consistency}
             took = time.perf_counter() - t1
@@ -598,7 +603,10 @@ def markdown_table(results: dict) -> str:
              f"y = x + sigma z with one z per image for every sigma and denoiser. "
              f"{s['samples']} samples per denoiser ({s['sampler']}, {s['schedule']}, {s['steps']} steps"
              f"{', ' + s['spacing'] + ' spacing' if s.get('spacing') else ''}"
-             f"{', times ' + ','.join(f'{t:g}' for t in s['times']) if s.get('times') else ''}, seed {s['seed']}). "
+             f"{', times ' + ','.join(f'{t:g}' for t in s['times']) if s.get('times') else ''}"
+             f"{', eta ' + format(s['eta'], 'g') if s['sampler'] == 'ddim' and s.get('eta') else ''}"
+             f"{', churn ' + format(s.get('churn', 1.0), 'g') if s['sampler'] == 'euler-maruyama' else ''}"
+             f", seed {s['seed']}). "
              f"This run took {results.get('seconds', 0):.0f} s; the denoisers' times (column 'seconds', runs "
              f"resumed with --resume included) sum to "
              f"{sum(r['timings'].get('total_s', 0) for r in dens.values()):.0f} s.", "",

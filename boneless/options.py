@@ -64,6 +64,14 @@ def grid_steps(args: argparse.Namespace) -> None:
         args.steps = len(args.times) - 1
 
 
+def add_knob_arguments(p: argparse.ArgumentParser) -> None:
+    """``--eta`` (DDIM) and ``--churn`` (Euler-Maruyama): the stochastic samplers' noise levels."""
+    p.add_argument("--eta", type=non_negative_float, default=0.0,
+                   help="DDIM stochasticity (0 deterministic, 1 = DDPM; --sampler ddim only)")
+    p.add_argument("--churn", type=non_negative_float, default=1.0,
+                   help="euler-maruyama noise level g^2 = 2 churn sigma d_sigma (--sampler euler-maruyama only)")
+
+
 def add_data_arguments(p: argparse.ArgumentParser, *, default: str = "digits") -> None:
     """``--data``, ``--split``, ``--limit``, ``--size``: shared by every command that reads a dataset."""
     p.add_argument("--data", default=default, metavar="NAME|PATH",

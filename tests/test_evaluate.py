@@ -78,7 +78,8 @@ def test_eval_end_to_end_on_digits(tmp_path, registry, capsys):
     assert "real (held-out)" in table
 
 
-@pytest.mark.parametrize("sampler, reused", [("euler", True), ("ddpm", False)])
+@pytest.mark.parametrize("sampler, reused", [("euler", True), ("ddpm", False), ("ddim", True),
+                                             ("ddim --eta 0.5", False)])
 def test_split_consistency_reuses_the_sampling_stage_when_that_is_the_same(tmp_path, monkeypatch, sampler, reused):
     """With a deterministic sampler the consistency's first side is the sampling stage's first samples (the same
     start); the pairs then compare as if both sides had been sampled apart. A stochastic one samples both."""
@@ -93,8 +94,8 @@ def test_split_consistency_reuses_the_sampling_stage_when_that_is_the_same(tmp_p
         return got
 
     monkeypatch.setattr(ev, "split_consistency", checked)
-    args = TINY + ["--denoisers", "empirical", "--consistency", "3", "--sampler", sampler, "--classifier", "off",
-                   "--out", str(tmp_path / "run")]
+    args = TINY + ["--denoisers", "empirical", "--consistency", "3", "--sampler", *sampler.split(), "--classifier",
+                   "off", "--out", str(tmp_path / "run")]
     assert main(args) == 0
     assert calls == [reused]
 
@@ -213,6 +214,34 @@ def test_a_given_time_grid_reaches_both_sampling_stages_and_is_a_result_setting(
     assert "other settings (times [1.0, 0.6, 0.2, 0.0], now [1.0, 0.5, 0.2, 0.0])" in _error_line(capsys)
 
 
+def test_the_stochastic_samplers_knobs_reach_the_sampling_stages_and_are_result_settings(tmp_path, registry,
+                                                                                          capsys):
+    """--eta: DDIM with eta 1 is DDPM, sample for sample (the same noise draws); eta 0.5 gives other samples, and
+    the table says so. --churn reaches Euler-Maruyama. Resuming with another eta is refused; a results.json made
+    before the knobs existed counts as the defaults."""
+    runs = {}
+    for name, extra in (("ddpm", ["--sampler", "ddpm"]), ("eta1", ["--sampler", "ddim", "--eta", "1"]),
+                        ("eta05", ["--sampler", "ddim", "--eta", "0.5"]), ("em1", ["--sampler", "euler-maruyama"]),
+                        ("em0", ["--sampler", "euler-maruyama", "--churn", "0"])):
+        out = tmp_path / name
+        assert main(TINY + ["--denoisers", "wiener-test", "--consistency", "2", "--classifier", "off",
+                            "--out", str(out)] + extra) == 0
+        runs[name] = np.load(out / "samples_wiener-test.npy")
+    assert np.array_equal(runs["ddpm"], runs["eta1"])
+    assert np.abs(runs["eta1"] - runs["eta05"]).max() > 1e-3 and np.abs(runs["em1"] - runs["em0"]).max() > 1e-3
+    assert "10 steps, eta 0.5, seed" in (tmp_path / "eta05" / "table.md").read_text()
+    args = TINY + ["--denoisers", "wiener-test", "--consistency", "2", "--classifier", "off", "--sampler", "ddim",
+                   "--out", str(tmp_path / "eta05"), "--resume"]
+    assert main(args) == 2 and "other settings (eta 0.5, now 0.0)" in _error_line(capsys)
+    old = tmp_path / "ddpm" / "results.json"  # as written before --eta and --churn: resumed as eta 0, churn 1
+    r = json.loads(old.read_text())
+    del r["settings"]["eta"], r["settings"]["churn"]
+    old.write_text(json.dumps(r))
+    args = TINY + ["--denoisers", "wiener-test", "--consistency", "2", "--classifier", "off", "--sampler", "ddpm",
+                   "--out", str(tmp_path / "ddpm"), "--resume"]
+    assert main(args) == 0
+
+
 class _RunsOutAtHighNoise(WienerFilter):
     """Behaves as if its time budget ran out at its first call with sigma = 2 (no clock involved)."""
 
@@ -282,7 +311,8 @@ def test_bad_options_are_one_line_errors(extra, message, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra", [["--pool", "0"], ["--test", "-3"], ["--budget", "-1"], ["--consistency", "-1"],
-                                   ["--samples", "x"], ["--classifier", "maybe"], ["--sampler", "nope"]])
+                                   ["--samples", "x"], ["--classifier", "maybe"], ["--sampler", "nope"],
+                                   ["--eta", "-0.5"], ["--churn", "nan"]])
 def test_bad_values_are_rejected_by_the_parser(extra, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(TINY + ["--out", str(tmp_path / "x")] + extra)
