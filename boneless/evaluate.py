@@ -37,7 +37,8 @@ from .classifier import fashion_classifier
 from .memo import sharing
 from .metrics import (COPY_RATIO, PCAFeatures, WienerFilter, denoising_error, effective_examples, frechet_distance,
                       nearest, nearest_distance_stats, split_consistency)
-from .options import add_grid_arguments, add_knob_arguments, grid_steps, non_negative_int, positive_float, positive_int, torch_device
+from .options import (add_grid_arguments, add_knob_arguments, grid_steps, non_negative_int, positive_float,
+                      positive_int, torch_device)
 from .outputs import atomic_path, check_output_dir
 from .plots import (display_range, image_grid, neighbours_grid, pyplot, samples_grid, save_figure, save_image,
                     scatter_samples)
@@ -196,13 +197,14 @@ def previous_records(out: Path, settings: dict) -> dict:
         return {}
     try:
         old = json.loads(path.read_text())
-        old_settings, records = old["settings"], old["denoisers"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        records = old["denoisers"]
+        old_settings = {k: old["settings"].get(k, SETTING_DEFAULTS.get(k)) for k in RESULT_SETTINGS}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"--resume: cannot read {path} ({type(e).__name__}: {one_line(e)})") from None
-    differ = [k for k in RESULT_SETTINGS if old_settings.get(k, SETTING_DEFAULTS.get(k)) != settings.get(k)]
+    differ = [k for k in RESULT_SETTINGS if old_settings[k] != settings.get(k)]
     if differ:
         k = differ[0]
-        raise ValueError(f"--resume: {path} was made with other settings ({k} {old_settings.get(k)!r}, now "
+        raise ValueError(f"--resume: {path} was made with other settings ({k} {old_settings[k]!r}, now "
                          f"{settings.get(k)!r}); use another --out")
     return records
 
