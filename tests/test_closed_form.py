@@ -194,7 +194,7 @@ def parzen_reference(X, x, a, s, K, scale, ridge):
     return torch.stack(out).reshape(x.shape)
 
 
-@given(N=st.integers(1, 9), D=st.integers(1, 7), K=st.integers(1, 10), scale=st.floats(0, 3),
+@given(N=st.integers(1, 9), D=st.integers(1, 64), K=st.integers(1, 10), scale=st.floats(0, 3),
        ridge=st.floats(1e-4, 1), spread_=st.floats(1e-3, 1e3), seed=st.integers(0, 2 ** 16),
        log_lam=st.floats(-3, 2), offset=st.floats(-1e3, 1e3))
 def test_parzen_is_the_mixture_posterior_mean(N, D, K, scale, ridge, spread_, seed, log_lam, offset):
