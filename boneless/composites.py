@@ -6,7 +6,7 @@
 - :class:`CoarseToFineDenoiser` (``coarse-to-fine``; this project's): the exact whole-image posterior mean at
   high noise, the blend below a switch.
 - :class:`ParzenLocalDenoiser` (``parzen-local``; this project's): manifold Parzen windows at high noise, the local
-  Gaussian of patches below a switch.
+  Gaussian of patches below a switch, the local score machine of small patches at the lowest noise levels.
 
 Members are called through their public methods and return what they compute; no composite reads state that a
 member kept from an earlier call.
@@ -24,7 +24,7 @@ from .closed_form import GaussianDenoiser, GMMDenoiser, ParzenDenoiser
 from .data import REFERENCE_SPREAD, check_data, spread
 from .denoisers import Coef, EmpiricalDenoiser, check_query, prior_mean_at_alpha_zero
 from .memo import build
-from .patches import LocalGaussianDenoiser, PatchCompositeDenoiser, WienerLocalDenoiser
+from .patches import LocalDenoiser, LocalGaussianDenoiser, PatchCompositeDenoiser, WienerLocalDenoiser
 
 
 BLEND_SIGMAS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -222,38 +222,59 @@ def check_switch(switch) -> float:
     return float(switch)
 
 
-# the switch of ParzenLocalDenoiser: t = 0.3 of the rectified flow, chosen with parzen's scale 1.5 and 32 neighbours
-# on validation samples (training images 10000-10499, never test images; docs/EVAL.md, "Eighth push")
+# the switches of ParzenLocalDenoiser: t = 0.3 of the rectified flow, chosen with parzen's scale 1.5 and 32 neighbours;
+# sigma / alpha = 0.1 and squares of side 3 for the local score machine below; each chosen on validation samples
+# (training images 10000-10499, never test images; docs/EVAL.md, "Eighth push" and "Tenth push")
 PARZEN_LOCAL_SWITCH = 0.3 / 0.7
+PARZEN_LOCAL_LOW_SWITCH = 0.1
+PARZEN_LOCAL_LOW_SIDE = 3
 
 
 class ParzenLocalDenoiser:
-    """Manifold Parzen windows at high noise, local Gaussians of patches below: this project's design for
-    generation.
+    """Manifold Parzen windows at high noise, local Gaussians of patches in the middle, the patch posterior of
+    small squares at the lowest noise levels: this project's design for generation.
 
     ``x0_hat`` is the :class:`~boneless.closed_form.ParzenDenoiser` estimate (``parzen``: one low-rank Gaussian
-    around each training image) while ``sigma / alpha >= switch``, and the :class:`~boneless.patches.
-    LocalGaussianDenoiser` estimate (``local-gaussian``) below. Above the switch the Parzen posterior weighs the
-    training images nearly as the exact one does, so the flow picks classes in the data's proportions (the local
-    Gaussian alone under-samples the rarer shapes there); unlike the exact posterior its components have width,
-    so the state it hands on lies near, not on, a training image, and the patches below add the detail.
+    around each training image) while ``sigma / alpha >= switch``, the :class:`~boneless.patches.
+    LocalGaussianDenoiser` estimate (``local-gaussian``) below it down to ``low_switch``, and the :class:`~boneless.
+    patches.LocalDenoiser` estimate (``local``, Kamb & Ganguli's local score machine, squares of side 3 by default)
+    below ``low_switch``. Above the switch the Parzen posterior weighs the training images nearly as the exact one
+    does, so the flow picks classes in the data's proportions (the local Gaussian alone under-samples the rarer
+    shapes there); unlike the exact posterior its components have width, so the state it hands on lies near, not
+    on, a training image, and the patches below add the detail. A Gaussian prior of a square cannot hold a pixel
+    that is either exactly background or part of the garment, so the local Gaussians leave a faint haze around the
+    shapes; at the lowest noise levels the posterior over the training squares themselves (a mixture of points)
+    takes it away.
 
     Args:
         X: training images [N, C, H, W].
         switch: the ``sigma / alpha`` at and above which the Parzen estimate is used (``inf``: never; 0: always),
             for data of the reference spread (scaled with the data's spread).
+        low_switch: the ``sigma / alpha`` below which the local score machine answers (0: never), likewise scaled;
+            at most ``switch``.
         parzen: options of the Parzen member (``neighbours``, ``scale``, ``ridge``).
         local_gaussian: options of the local Gaussian member (e.g. ``schedule``, ``neighbours``).
+        local: options of the local score member (default ``schedule=3``: squares of side 3 at every level).
         device: where the members compute.
     """
 
-    def __init__(self, X: torch.Tensor, *, switch: float = PARZEN_LOCAL_SWITCH, parzen: dict | None = None,
-                 local_gaussian: dict | None = None, device: torch.device | str | None = None):
+    def __init__(self, X: torch.Tensor, *, switch: float = PARZEN_LOCAL_SWITCH,
+                 low_switch: float = PARZEN_LOCAL_LOW_SWITCH, parzen: dict | None = None,
+                 local_gaussian: dict | None = None, local: dict | None = None,
+                 device: torch.device | str | None = None):
         X = check_data(X)
-        self.switch = check_switch(switch) * spread(X) / REFERENCE_SPREAD
+        switch, low_switch = check_switch(switch), check_switch(low_switch)
+        if low_switch > switch:
+            raise ValueError(f"low_switch must be at most switch ({switch}), got {low_switch}")
+        self.switch = switch * spread(X) / REFERENCE_SPREAD
+        self.low_switch = low_switch * spread(X) / REFERENCE_SPREAD
         self.shape = tuple(X.shape[1:])
         self.parzen = build(ParzenDenoiser, X, device=device, **(parzen or {}))
         self.local_gaussian = build(LocalGaussianDenoiser, X, device=device, **(local_gaussian or {}))
+        self.local = build(LocalDenoiser, X, device=device, **{"schedule": PARZEN_LOCAL_LOW_SIDE, **(local or {})})
 
     def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
-        return switched(x, alpha, sigma, self.shape, self.switch, self.parzen, self.local_gaussian)
+        return switched(x, alpha, sigma, self.shape, self.switch, self.parzen, self._below)
+
+    def _below(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
+        return switched(x, alpha, sigma, self.shape, self.low_switch, self.local_gaussian, self.local)

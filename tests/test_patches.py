@@ -457,24 +457,39 @@ def test_coarse_to_fine_is_exact_above_the_switch_and_blend_below(X):
         CoarseToFineDenoiser(X, switch=-1.0, blend=opts)
 
 
-def test_parzen_local_is_parzen_above_the_switch_and_local_gaussian_below(X):
+def test_parzen_local_is_parzen_above_the_switch_local_gaussian_below_and_local_at_the_bottom(X):
     from boneless.closed_form import ParzenDenoiser
     from boneless.composites import ParzenLocalDenoiser
-    x = images(4, seed=13).double()
-    a = torch.tensor([1.0, 0.5, 1.0, 0.0], dtype=torch.float64)
-    s = torch.tensor([0.1, 1.0, 0.4, 1.0], dtype=torch.float64)  # sigma / alpha = 0.1, 2, 0.4, inf
-    den = ParzenLocalDenoiser(X, switch=1.0, parzen=dict(neighbours=5))
-    assert den.switch == pytest.approx(spread(X) / REFERENCE_SPREAD) and 0.4 < den.switch < 2  # at X's spread
-    parzen, local = ParzenDenoiser(X, neighbours=5)(x, a, s), LocalGaussianDenoiser(X)(x, a, s)
+    from boneless.patches import LocalDenoiser
+    x = images(5, seed=13).double()
+    a = torch.tensor([1.0, 0.5, 1.0, 0.0, 1.0], dtype=torch.float64)
+    s = torch.tensor([0.05, 1.0, 0.4, 1.0, 0.02], dtype=torch.float64)  # sigma / alpha = 0.05, 2, 0.4, inf, 0.02
+    den = ParzenLocalDenoiser(X, switch=1.0, low_switch=0.2, parzen=dict(neighbours=5))
+    unit = spread(X) / REFERENCE_SPREAD
+    assert den.switch == pytest.approx(unit) and 0.4 < den.switch < 2  # at X's spread
+    assert den.low_switch == pytest.approx(0.2 * unit) and 0.05 < den.low_switch < 0.4
+    parzen, middle = ParzenDenoiser(X, neighbours=5)(x, a, s), LocalGaussianDenoiser(X)(x, a, s)
+    high, bottom = torch.tensor([False, True, False, True, False]), torch.tensor([True, False, False, False, True])
+    mid = ~high & ~bottom
+    low = torch.zeros_like(x)  # the bottom queries as the composite batches them (float32 rounding: 1e-6 above)
+    low[bottom] = LocalDenoiser(X, schedule=3)(x[bottom], a[bottom], s[bottom])
     got = den(x, a, s)
-    high = torch.tensor([False, True, False, True])
     torch.testing.assert_close(got[high], parzen[high], rtol=0, atol=1e-12)
-    torch.testing.assert_close(got[~high], local[~high], rtol=0, atol=1e-6)
-    assert float((parzen[~high] - local[~high]).abs().max()) > 1e-3  # the two members differ, so the split is seen
-    torch.testing.assert_close(ParzenLocalDenoiser(X, switch=0.0, parzen=dict(neighbours=5))(x, a, s), parzen)
-    torch.testing.assert_close(ParzenLocalDenoiser(X, switch=math.inf)(x, a, s), local, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got[mid], middle[mid], rtol=0, atol=1e-6)
+    torch.testing.assert_close(got[bottom], low[bottom], rtol=0, atol=1e-6)
+    # the members differ, so each split is seen
+    assert float((parzen[mid] - middle[mid]).abs().max()) > 1e-3
+    assert float((middle[bottom] - low[bottom]).abs().max()) > 1e-3
+    torch.testing.assert_close(ParzenLocalDenoiser(X, switch=0.0, low_switch=0.0, parzen=dict(neighbours=5))(x, a, s),
+                               parzen)
+    torch.testing.assert_close(ParzenLocalDenoiser(X, switch=math.inf, low_switch=0.0)(x, a, s), middle, rtol=0,
+                               atol=1e-6)
+    torch.testing.assert_close(ParzenLocalDenoiser(X, switch=math.inf, low_switch=math.inf, local=dict(schedule=5))(
+        x, a, s), LocalDenoiser(X, schedule=5)(x, a, s), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="switch"):
         ParzenLocalDenoiser(X, switch=math.nan)
+    with pytest.raises(ValueError, match="low_switch must be at most switch"):
+        ParzenLocalDenoiser(X, switch=0.5, low_switch=1.0)
 
 
 @pytest.mark.parametrize("K, d", [(12, 5), (5, 12), (7, 7), (170, 160), (160, 170)])
