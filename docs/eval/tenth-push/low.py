@@ -32,6 +32,7 @@ from boneless.classifier import fashion_classifier  # noqa: E402
 from boneless.closed_form import ParzenDenoiser  # noqa: E402
 from boneless.composites import PARZEN_LOCAL_SWITCH, switched  # noqa: E402
 from boneless.data import load_dataset  # noqa: E402
+from boneless.memo import build, sharing  # noqa: E402
 from boneless.metrics import frechet_distance, nearest_distance_stats  # noqa: E402
 from boneless.patches import LocalDenoiser, LocalGaussianDenoiser  # noqa: E402
 
@@ -84,31 +85,23 @@ if post:
     sys.exit()
 
 n, seed, specs = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(";")
-coarse, lg = ParzenDenoiser(pool, neighbours=32, scale=1.5), LocalGaussianDenoiser(pool)
 ts = torch.tensor(P.heun_split()["times"], dtype=torch.float64)
 state = f"state174-{n}-{seed}.pt"
-if not os.path.exists(state):
-    t0 = time.perf_counter()
-    x1 = P.RF(1.0).sigma * torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
-    torch.save(samplers.heun(lambda x, a, s: switched(x, a, s, shape, PARZEN_LOCAL_SWITCH, coarse, lg), P.RF, x1,
-                             ts[:9]), state)  # as boneless.sample(seed=SEED) would, down to ts[8] = 0.174
-    print(f"down to t = {float(ts[8]):.3f}: {time.perf_counter() - t0:.0f} s", flush=True)
-x174 = torch.load(state)
-answers = {}  # local-gaussian's answer at t = 0.174, the same for every row
-
-
-def lg_kept(x, a, s):
-    key = (len(x), float(torch.as_tensor(s).flatten()[0]), float(x.double().sum()))
-    if key not in answers:
-        answers[key] = lg(x, a, s)
-    return answers[key]
-
-
-for spec in specs:
-    t0 = time.perf_counter()
-    if spec == "base":
-        fine = lg_kept
-    else:
-        k, lam = spec.split(",")
-        fine = (lambda lam, loc: lambda x, a, s: switched(x, a, s, shape, lam, lg_kept, loc))(float(lam), local(int(k)))
-    report(spec, samplers.heun(fine, P.RF, x174.clone(), ts[8:]), t0)
+with sharing():  # local-gaussian's answer at t = 0.174 is the same for every row: computed once
+    lg = build(LocalGaussianDenoiser, pool)
+    if not os.path.exists(state):
+        t0 = time.perf_counter()
+        coarse = ParzenDenoiser(pool, neighbours=32, scale=1.5)
+        x1 = P.RF(1.0).sigma * torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
+        torch.save(samplers.heun(lambda x, a, s: switched(x, a, s, shape, PARZEN_LOCAL_SWITCH, coarse, lg), P.RF, x1,
+                                 ts[:9]), state)  # as boneless.sample(seed=SEED) would, down to ts[8] = 0.174
+        print(f"down to t = {float(ts[8]):.3f}: {time.perf_counter() - t0:.0f} s", flush=True)
+    x174 = torch.load(state)
+    for spec in specs:
+        t0 = time.perf_counter()
+        if spec == "base":
+            fine = lg
+        else:
+            k, lam = spec.split(",")
+            fine = (lambda lam, loc: lambda x, a, s: switched(x, a, s, shape, lam, lg, loc))(float(lam), local(int(k)))
+        report(spec, samplers.heun(fine, P.RF, x174.clone(), ts[8:]), t0)
