@@ -158,6 +158,18 @@ def test_local_wiener_follows_its_definition(X, queries, k):
     torch.testing.assert_close(den(x, a, s).double(), brute_wiener_local(X, x, a, s, fps), rtol=0, atol=2e-5)
 
 
+def random_case(n, c, h, w, scale, offset, log_lam, alpha, near, seed):
+    """Data ``[n, c, h, w]`` of any scale and offset, and two noisy queries at ``sigma / alpha = 10^log_lam scale``
+    (``near``: of training images, where the posterior is peaked): ``X, x, alpha, sigma``."""
+    g = torch.Generator().manual_seed(seed)
+    Xd = offset + scale * torch.randn(n, c, h, w, generator=g)
+    x0 = Xd[torch.randint(n, (2,), generator=g)] if near else offset + scale * torch.randn(2, c, h, w, generator=g)
+    a = torch.full((2,), alpha, dtype=torch.float64)
+    sg = a * (10 ** log_lam * scale)
+    x = alpha * x0 + sg.float()[:, None, None, None] * torch.randn(x0.shape, generator=g)
+    return Xd, x, a, sg
+
+
 @settings(max_examples=settings.default.max_examples * 3 // 20, deadline=None)  # 60 in CI, 300 thorough
 @given(n=st.integers(1, 30), c=st.integers(1, 2), h=st.integers(1, 6), w=st.integers(2, 6), k=st.integers(1, 4),
        scale=st.floats(1e-2, 1e2), offset=st.floats(-50, 50), log_lam=st.floats(-3, 1), alpha=st.floats(0.1, 1.0),
@@ -169,13 +181,7 @@ def test_local_wiener_matches_float64_at_any_size_scale_and_noise(n, c, h, w, k,
     the float64 posterior of the definition on the denoiser's own footprints, with the default float32 tier
     (``fast_delta``) and with the exact tiers alone. ``near``: queries close to a training image, where the
     posterior is peaked."""
-    g = torch.Generator().manual_seed(seed)
-    Xd = offset + scale * torch.randn(n, c, h, w, generator=g)
-    lam = 10 ** log_lam * scale
-    x0 = Xd[torch.randint(n, (2,), generator=g)] if near else offset + scale * torch.randn(2, c, h, w, generator=g)
-    a = torch.full((2,), alpha, dtype=torch.float64)
-    sg = a * lam
-    x = alpha * x0 + sg.float()[:, None, None, None] * torch.randn(x0.shape, generator=g)
+    Xd, x, a, sg = random_case(n, c, h, w, scale, offset, log_lam, alpha, near, seed)
     case = dict(n=n, c=c, h=h, w=w, k=k, scale=scale, offset=offset, log_lam=log_lam, alpha=alpha, near=near,
                 seed=seed)
     for fast_delta in (PATCH_FAST_DELTA, 1e-9):
@@ -195,13 +201,7 @@ def test_local_matches_float64_at_any_size_scale_and_noise(n, c, h, w, k, scale,
     its posteriors are peaked) on any finite data, at any noise level: each query's float32 estimate is within 1e-4
     (relative L2, the exactness contract's measure) of the float64 per-pixel posterior of the definition, with the
     default float32 tier and with the exact tiers alone. ``near``: queries close to a training image."""
-    g = torch.Generator().manual_seed(seed)
-    Xd = offset + scale * torch.randn(n, c, h, w, generator=g)
-    lam = 10 ** log_lam * scale
-    x0 = Xd[torch.randint(n, (2,), generator=g)] if near else offset + scale * torch.randn(2, c, h, w, generator=g)
-    a = torch.full((2,), alpha, dtype=torch.float64)
-    sg = a * lam
-    x = alpha * x0 + sg.float()[:, None, None, None] * torch.randn(x0.shape, generator=g)
+    Xd, x, a, sg = random_case(n, c, h, w, scale, offset, log_lam, alpha, near, seed)
     case = dict(n=n, c=c, h=h, w=w, k=k, scale=scale, offset=offset, log_lam=log_lam, alpha=alpha, near=near,
                 seed=seed)
     want = brute_local(Xd, x, a, sg, k)
