@@ -18,11 +18,13 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .checks import one_line
 from .data import is_image, load_dataset
 from .distributed import DistributedError
 from .metrics import COPY_RATIO, nearest
-from .options import (add_data_arguments, add_grid_arguments, add_knob_arguments, add_resume_arguments, finite_float,
-                      grid_steps, positive_float, positive_int, torch_device)
+from .options import (add_data_arguments, add_grid_arguments, add_knob_arguments, add_option_arguments,
+                      add_resume_arguments, finite_float, grid_steps, options_for, positive_float, positive_int,
+                      torch_device)
 from .outputs import check_output_dir, write_json, write_npz
 from .registry import DENOISERS, make_denoiser
 from .rows import STORAGES
@@ -80,6 +82,7 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-dedupe", action="store_true",
                    help="hold every row: by default rows that repeat (equal values and weights) are held once with "
                         "their count when at least 1/8 of the rows are repeats (the same posterior); empirical only")
+    add_option_arguments(p, several=False)
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--mmap", action=argparse.BooleanOptionalAction, default=None,
@@ -92,6 +95,18 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                         "(decoded.png, decoded_neighbours.png)")
     p.add_argument("--dist-timeout", type=positive_float, default=300.0, metavar="SECONDS",
                    help="under torchrun: a rank waiting longer than this for another fails with an error (default 300)")
+
+
+def build_denoiser(name: str, X, *, device, **options):
+    """:func:`make_denoiser` with options from the command line: a value of the wrong type (which the class meets
+    as a TypeError) is a one-line error too."""
+    try:
+        return make_denoiser(name, X, device=device, **options)
+    except TypeError as e:
+        if not options:
+            raise
+        given = ", ".join(f"{k}={v!r}" for k, v in options.items())
+        raise ValueError(f"denoiser {name!r} with {given}: {one_line(e)}") from None
 
 
 def run_sample(args) -> int:
@@ -134,7 +149,12 @@ def _run_sample(args, rank: int, world: int, device: torch.device) -> int:
     t0 = time.perf_counter()
     given = {"temperature": args.softmax_temperature, "chunk_size": args.chunk_size, "storage": args.storage,
              "bank": args.bank, "rescore": args.rescore, "dedupe": False if args.no_dedupe else None}  # the options given on the command line; the denoiser's own defaults otherwise
-    den = make_denoiser(args.denoiser, X, device=device, **{k: v for k, v in given.items() if v is not None})
+    given = {k: v for k, v in given.items() if v is not None}
+    for key, value in options_for(args.denoiser, args.options, [args.denoiser]).items():
+        if key in given:
+            raise ValueError(f"--option {key} repeats an option given by its own flag ({given[key]!r})")
+        given[key] = value
+    den = build_denoiser(args.denoiser, X, device=device, **given)
     timings["build_s"] = time.perf_counter() - t0
     checkpoint = out / "checkpoint.pt"
     if args.restart and rank == 0:

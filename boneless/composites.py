@@ -215,10 +215,10 @@ def switched(x: torch.Tensor, alpha: Coef, sigma: Coef, shape: tuple[int, ...], 
     return out
 
 
-def check_switch(switch) -> float:
-    """``switch`` as a float >= 0 (``inf`` allowed), or a one-line ``ValueError``."""
+def check_switch(switch, name: str = "switch") -> float:
+    """``switch`` as a float >= 0 (``inf`` allowed), or a one-line ``ValueError`` that calls it ``name``."""
     if not (isinstance(switch, (int, float)) and not math.isnan(switch) and switch >= 0):
-        raise ValueError(f"switch must be a number >= 0, got {switch!r}")
+        raise ValueError(f"{name} must be a number >= 0, got {switch!r}")
     return float(switch)
 
 
@@ -263,7 +263,7 @@ class ParzenLocalDenoiser:
                  local_gaussian: dict | None = None, local: dict | None = None,
                  device: torch.device | str | None = None):
         X = check_data(X)
-        switch, low_switch = check_switch(switch), check_switch(low_switch)
+        switch, low_switch = check_switch(switch), check_switch(low_switch, "low_switch")
         if low_switch > switch:
             raise ValueError(f"low_switch must be at most switch ({switch}), got {low_switch}")
         self.switch = switch * spread(X) / REFERENCE_SPREAD

@@ -37,12 +37,12 @@ from .classifier import fashion_classifier
 from .memo import sharing
 from .metrics import (COPY_RATIO, PCAFeatures, WienerFilter, denoising_error, effective_examples, frechet_distance,
                       nearest, nearest_distance_stats, split_consistency)
-from .options import (add_grid_arguments, add_knob_arguments, grid_steps, non_negative_int, positive_float,
-                      positive_int, torch_device)
+from .options import (add_grid_arguments, add_knob_arguments, add_option_arguments, grid_steps, non_negative_int,
+                      options_for, positive_float, positive_int, torch_device)
 from .outputs import atomic_path, check_output_dir
 from .plots import (display_range, image_grid, neighbours_grid, pyplot, samples_grid, save_figure, save_image,
                     scatter_samples)
-from .registry import DENOISERS, make_denoiser
+from .registry import DENOISERS, check_options, make_denoiser
 from .samplers import SAMPLERS, sample
 from .schedules import get_schedule
 
@@ -69,6 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test", type=positive_int, default=500, help="held-out images for the error table (500)")
     p.add_argument("--denoisers", default="all", metavar="A,B,...",
                    help=f"comma-separated names or 'all' (now: {', '.join(DENOISERS)})")
+    add_option_arguments(p, several=True)
     p.add_argument("--reference", metavar="DIR",
                    help="also evaluate a trained network, a diffusers pipeline folder (as `boneless "
                         "train-reference` writes), as the row 'reference', with its size and training time")
@@ -185,8 +186,8 @@ def load_reference(path: str, shape: tuple) -> tuple:
 
 # settings that change a denoiser's numbers; the others (budget, batch size, device, progress) may differ on resume
 RESULT_SETTINGS = ("data", "size", "pool", "test", "sigmas", "in_sample", "samples", "steps", "sampler", "schedule",
-                   "spacing", "times", "eta", "churn", "consistency", "pca_dim", "classifier", "seed")
-SETTING_DEFAULTS = {"eta": 0.0, "churn": 1.0}  # for a results.json made before the setting existed
+                   "spacing", "times", "eta", "churn", "consistency", "pca_dim", "classifier", "seed", "options")
+SETTING_DEFAULTS = {"eta": 0.0, "churn": 1.0, "options": []}  # for a results.json made before the setting existed
 
 
 def previous_records(out: Path, settings: dict) -> dict:
@@ -276,6 +277,10 @@ def run(args) -> int:
         raise ValueError(f"--in-sample {args.in_sample} exceeds --pool {len(pool)}")
     args.in_sample = args.in_sample or min(IN_SAMPLE, len(pool))  # recorded in the settings
     grid_steps(args)
+    options = {n: options_for(n, args.options, names) for n in names}  # checked before any work
+    for n in names:
+        check_options(n, options[n])
+    args.options = [f"{who + ':' if who else ''}{key}={value!r}" for who, key, value in args.options]  # as text
     in_sample = pool[:args.in_sample]
     batch = args.batch_size
     settings = {k: v for k, v in vars(args).items() if k != "func"}
@@ -374,7 +379,8 @@ def run(args) -> int:
                 bar.set_postfix_str(name)
             done_before = bar.n if bar is not None else 0
             rec = evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule, device, bar, shape,
-                                    build=(lambda X: network[0]) if name == REFERENCE else None)
+                                    build=(lambda X: network[0]) if name == REFERENCE else None,
+                                    options=options.get(name, {}))
             if name == REFERENCE:
                 rec["network"] = network[1]
             if bar is not None:
@@ -417,10 +423,10 @@ def probe_costs(timed, *, b_err: int, n_test: int, budget: float) -> tuple[float
 
 
 def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule, device, bar, shape, *,
-                      build=None) -> dict:
+                      build=None, options: dict | None = None) -> dict:
     """One denoiser through the protocol; never raises (a failure is recorded in the result). ``build(X)``
-    makes it from the pool (default: the registry's ``name``); with ``build`` given there is no second
-    denoiser from the second pool, so no split consistency (a trained network is one network).
+    makes it from the pool (default: the registry's ``name`` with ``options``); with ``build`` given there is no
+    second denoiser from the second pool, so no split consistency (a trained network is one network).
 
     After building it, a probe call at each batch size estimates the cost of every stage (held-out error,
     sampling, in-sample error, split consistency); the stages that fit in ``--budget`` run in that order, the
@@ -430,14 +436,14 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
     in_sample = pool[:args.in_sample]
     lo, hi = display_range(pool)
     psnr_peak = hi - lo
-    rec = {"status": "ok", "timings": {}}
+    rec = {"status": "ok", "timings": {}, **({"options": {k: repr(v) for k, v in options.items()}} if options else {})}
     t0 = time.perf_counter()
     deadline = t0 + args.budget
     stage = "build"
     on_call = (lambda: bar.update(1)) if bar is not None else (lambda: None)
     consistency = bool(split["second"] is not None and args.consistency and build is None)
     if build is None:
-        build = lambda X: make_denoiser(name, X, device=device)  # noqa: E731
+        build = lambda X: make_denoiser(name, X, device=device, **(options or {}))  # noqa: E731
     try:
         den = build(pool)
         build_s = time.perf_counter() - t0
@@ -673,6 +679,9 @@ def markdown_table(results: dict) -> str:
     for name, r in dens.items():
         if "network" in r:
             lines += ["", network_note(name, r["network"], p["pool"], s["data"])]
+        if r.get("options"):
+            lines += ["", f"Row '{name}': built with " + ", ".join(f"{k}={v}" for k, v in r["options"].items())
+                      + " (--option)."]
     return "\n".join(lines) + "\n"
 
 

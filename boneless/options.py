@@ -7,6 +7,7 @@ its own parser from these; a bad value is argparse's one-line error and exit cod
 from __future__ import annotations
 
 import argparse
+import ast
 import math
 from typing import get_args
 
@@ -70,6 +71,49 @@ def add_knob_arguments(p: argparse.ArgumentParser) -> None:
                    help="DDIM stochasticity (0 deterministic, 1 = DDPM; --sampler ddim only)")
     p.add_argument("--churn", type=non_negative_float, default=1.0,
                    help="euler-maruyama noise level g^2 = 2 churn sigma d_sigma (--sampler euler-maruyama only)")
+
+
+def denoiser_option(text: str) -> tuple[str | None, str, object]:
+    """An argparse ``type``: ``[DENOISER:]KEY=VALUE``, one keyword option of a denoiser class, as
+    ``make_denoiser(name, X, KEY=VALUE)`` takes it. VALUE is a Python literal (``0.1``, ``3``, ``True``, ``None``,
+    ``{'schedule': 5}``) or else a plain string (``uint8``); DENOISER (optional) limits it to that denoiser."""
+    head, eq, value = text.partition("=")
+    name, _, key = head.rpartition(":")
+    key, value = key.strip(), value.strip()
+    if not eq or not key.isidentifier() or not value:
+        raise argparse.ArgumentTypeError(f"expected [DENOISER:]KEY=VALUE, got {text!r}")
+    try:
+        value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):  # not a literal: the text itself
+        pass
+    return name.strip() or None, key, value
+
+
+def add_option_arguments(p: argparse.ArgumentParser, *, several: bool) -> None:
+    """``--option [DENOISER:]KEY=VALUE`` (repeatable): options of the denoiser classes that have no flag of their
+    own (docs/DENOISERS.md; an unknown KEY is an error that lists the ones the denoiser takes)."""
+    which = ("with DENOISER: only that one of --denoisers; without: every one of them, each of which must take "
+             "it" if several else "DENOISER, if given, must be --denoiser")
+    p.add_argument("--option", dest="options", type=denoiser_option, action="append", default=[],
+                   metavar="[DENOISER:]KEY=VALUE",
+                   help="an option of the denoiser's class, e.g. low_switch=0 or local={'schedule':5} (VALUE: a "
+                        f"Python literal, else text; repeatable; {which}; default: the class's own values)")
+
+
+def options_for(name: str, given: list, names: list[str]) -> dict:
+    """The ``--option`` values (:func:`denoiser_option`'s triples) that apply to the denoiser ``name``: those
+    naming it and those naming none. An option naming a denoiser not in ``names``, or a key given twice, is a
+    one-line error."""
+    out = {}
+    for who, key, value in given:
+        if who is not None and who not in names:
+            raise ValueError(f"--option {who}:{key}: {who!r} is not among the denoisers of this run "
+                             f"({', '.join(names)})")
+        if who in (None, name):
+            if key in out:
+                raise ValueError(f"--option {key} given twice for {name}")
+            out[key] = value
+    return out
 
 
 def add_data_arguments(p: argparse.ArgumentParser, *, default: str = "digits") -> None:

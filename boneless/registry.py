@@ -49,13 +49,17 @@ def make_denoiser(name: str, X: torch.Tensor, *, device: torch.device | str | No
     every denoiser's default and is not passed on, so a class built as ``cls(X)`` alone works on the CPU."""
     if device is not None and torch.device(device).type != "cpu":
         options["device"] = device
-    cls = _class(name)
+    check_options(name, options)
+    return build(_class(name), X, **options)  # inside boneless.memo.sharing: one object per class, data and options
+
+
+def check_options(name: str, options) -> None:
+    """A one-line error, naming the options ``name`` takes, when it does not take one of ``options`` (names)."""
     known = options_of(name)
-    takes_any = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(cls).parameters.values())
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(_class(name)).parameters.values())
     unknown = [] if takes_any else [k for k in options if k not in known]
     if unknown:
         raise ValueError(f"denoiser {name!r} does not take {', '.join(unknown)}; its options: {', '.join(known)}")
-    return build(cls, X, **options)  # inside boneless.memo.sharing: one object per class, data and options
 
 
 def _class(name: str) -> type:

@@ -242,6 +242,46 @@ def test_the_stochastic_samplers_knobs_reach_the_sampling_stages_and_are_result_
     assert main(args) == 0
 
 
+class _Ranked(WienerFilter):
+    """The Wiener filter (``gaussian``), recording the rank of each one built."""
+    built = []
+
+    def __init__(self, X, *, rank=None, device=None):
+        super().__init__(X, rank=rank, device=device)
+        _Ranked.built.append(rank)
+
+
+def test_option_builds_the_named_denoisers_with_it_and_is_a_result_setting(tmp_path, monkeypatch, capsys):
+    """--option NAME:KEY=VALUE: that denoiser is built with it from both pools (and its numbers change), the
+    others without; the record and the table say so; resuming without it is refused; a KEY one of the denoisers
+    does not take, or a NAME not among them, is a one-line error before any work."""
+    monkeypatch.setitem(DENOISERS, "ranked-test", _Ranked)
+    monkeypatch.setitem(DENOISERS, "plain-test", _Ranked)
+    monkeypatch.setattr(_Ranked, "built", [])
+    out = tmp_path / "opt"
+    args = TINY + ["--denoisers", "ranked-test,plain-test", "--consistency", "2", "--classifier", "off",
+                   "--out", str(out)]
+    assert main(args + ["--option", "ranked-test:rank=3"]) == 0
+    assert _Ranked.built == [3, 3, None, None]  # each from the pool, then from the second pool
+    r = json.loads((out / "results.json").read_text())
+    assert r["settings"]["options"] == ["ranked-test:rank=3"]
+    dens = r["denoisers"]
+    assert dens["ranked-test"]["options"] == {"rank": "3"} and "options" not in dens["plain-test"]
+    low, full = dens["ranked-test"]["heldout"]["mse"], dens["plain-test"]["heldout"]["mse"]
+    assert all(a > b for a, b in zip(low, full))  # rank 3 of 64 dimensions: a worse filter at every sigma
+    assert "Row 'ranked-test': built with rank=3 (--option)." in (out / "table.md").read_text()
+    assert main(args + ["--resume"]) == 2
+    assert "other settings (options ['ranked-test:rank=3'], now [])" in _error_line(capsys)
+    _Ranked.built.clear()
+    for extra, message in ((["--option", "rank=3", "--denoisers", "ranked-test,empirical"],
+                            "denoiser 'empirical' does not take rank; its options:"),
+                           (["--option", "parzen:rank=3"], "'parzen' is not among the denoisers of this run"),
+                           (["--option", "rank=3", "--option", "ranked-test:rank=4"], "rank given twice")):
+        assert main(args + ["--out", str(tmp_path / "bad")] + extra) == 2
+        assert message in _error_line(capsys)
+    assert _Ranked.built == [] and not (tmp_path / "bad" / "results.json").exists()
+
+
 class _RunsOutAtHighNoise(WienerFilter):
     """Behaves as if its time budget ran out at its first call with sigma = 2 (no clock involved)."""
 
