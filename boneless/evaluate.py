@@ -43,22 +43,18 @@ from .outputs import atomic_path, check_output_dir
 from .plots import (display_range, image_grid, neighbours_grid, pyplot, samples_grid, save_figure, save_image,
                     scatter_samples)
 from .registry import DENOISERS, check_options, make_denoiser
-from .samplers import SAMPLERS, sample
+from .samplers import SAMPLERS, draws_noise, sample
 from .schedules import get_schedule
 
 DEFAULT_SIGMAS = "0.05,0.1,0.2,0.5,1,2"
 REFERENCE = "reference"  # the row of the trained network given by --reference
 IN_SAMPLE = 100  # pool images for the in-sample error by default
 REFERENCE_SETS = 5  # disjoint sets of unseen real images give the real-image quality and its spread
-# samplers that add no noise as the eval runs them (ddim with --eta 0; no noise_strength): each sample follows from
-# its start
-DETERMINISTIC_SAMPLERS = ("euler", "heun", "ddim")
 
 
 def reuses_samples(args) -> bool:
     """Whether the split consistency's first side is the sampling stage's first samples (same start, no noise)."""
-    deterministic = args.sampler in DETERMINISTIC_SAMPLERS and not (args.sampler == "ddim" and args.eta > 0)
-    return deterministic and args.consistency <= args.samples
+    return not draws_noise(args.sampler, eta=args.eta, churn=args.churn) and args.consistency <= args.samples
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

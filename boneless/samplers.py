@@ -153,6 +153,12 @@ SAMPLERS: dict[str, Callable] = {"euler": euler, "heun": heun, "ddim": ddim, "dd
 SamplerName = Literal["euler", "heun", "ddim", "ddpm", "euler-maruyama"]
 
 
+def draws_noise(sampler: str, *, eta: float = 0.0, churn: float = 1.0) -> bool:
+    """Whether ``sampler`` with these knobs draws noise on its way (without ``Knobs``' noise strength): if not, each
+    sample is a function of its start alone."""
+    return sampler == "ddpm" or (sampler == "ddim" and eta > 0) or (sampler == "euler-maruyama" and churn > 0)
+
+
 @dataclass
 class Trajectory:
     """Recorded during a run: ``times`` [S]; ``x`` and ``x0_hat`` [R, n, *shape] at steps ``steps`` [R];

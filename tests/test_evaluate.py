@@ -79,7 +79,8 @@ def test_eval_end_to_end_on_digits(tmp_path, registry, capsys):
 
 
 @pytest.mark.parametrize("sampler, reused", [("euler", True), ("ddpm", False), ("ddim", True),
-                                             ("ddim --eta 0.5", False)])
+                                             ("ddim --eta 0.5", False), ("euler-maruyama", False),
+                                             ("euler-maruyama --churn 0", True)])
 def test_split_consistency_reuses_the_sampling_stage_when_that_is_the_same(tmp_path, monkeypatch, sampler, reused):
     """With a deterministic sampler the consistency's first side is the sampling stage's first samples (the same
     start); the pairs then compare as if both sides had been sampled apart. A stochastic one samples both."""
