@@ -17,7 +17,7 @@ import parzen as P  # noqa: E402  (heun_split, RF)
 
 import boneless  # noqa: E402
 from boneless.classifier import fashion_classifier  # noqa: E402
-from boneless.composites import PARZEN_LOCAL_SWITCH, ParzenLocalDenoiser  # noqa: E402
+from boneless.composites import ParzenLocalDenoiser  # noqa: E402
 from boneless.data import load_dataset  # noqa: E402
 
 n = int(sys.argv[1])
@@ -43,12 +43,12 @@ def recording(x, alpha, sigma):
 
 
 S = boneless.sample(recording, P.RF, n=n, seed=1, shape=tuple(pool.shape[1:]), **P.heun_split()).samples
-for lam, x0 in calls:
-    print(f"sigma / alpha {lam:7.3f}", "parzen        " if lam >= PARZEN_LOCAL_SWITCH else "local-gaussian",
-          torch.bincount(classes(x0), minlength=10).tolist(), flush=True)
+for lam, x0 in calls:  # the member that answered (the low switch of the tenth push: `local` below it)
+    member = "parzen" if lam >= den.switch else "local-gaussian" if lam >= den.low_switch else "local"
+    print(f"sigma / alpha {lam:7.3f} {member:14s}", torch.bincount(classes(x0), minlength=10).tolist(), flush=True)
 final = classes(S)
 print("samples", torch.bincount(final, minlength=10).tolist())
-handed = classes([x0 for lam, x0 in calls if lam >= PARZEN_LOCAL_SWITCH][-1])
+handed = classes([x0 for lam, x0 in calls if lam >= den.switch][-1])
 M = torch.zeros(10, 10, dtype=torch.int64)
 for a, b in zip(handed.tolist(), final.tolist()):
     M[a, b] += 1

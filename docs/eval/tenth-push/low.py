@@ -28,43 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "eighth-push"))
 import parzen as P  # noqa: E402  (heun_split, RF)
 
 from boneless import samplers  # noqa: E402
-from boneless.classifier import fashion_classifier  # noqa: E402
 from boneless.closed_form import ParzenDenoiser  # noqa: E402
 from boneless.composites import PARZEN_LOCAL_SWITCH, switched  # noqa: E402
-from boneless.data import load_dataset  # noqa: E402
 from boneless.memo import build, sharing  # noqa: E402
-from boneless.metrics import frechet_distance, nearest_distance_stats  # noqa: E402
 from boneless.patches import LocalDenoiser, LocalGaussianDenoiser  # noqa: E402
+from scoring import R, pool, report, shape  # noqa: E402  (the validation images and the row)
 
 post = sys.argv[1] == "post"
-X = load_dataset("fashion-mnist", limit=30000)
-pool, V, R = X[:10000], X[10000:10500], X[10500:30000]
-shape = tuple(pool.shape[1:])
-clf = fashion_classifier(progress=False)
-fV, fR = clf.features(V), clf.features(R)
-cR = clf.probabilities(R).argmax(1)
-
-
-def matched(counts, draws=5):
-    """Mean FD of real images (from R) drawn with these class counts."""
-    g, fd = torch.Generator().manual_seed(0), []
-    for _ in range(draws):
-        idx = torch.cat([torch.nonzero(cR == c)[:, 0][torch.randperm(int((cR == c).sum()), generator=g)[:int(k)]]
-                         for c, k in enumerate(counts)])
-        fd.append(frechet_distance(fR[idx], fV))
-    return float(np.mean(fd))
-
-
-def report(tag, S, t0):
-    q = nearest_distance_stats(S, pool, heldout=V)
-    prob = clf.probabilities(S)
-    fd, m = frechet_distance(clf.features(S), fV), matched(torch.bincount(prob.argmax(1), minlength=10))
-    haze = float(((S > -0.999) & (S <= -0.9)).float().mean())
-    print(f"{tag:24s} fd {fd:.2f} matched {m:.2f} gap {fd - m:.2f} ratio {q['median_ratio']:.3f} ks {q['ks']:.3f} "
-          f"copy {q['copy_rate']:.3f} conf {float(prob.max(1).values.mean()):.3f} haze {haze:.3f} "
-          f"{time.perf_counter() - t0:.0f} s", flush=True)
-
-
 report("real (training 10500-10999)", R[:500], time.perf_counter())
 locals_ = {}
 
