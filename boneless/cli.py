@@ -23,8 +23,8 @@ from .data import is_image, load_dataset
 from .distributed import DistributedError
 from .metrics import COPY_RATIO, nearest
 from .options import (add_data_arguments, add_grid_arguments, add_knob_arguments, add_option_arguments,
-                      add_resume_arguments, finite_float, grid_steps, options_for, positive_float, positive_int,
-                      torch_device)
+                      add_resume_arguments, finite_float, grid_steps, option_texts, options_for, positive_float,
+                      positive_int, torch_device)
 from .outputs import check_output_dir, write_json, write_npz
 from .registry import DENOISERS, make_denoiser
 from .rows import STORAGES
@@ -154,6 +154,7 @@ def _run_sample(args, rank: int, world: int, device: torch.device) -> int:
         if key in given:
             raise ValueError(f"--option {key} repeats an option given by its own flag ({given[key]!r})")
         given[key] = value
+    args.options = option_texts(args.options)  # as text, in report.json
     den = build_denoiser(args.denoiser, X, device=device, **given)
     timings["build_s"] = time.perf_counter() - t0
     checkpoint = out / "checkpoint.pt"

@@ -38,7 +38,7 @@ from .memo import sharing
 from .metrics import (COPY_RATIO, PCAFeatures, WienerFilter, denoising_error, effective_examples, frechet_distance,
                       nearest, nearest_distance_stats, split_consistency)
 from .options import (add_grid_arguments, add_knob_arguments, add_option_arguments, grid_steps, non_negative_int,
-                      options_for, positive_float, positive_int, torch_device)
+                      option_texts, options_for, positive_float, positive_int, torch_device)
 from .outputs import atomic_path, check_output_dir
 from .plots import (display_range, image_grid, neighbours_grid, pyplot, samples_grid, save_figure, save_image,
                     scatter_samples)
@@ -276,7 +276,7 @@ def run(args) -> int:
     options = {n: options_for(n, args.options, names) for n in names}  # checked before any work
     for n in names:
         check_options(n, options[n])
-    args.options = [f"{who + ':' if who else ''}{key}={value!r}" for who, key, value in args.options]  # as text
+    args.options = option_texts(args.options)  # as text, in the settings
     in_sample = pool[:args.in_sample]
     batch = args.batch_size
     settings = {k: v for k, v in vars(args).items() if k != "func"}

@@ -106,6 +106,8 @@ def options_for(name: str, given: list, names: list[str]) -> dict:
     one-line error."""
     out = {}
     for who, key, value in given:
+        if key == "device":
+            raise ValueError("--option device: use --device")
         if who is not None and who not in names:
             raise ValueError(f"--option {who}:{key}: {who!r} is not among the denoisers of this run "
                              f"({', '.join(names)})")
@@ -114,6 +116,11 @@ def options_for(name: str, given: list, names: list[str]) -> dict:
                 raise ValueError(f"--option {key} given twice for {name}")
             out[key] = value
     return out
+
+
+def option_texts(given: list) -> list[str]:
+    """The ``--option`` values as ``[DENOISER:]KEY=repr(VALUE)`` strings, for a run's record."""
+    return [f"{who + ':' if who else ''}{key}={value!r}" for who, key, value in given]
 
 
 def add_data_arguments(p: argparse.ArgumentParser, *, default: str = "digits") -> None:

@@ -78,6 +78,9 @@ def test_sample_passes_each_option_to_the_denoiser_as_the_api_takes_it(tmp_path,
     out = tmp_path / "a"
     assert main(args + ["--option", "low_switch=0", "--option", "parzen-local:switch=2.5", "--out", str(out)]) == 0
     assert seen["parzen-local"] == {"low_switch": 0, "switch": 2.5, "device": torch.device("cpu")}
+    import json
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["options"] == ["low_switch=0", "parzen-local:switch=2.5"]  # as given, as text
     X = load_dataset("digits", limit=200)
     ref = sample(make_denoiser("parzen-local", X, low_switch=0, switch=2.5), get_schedule("rectified-flow"), n=3,
                  steps=8, shape=tuple(X.shape[1:]), seed=0, progress=False)
@@ -91,6 +94,7 @@ def test_sample_passes_each_option_to_the_denoiser_as_the_api_takes_it(tmp_path,
                            (["--option", "parzen={'neighbours': 'x'}"], "neighbours must be a positive integer, got 'x'"),
                            (["--option", "parzen={'nope': 1}"], "denoiser 'parzen-local' with parzen={'nope': 1}: "),
                            (["--option", "blend:switch=1"], "'blend' is not among the denoisers of this run"),
+                           (["--option", "device='cuda'"], "--option device: use --device"),
                            (["--denoiser", "empirical", "--chunk-size", "8", "--option", "chunk_size=16"],
                             "--option chunk_size repeats an option given by its own flag (8)")):
         assert main(args + extra + ["--out", str(tmp_path / "b")]) == 2
