@@ -266,8 +266,8 @@ class ParzenLocalDenoiser:
         switch, low_switch = check_switch(switch), check_switch(low_switch, "low_switch")
         if low_switch > switch:
             raise ValueError(f"low_switch must be at most switch ({switch}), got {low_switch}")
-        unit = spread(X) / REFERENCE_SPREAD  # both switches at this data's scale
-        self.switch, self.low_switch = switch * unit, low_switch * unit
+        s = spread(X)  # both switches at this data's scale
+        self.switch, self.low_switch = switch * s / REFERENCE_SPREAD, low_switch * s / REFERENCE_SPREAD
         self.shape = tuple(X.shape[1:])
         self.parzen = build(ParzenDenoiser, X, device=device, **(parzen or {}))
         self.local_gaussian = build(LocalGaussianDenoiser, X, device=device, **(local_gaussian or {}))
