@@ -9,11 +9,13 @@ that would write it refuses to start (resume it, or delete the file to start ove
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .outputs import atomic_path
@@ -25,15 +27,18 @@ RESTART = "start over with --restart (Python: delete the file), or write elsewhe
 
 def sample_resumable(denoiser, schedule="rectified-flow", *, checkpoint: str | os.PathLike,
                      every: int | None = None, resume: bool = False, progress: bool = False,
-                     **options) -> SampleResult:
+                     identity: dict | None = None, **options) -> SampleResult:
     """:func:`boneless.sample` (same ``options``) with its state saved to the file ``checkpoint`` every ``every``
     steps (atomically; only rank 0 writes under torch.distributed; ``None``: never). With ``resume``, continue
     from that file when it exists (refused if it was written with other settings; a warning and step 0 when it
     does not exist). Without ``resume`` an existing file is refused: it holds progress that would be lost.
-    The file is left in place when the run finishes."""
+    The file is left in place when the run finishes. ``identity``: what else makes two runs the same run beyond
+    the sampling settings and the denoiser's class (for example the denoiser's options and :func:`data_digest`
+    of its data), saved with the state and compared on resume."""
     if every is not None and not (isinstance(every, int) and every >= 1):
         raise ValueError(f"checkpoint every must be a positive integer, got {every!r}")
     run = start(denoiser, schedule, **options)
+    run.settings.update(identity or {})
     if not resume and Path(checkpoint).exists():
         raise ValueError(unfinished_run(checkpoint, run.settings))
     if resume:
@@ -47,6 +52,16 @@ def sample_resumable(denoiser, schedule="rectified-flow", *, checkpoint: str | o
     if bar is not None:
         bar.close()
     return finish(run)
+
+
+def data_digest(X) -> str:
+    """A SHA-1 of the data's shape and float32 values, read in parts (memory-mapped data is never copied whole)."""
+    h = hashlib.sha1(str(list(X.shape)).encode())
+    for i in range(0, len(X), 4096):
+        part = X[i:i + 4096]
+        part = part.detach().cpu().numpy() if isinstance(part, torch.Tensor) else np.asarray(part)
+        h.update(np.ascontiguousarray(part, dtype=np.float32).tobytes())
+    return h.hexdigest()
 
 
 def save(run: Run, path: str | os.PathLike) -> None:

@@ -30,7 +30,7 @@ from .registry import DENOISERS, make_denoiser
 from .rows import STORAGES
 from .plots import (display_range, neighbours_grid, posterior_figure, samples_grid, save_figure, save_image,
                     scatter_samples, trajectory_figure, trajectory_scatter)
-from .checkpoints import sample_resumable
+from .checkpoints import data_digest, sample_resumable
 from .samplers import SAMPLERS, sample
 from .schedules import ALIASES, SCHEDULES, get_schedule
 
@@ -171,8 +171,10 @@ def _run_sample(args, rank: int, world: int, device: torch.device) -> int:
     if args.restart and rank:  # rank 0 alone writes checkpoints, and deletes the old one
         res = sample(den, schedule, **options)
     else:
+        identity = {"denoiser_name": args.denoiser, "denoiser_options": {k: repr(v) for k, v in sorted(given.items())},
+                    "data": data_digest(X)}  # a checkpoint is resumed only by the same denoiser of the same data
         res = sample_resumable(den, schedule, checkpoint=checkpoint, every=args.checkpoint_every,
-                               resume=args.resume, **options)
+                               resume=args.resume, identity=identity, **options)
     if world > 1:
         distributed.check_same(distributed.fingerprint(res.samples), "final samples", device=device)
     if rank != 0:  # rank 0 alone writes the outputs

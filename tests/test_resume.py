@@ -168,3 +168,31 @@ def test_python_api_refuses_to_overwrite_a_checkpoint(tmp_path, den):
     with pytest.raises(ValueError, match="holds step 4 of 10 of this run: continue it with --resume"):
         sample_resumable(den, n=3, steps=10, seed=1, checkpoint=ck, every=2)
     assert ck.read_bytes() == saved
+
+
+def test_cli_resume_refuses_other_data_or_other_denoiser_options(tmp_path, monkeypatch, capsys):
+    """The checkpoint records the denoiser's name and options and a digest of the data: a resume with another
+    --limit, a denoiser flag or an --option of another value is one line and exit 2, and the checkpoint is kept;
+    the same command resumes, to the uninterrupted run's samples."""
+    base = ["sample", "--data", "digits", "-n", "4", "--steps", "12", "--seed", "3", "--no-progress",
+            "--checkpoint-every", "5"]
+    args = base + ["--limit", "300", "--softmax-temperature", "0.5", "--option", "seed=1", "--out", str(tmp_path / "x")]
+    assert main(args[:-1] + [str(tmp_path / "whole")]) == 0
+    ck = tmp_path / "x" / "checkpoint.pt"
+    make = boneless.cli.make_denoiser
+    monkeypatch.setattr(boneless.cli, "make_denoiser", lambda *a, **k: crashing(make(*a, **k), 7, KeyboardInterrupt))
+    assert main(args) == 130
+    monkeypatch.setattr(boneless.cli, "make_denoiser", make)
+    saved = ck.read_bytes()
+    capsys.readouterr()
+    for other, key in ((["--limit", "301", "--softmax-temperature", "0.5", "--option", "seed=1"], "data"),
+                       (["--limit", "300", "--softmax-temperature", "0.25", "--option", "seed=1"], "denoiser_options"),
+                       (["--limit", "300", "--softmax-temperature", "0.5", "--option", "seed=2"], "denoiser_options"),
+                       (["--limit", "300", "--softmax-temperature", "0.5"], "denoiser_options")):
+        assert main(base + other + ["--out", str(tmp_path / "x"), "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"boneless: error: checkpoint {ck} was written by a different run: {key} "), err
+        assert err.count("\n") == 1 and ck.read_bytes() == saved
+    assert main(args + ["--resume"]) == 0
+    a, b = np.load(tmp_path / "whole" / "samples.npz"), np.load(tmp_path / "x" / "samples.npz")
+    assert np.array_equal(a["samples"], b["samples"])
