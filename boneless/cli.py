@@ -171,8 +171,12 @@ def _run_sample(args, rank: int, world: int, device: torch.device) -> int:
     if args.restart and rank:  # rank 0 alone writes checkpoints, and deletes the old one
         res = sample(den, schedule, **options)
     else:
-        identity = {"denoiser_name": args.denoiser, "denoiser_options": {k: repr(v) for k, v in sorted(given.items())},
-                    "data": data_digest(X)}  # a checkpoint is resumed only by the same denoiser of the same data
+        # a checkpoint is resumed only by the same denoiser of the same data; the digest is a pass over the data,
+        # made only when a checkpoint is written or read
+        identity = None
+        if args.checkpoint_every or args.resume or checkpoint.exists():
+            identity = {"denoiser_name": args.denoiser, "data": data_digest(X),
+                        "denoiser_options": {k: repr(v) for k, v in sorted(given.items())}}
         res = sample_resumable(den, schedule, checkpoint=checkpoint, every=args.checkpoint_every,
                                resume=args.resume, identity=identity, **options)
     if world > 1:

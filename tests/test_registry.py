@@ -1,5 +1,7 @@
 """One registry: every denoiser by name, built with options it takes, and a one-line error for any other."""
 
+import json
+
 import pytest
 import torch
 
@@ -78,7 +80,6 @@ def test_sample_passes_each_option_to_the_denoiser_as_the_api_takes_it(tmp_path,
     out = tmp_path / "a"
     assert main(args + ["--option", "low_switch=0", "--option", "parzen-local:switch=2.5", "--out", str(out)]) == 0
     assert seen["parzen-local"] == {"low_switch": 0, "switch": 2.5, "device": torch.device("cpu")}
-    import json
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["options"] == ["low_switch=0", "parzen-local:switch=2.5"]  # as given, as text
     X = load_dataset("digits", limit=200)
