@@ -58,7 +58,8 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--num-samples", dest="n", type=positive_int, default=16, help="number of samples (default 16)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", default="runs/sample", help="output folder (default runs/sample)")
-    add_grid_arguments(p, spacing_help="time grid (default: per schedule)")
+    add_grid_arguments(p, spacing_help="time grid (default: per schedule; split: even steps in t down to sigma / alpha "
+                                       "= 1.5, Karras below, as parzen-local was measured with --sampler heun)")
     p.add_argument("--softmax-temperature", type=positive_float,
                    help="temperature T on the posterior logits (default 1: the exact posterior; >1 flatter); "
                         "denoisers with a posterior over examples (empirical, smoothed)")

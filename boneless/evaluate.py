@@ -78,7 +78,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", default="euler", choices=list(SAMPLERS), help="sampler (euler)")
     p.add_argument("--schedule", default="rectified-flow", help="noise schedule for sampling (rectified-flow)")
     add_grid_arguments(p, spacing_help="time grid of the sampling steps (default: the schedule's; karras and logsnr "
-                                       "take smaller last steps)")
+                                       "take smaller last steps; split: even steps in t down to sigma / alpha = 1.5, "
+                                       "Karras below: parzen-local's measured grid with --sampler heun)")
     add_knob_arguments(p)
     p.add_argument("--consistency", type=non_negative_int, default=8,
                    help="paired samples from a second, disjoint pool of the same size (8; 0: off)")

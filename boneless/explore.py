@@ -380,7 +380,7 @@ def build_page(*, data: str = "digits", load_options: dict | None = None):
         gr.Markdown("## Sample")
         with gr.Row():
             steps = gr.Slider(2, 200, value=30, step=1, label="steps", elem_id="steps")
-            spacing = gr.Dropdown(["default", "uniform", "karras", "logsnr"], value="default", elem_id="spacing",
+            spacing = gr.Dropdown(["default", "uniform", "karras", "logsnr", "split"], value="default", elem_id="spacing",
                                   label="time grid (logsnr: fine steps near the data, where the posterior collapses)")
             go = gr.Button("sample", variant="primary", elem_id="sample")
         with gr.Row():

@@ -359,7 +359,7 @@ def sample(denoiser, schedule: Schedule | str = "rectified-flow", *, progress: b
             ``seed`` / ``generator``: the randomness (the library never seeds globally).
             ``noise``: the standard normal draw to start from, [n, *shape] (default: drawn from ``seed``).
             ``shape``: the shape of one sample (default: ``denoiser.shape``).
-            ``spacing``: time grid (``uniform``, ``karras``, ``logsnr``; default per schedule); ``t_max``.
+            ``spacing``: time grid (``uniform``, ``karras``, ``logsnr``, ``split``; default per schedule); ``t_max``.
             ``times``: or the grid itself, decreasing times in [0, 1] (``steps`` is then its length - 1).
             ``flow_scale``, ``noise_strength``: the notebook's two knobs as (start, end) linear schedules.
             ``record_every``: record x_t and x0_hat every this many steps (default: about 10 frames), plus the

@@ -146,7 +146,10 @@ def lam_of_t(schedule: Schedule, t: float) -> float:
     return math.inf if c.alpha <= 0 else c.sigma / c.alpha
 
 
-Spacing = Literal["uniform", "karras", "logsnr"]
+Spacing = Literal["uniform", "karras", "logsnr", "split"]
+# where the ``split`` grid changes from even steps in t to Karras steps: sigma / alpha = 1.5 (t = 0.6 on the rectified
+# flow), below which the exact flow's class frequencies no longer change (docs/EVAL.md, "Seventh push")
+SPLIT_LAM = 1.5
 
 
 def check_times(times) -> torch.Tensor:
@@ -167,7 +170,10 @@ def time_grid(schedule: Schedule, steps: int, *, spacing: Spacing | None = None,
     ``uniform`` spaces t evenly (the original notebook's grid). ``karras`` spaces ``lam = sigma / alpha``
     as in EDM eq. 5, ``lam_i = (lam_max^(1/rho) + i / (steps - 1) (lam_min^(1/rho) - lam_max^(1/rho)))^rho``;
     ``logsnr`` spaces ``log lam`` evenly. For those two the first ``steps`` points cover ``lam`` from
-    ``min(lam(t_max), lam_max)`` down to ``max(lam(t_min), lam_min)``; the last point is ``t_min``.
+    ``min(lam(t_max), lam_max)`` down to ``max(lam(t_min), lam_min)``; the last point is ``t_min``. ``split`` (the
+    grid of ``parzen-local``'s measured samples, "heun-split" in docs/EVAL.md) takes ``steps // 2`` even steps in t
+    down to the time where ``lam = SPLIT_LAM`` and the other steps on the Karras grid below it; where that time is
+    not inside ``(t_min, t_max)``, or ``steps`` is 1, it is the Karras grid.
     """
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
@@ -176,8 +182,15 @@ def time_grid(schedule: Schedule, steps: int, *, spacing: Spacing | None = None,
     spacing = spacing or DEFAULT_SPACING.get(schedule.name, "uniform")
     if spacing == "uniform":
         return torch.linspace(t_max, t_min, steps + 1, dtype=torch.float64)
-    if spacing not in ("karras", "logsnr"):
-        raise ValueError(f"unknown spacing {spacing!r}: choose uniform, karras or logsnr")
+    if spacing not in ("karras", "logsnr", "split"):
+        raise ValueError(f"unknown spacing {spacing!r}: choose uniform, karras, logsnr or split")
+    if spacing == "split":
+        t_split = schedule.t_of_lam(SPLIT_LAM)
+        grid = dict(t_min=t_min, lam_max=lam_max, lam_min=lam_min, rho=rho)
+        if steps == 1 or not t_min < t_split < t_max:
+            return time_grid(schedule, steps, spacing="karras", t_max=t_max, **grid)
+        above = torch.linspace(t_max, t_split, steps // 2 + 1, dtype=torch.float64)
+        return torch.cat([above, time_grid(schedule, steps - steps // 2, spacing="karras", t_max=t_split, **grid)[1:]])
     hi = min(lam_of_t(schedule, t_max), lam_max)
     lo = max(lam_of_t(schedule, t_min), lam_min)
     if steps == 1 or hi <= lo:

@@ -115,6 +115,10 @@ def test_an_explicit_time_grid_is_the_named_grid_given_by_hand(digits):
     named = sample(den, rf, n=4, steps=6, seed=3, sampler="heun", spacing="karras")
     given = sample(den, rf, n=4, seed=3, sampler="heun", times=time_grid(rf, 6, spacing="karras").tolist())
     assert torch.equal(named.samples, given.samples) and torch.equal(named.ts, given.ts)
+    split = sample(den, rf, n=4, steps=6, seed=3, sampler="heun", spacing="split")
+    by_hand = torch.cat([torch.linspace(1, 0.6, 4, dtype=torch.float64), time_grid(rf, 3, spacing="karras", t_max=0.6)[1:]])
+    assert torch.equal(split.ts, by_hand)
+    assert torch.equal(split.samples, sample(den, rf, n=4, seed=3, sampler="heun", times=by_hand.tolist()).samples)
     own = sample(den, rf, n=4, seed=3, sampler="heun", times=[1.0, 0.9, 0.8, 0.6, 0.3, 0.05, 0.0])
     assert len(own.ts) == 7 and float((own.samples - named.samples).abs().max()) > 1e-3
     for bad in ([1.0], [1.0, 0.5, 0.5, 0.0], [0.5, 0.7, 0.0], [1.2, 0.5, 0.0], [1.0, 0.5, -0.1], [1.0, math.nan]):

@@ -59,7 +59,7 @@ def test_names_and_errors():
         get_schedule("cosine-ish")
 
 
-@pytest.mark.parametrize("spacing", ["uniform", "karras", "logsnr"])
+@pytest.mark.parametrize("spacing", ["uniform", "karras", "logsnr", "split"])
 @pytest.mark.parametrize("name", list(SCHEDULES))
 def test_time_grids_decrease_to_t_min(name, spacing):
     ts = time_grid(get_schedule(name), 20, spacing=spacing)
@@ -84,6 +84,26 @@ def test_logsnr_grid_is_uniform_in_log_lambda():
     log_lam = torch.tensor([math.log(lam_of_t(s, float(t))) for t in ts[:-1]])
     d = log_lam[1:] - log_lam[:-1]
     assert torch.allclose(d, d.mean().expand_as(d), atol=1e-9)
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_split_grid_is_even_steps_in_t_then_karras_below_lam_1_5(name):
+    s = get_schedule(name)
+    ts = time_grid(s, 12, spacing="split")
+    t_split = s.t_of_lam(1.5)
+    assert abs(lam_of_t(s, t_split) - 1.5) < 1e-9
+    assert torch.equal(ts[:7], torch.linspace(1, t_split, 7, dtype=torch.float64))  # 6 even steps in t
+    lam = torch.tensor([lam_of_t(s, float(t)) for t in ts[6:-1]], dtype=torch.float64)
+    assert torch.equal(ts[6:], time_grid(s, 6, spacing="karras", t_max=t_split))
+    rho, hi, lo = 7, 1.5, 0.002  # EDM eq. 5 from lam = 1.5 down to lam_min
+    i = torch.arange(6, dtype=torch.float64) / 5
+    assert torch.allclose(lam, (hi ** (1 / rho) + i * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho, rtol=1e-6)
+    odd = time_grid(s, 7, spacing="split")  # 3 steps above, 4 below
+    assert len(odd) == 8 and abs(float(odd[3]) - t_split) < 1e-12
+    # no split point inside the grid, or one step: the Karras grid
+    assert torch.equal(time_grid(s, 5, spacing="split", t_max=t_split * 0.9),
+                       time_grid(s, 5, spacing="karras", t_max=t_split * 0.9))
+    assert torch.equal(time_grid(s, 1, spacing="split"), time_grid(s, 1, spacing="karras"))
 
 
 def test_time_grid_bad_input():
