@@ -116,7 +116,19 @@ def load(path, settings: dict) -> dict | None:
                          f"{RESTART})")
     for key in settings:
         if saved.get(key) != settings[key]:
+            name, there, now = _difference(key, saved.get(key), settings[key])
             show = lambda v: str(v) if len(str(v)) < 60 else str(v)[:60] + "..."  # noqa: E731
-            raise ValueError(f"checkpoint {path} was written by a different run: {key} {show(saved.get(key))} "
-                             f"there, {show(settings[key])} now ({RESTART})")
+            raise ValueError(f"checkpoint {path} was written by a different run: {name} {show(there)} "
+                             f"there, {show(now)} now ({RESTART})")
     return state
+
+
+def _difference(name: str, there, now) -> tuple:
+    """The first setting in which two differing values differ, looking into dictionaries (the denoiser's options):
+    ``(name, there, now)``, with ``name.key`` for an entry and ``(not set)`` for a missing one."""
+    if isinstance(there, dict) and isinstance(now, dict):
+        for k in sorted(set(there) | set(now), key=str):
+            a, b = there.get(k, "(not set)"), now.get(k, "(not set)")
+            if a != b:
+                return _difference(f"{name}.{k}", a, b)
+    return name, there, now

@@ -185,13 +185,15 @@ def test_cli_resume_refuses_other_data_or_other_denoiser_options(tmp_path, monke
     monkeypatch.setattr(boneless.cli, "make_denoiser", make)
     saved = ck.read_bytes()
     capsys.readouterr()
-    for other, key in ((["--limit", "301", "--softmax-temperature", "0.5", "--option", "seed=1"], "data"),
-                       (["--limit", "300", "--softmax-temperature", "0.25", "--option", "seed=1"], "denoiser_options"),
-                       (["--limit", "300", "--softmax-temperature", "0.5", "--option", "seed=2"], "denoiser_options"),
-                       (["--limit", "300", "--softmax-temperature", "0.5"], "denoiser_options")):
+    for other, key in ((["--limit", "301", "--softmax-temperature", "0.5", "--option", "seed=1"], "data "),
+                       (["--limit", "300", "--softmax-temperature", "0.25", "--option", "seed=1"],
+                        "denoiser_options.temperature 0.5 there, 0.25 now"),
+                       (["--limit", "300", "--softmax-temperature", "0.5", "--option", "seed=2"],
+                        "denoiser_options.seed 1 there, 2 now"),
+                       (["--limit", "300", "--softmax-temperature", "0.5"], "denoiser_options.seed 1 there, (not set) now")):
         assert main(base + other + ["--out", str(tmp_path / "x"), "--resume"]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"boneless: error: checkpoint {ck} was written by a different run: {key} "), err
+        assert err.startswith(f"boneless: error: checkpoint {ck} was written by a different run: {key}"), err
         assert err.count("\n") == 1 and ck.read_bytes() == saved
     assert main(args + ["--resume"]) == 0
     a, b = np.load(tmp_path / "whole" / "samples.npz"), np.load(tmp_path / "x" / "samples.npz")
