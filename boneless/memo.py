@@ -88,6 +88,11 @@ class _Shared:
     def __getattr__(self, name):  # options, members and other methods are the denoiser's own
         return getattr(self._den, name)
 
+    def __setattr__(self, name, value):  # a change would reach every holder and the answers kept: refused
+        raise AttributeError(f"cannot set {name!r}: this {type(self._den).__name__} is shared inside "
+                             "boneless.memo.sharing() (other holders and its kept answers would not see the change); "
+                             "build the one to change outside sharing(), or with its class directly")
+
 
 class _SharedPosterior(_Shared):
     """As :class:`_Shared`, for a denoiser that also reports its posterior (:class:`PosteriorDenoiser`)."""

@@ -53,6 +53,21 @@ def test_one_object_per_class_data_and_options():
         assert memo.build(Counting, X) is not a
 
 
+def test_a_shared_denoiser_cannot_be_changed_but_an_unshared_one_can():
+    """Setting a member of a shared denoiser would reach its other holders and leave its kept answers stale, and a
+    proxy that took the assignment itself would leave the denoiser unchanged: both would be silent, so it is an
+    error. Outside sharing the object is the denoiser itself."""
+    X = images(20, 0)
+    with memo.sharing():
+        a = memo.build(Counting, X)
+        with pytest.raises(AttributeError, match="cannot set 'scale': this Counting is shared inside"):
+            a.scale = 3.0
+        assert a.scale == 1.0 and memo.build(Counting, X).scale == 1.0
+    b = memo.build(Counting, X)
+    b.scale = 3.0
+    assert b.scale == 3.0
+
+
 def test_an_answer_is_computed_once_and_equals_the_unshared_one():
     X, x = images(20, 0), images(5, 2)
     want = Counting(X)(x, 1.0, 0.3)

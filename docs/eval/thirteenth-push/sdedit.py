@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tenth-push"))
 from scoring import pool, report  # noqa: E402  (the validation scoring of the tenth push)
 
 from boneless import load_dataset, make_denoiser, samplers  # noqa: E402
+from boneless.composites import ParzenLocalDenoiser  # noqa: E402
 from boneless.memo import sharing  # noqa: E402
 from grid import RF, grid  # noqa: E402
 
@@ -40,7 +41,8 @@ with sharing():
         t0 = time.perf_counter()
         options = ast.literal_eval(spec)
         middle = options.pop("middle", None)
-        den = make_denoiser("parzen-local", pool, **options)
+        # with a changed member the denoiser is built by its class, not shared (boneless.memo)
+        den = ParzenLocalDenoiser(pool, **options) if middle else make_denoiser("parzen-local", pool, **options)
         if middle:
             den.local_gaussian = make_denoiser(middle, pool)
         S = samplers.heun(den, RF, start.clone(), ts[k:])

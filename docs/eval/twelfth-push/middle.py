@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tenth-push"))
 from scoring import V, pool, report, shape  # noqa: E402  (the validation scoring of the tenth push)
 
 from boneless import make_denoiser, samplers  # noqa: E402
-from boneless.composites import PARZEN_LOCAL_LOW_SIDE  # noqa: E402
+from boneless.composites import PARZEN_LOCAL_LOW_SIDE, ParzenLocalDenoiser  # noqa: E402
 from boneless.memo import build, sharing  # noqa: E402
 from boneless.metrics import nearest_distance_stats  # noqa: E402
 from boneless.patches import LocalDenoiser, LocalGaussianDenoiser  # noqa: E402
@@ -49,7 +49,8 @@ with sharing():
         t0 = time.perf_counter()
         options = ast.literal_eval(spec)
         mirror = options.pop("mirror", ())
-        den = make_denoiser("parzen-local", pool, **options)
+        # with mirror images the members change, so the denoiser is built by its class, not shared (boneless.memo)
+        den = (ParzenLocalDenoiser(pool, **options) if mirror else make_denoiser("parzen-local", pool, **options))
         if "local_gaussian" in mirror:
             den.local_gaussian = build(LocalGaussianDenoiser, mirrored, **options.get("local_gaussian", {}))
         if "local" in mirror:
