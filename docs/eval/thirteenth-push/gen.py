@@ -3,14 +3,15 @@ Exploration only, on validation images (training images 10000-10499); never test
 
     python gen.py N SEED K SPEC...    # K: index on heun-split (6: t = 0.6, 7: t = 0.376), or K:STEPS to go on
                                       # from there on a Karras grid of STEPS steps; SPEC: a Python dict literal
-                                      # of parzen-local's options ("{}": the shipped denoiser)
+                                      # of parzen-local's options ("{}": the shipped denoiser), plus
+                                      # optionally "middle": the registry name of the denoiser that answers
+                                      # in local-gaussian's place
 
 N samples from SEED go down `heun-split` with the shipped `parzen-local` to grid point K, kept in
 state-K-N-SEED.pt; each SPEC goes on from there to t = 0. With K = 7 and the same SEED the starts are those of
 docs/eval/twelfth-push/middle.py. Rows are scored as in docs/eval/tenth-push/scoring.py; the samples are kept in
 G-N-SEED-K-SPEC.npy.
 """
-import ast
 import os
 import re
 import sys
@@ -25,7 +26,7 @@ from scoring import pool, report, shape  # noqa: E402  (the validation scoring o
 
 from boneless import make_denoiser, samplers  # noqa: E402
 from boneless.memo import sharing  # noqa: E402
-from grid import RF, grid  # noqa: E402
+from common import RF, denoiser, grid  # noqa: E402
 
 n, seed = int(sys.argv[1]), int(sys.argv[2])
 k, ts = grid(sys.argv[3])
@@ -39,6 +40,7 @@ with sharing():
     x = torch.load(state)
     for spec in sys.argv[4:]:
         t0 = time.perf_counter()
-        S = samplers.heun(make_denoiser("parzen-local", pool, **ast.literal_eval(spec)), RF, x.clone(), ts[k:]).float()
+        den = denoiser(pool, spec)
+        S = samplers.heun(den, RF, x.clone(), ts[k:]).float()
         np.save(f"G-{n}-{seed}-{sys.argv[3].replace(':', '_')}-" + re.sub(r"\W+", "", spec) + ".npy", S.numpy())
         report(f"s{seed} from t={float(ts[k]):.4f} {spec}", S, t0)

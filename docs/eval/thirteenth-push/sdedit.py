@@ -12,7 +12,6 @@ the "matched" column draws from (docs/eval/tenth-push/scoring.py). Each is noise
 z from SEED, and each SPEC runs Heun from there to t = 0; the first row scores the real images themselves. The
 samples are kept in SD-N-SEED-K-SPEC.npy.
 """
-import ast
 import re
 import sys
 import time
@@ -24,10 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tenth-push"))
 from scoring import pool, report  # noqa: E402  (the validation scoring of the tenth push)
 
-from boneless import load_dataset, make_denoiser, samplers  # noqa: E402
-from boneless.composites import ParzenLocalDenoiser  # noqa: E402
+from boneless import load_dataset, samplers  # noqa: E402
 from boneless.memo import sharing  # noqa: E402
-from grid import RF, grid  # noqa: E402
+from common import RF, denoiser, grid  # noqa: E402
 
 n, seed = int(sys.argv[1]), int(sys.argv[2])
 k, ts = grid(sys.argv[3])
@@ -39,12 +37,7 @@ start = ((1 - t) * real.double() + t * z.double()).float()
 with sharing():
     for spec in sys.argv[4:]:
         t0 = time.perf_counter()
-        options = ast.literal_eval(spec)
-        middle = options.pop("middle", None)
-        # with a changed member the denoiser is built by its class, not shared (boneless.memo)
-        den = ParzenLocalDenoiser(pool, **options) if middle else make_denoiser("parzen-local", pool, **options)
-        if middle:
-            den.local_gaussian = make_denoiser(middle, pool)
+        den = denoiser(pool, spec)
         S = samplers.heun(den, RF, start.clone(), ts[k:])
         np.save(f"SD-{n}-{seed}-{sys.argv[3].replace(':', '_')}-" + re.sub(r"\W+", "", spec) + ".npy", S.float().numpy())
         report(f"from t={t:.4f} {spec}", S.float(), t0)

@@ -1,0 +1,33 @@
+"""What gen.py and sdedit.py share: the time grid, `heun-split` (docs/EVAL.md, "Seventh push") or its first points
+down to point K and a Karras grid of STEPS steps from there, and the denoiser of a SPEC."""
+import ast
+
+import torch
+
+from boneless import make_denoiser
+from boneless.composites import ParzenLocalDenoiser
+from boneless.schedules import get_schedule, time_grid
+
+RF = get_schedule("rectified-flow")
+
+
+def grid(arg: str) -> tuple[int, torch.Tensor]:
+    """``"K"`` or ``"K:STEPS"`` -> (K, times [float64])."""
+    k, _, steps = arg.partition(":")
+    k, ts = int(k), time_grid(RF, 12, spacing="split")
+    if steps:
+        ts = torch.cat([ts[:k], time_grid(RF, int(steps), spacing="karras", t_max=float(ts[k]))])
+    return k, ts
+
+
+def denoiser(pool: torch.Tensor, spec: str):
+    """`parzen-local` with the options of ``spec``, a Python dict literal; its optional "middle" names the registry
+    denoiser that answers in `local-gaussian`'s place. A denoiser so changed is built by its class: inside
+    boneless.memo.sharing() the registry's is shared and cannot be changed."""
+    options = ast.literal_eval(spec)
+    middle = options.pop("middle", None)
+    if not middle:
+        return make_denoiser("parzen-local", pool, **options)
+    den = ParzenLocalDenoiser(pool, **options)
+    den.local_gaussian = make_denoiser(middle, pool)
+    return den
