@@ -228,6 +228,8 @@ def check_switch(switch, name: str = "switch") -> float:
 PARZEN_LOCAL_SWITCH = 0.3 / 0.7
 PARZEN_LOCAL_LOW_SWITCH = 0.1
 PARZEN_LOCAL_LOW_SIDE = 3
+# the members that parzen-local's ``middle`` may name, between the two switches
+PARZEN_LOCAL_MIDDLE = {"local-gaussian": LocalGaussianDenoiser, "patch-composite": PatchCompositeDenoiser}
 
 
 class ParzenLocalDenoiser:
@@ -236,8 +238,8 @@ class ParzenLocalDenoiser:
 
     ``x0_hat`` is the :class:`~boneless.closed_form.ParzenDenoiser` estimate (``parzen``: one low-rank Gaussian
     around each training image) while ``sigma / alpha >= switch``, the :class:`~boneless.patches.
-    LocalGaussianDenoiser` estimate (``local-gaussian``) below it down to ``low_switch``, and the :class:`~boneless.
-    patches.LocalDenoiser` estimate (``local``, Kamb & Ganguli's local score machine, squares of side 3 by default)
+    LocalGaussianDenoiser` estimate (``local-gaussian``; or the patch composite, ``middle="patch-composite"``) below
+    it down to ``low_switch``, and the :class:`~boneless.patches.LocalDenoiser` estimate (``local``, Kamb & Ganguli's local score machine, squares of side 3 by default)
     below ``low_switch``. Above the switch the Parzen posterior weighs the training images nearly as the exact one
     does, so the flow picks classes in the data's proportions (the local Gaussian alone under-samples the rarer
     shapes there); unlike the exact posterior its components have width, so the state it hands on lies near, not
@@ -253,28 +255,33 @@ class ParzenLocalDenoiser:
         low_switch: the ``sigma / alpha`` below which the local score machine answers (0: never), likewise scaled;
             at most ``switch``.
         parzen: options of the Parzen member (``neighbours``, ``scale``, ``ridge``).
-        local_gaussian: options of the local Gaussian member (e.g. ``schedule``, ``neighbours``).
+        middle: the member between the switches, a name of :data:`PARZEN_LOCAL_MIDDLE` (default
+            ``local-gaussian``).
+        local_gaussian: options of the middle member (e.g. ``schedule``, ``neighbours``; the name is that of the
+            default member).
         local: options of the local score member (default ``schedule=3``: squares of side 3 at every level).
         device: where the members compute.
     """
 
     def __init__(self, X: torch.Tensor, *, switch: float = PARZEN_LOCAL_SWITCH,
                  low_switch: float = PARZEN_LOCAL_LOW_SWITCH, parzen: dict | None = None,
-                 local_gaussian: dict | None = None, local: dict | None = None,
+                 middle: str = "local-gaussian", local_gaussian: dict | None = None, local: dict | None = None,
                  device: torch.device | str | None = None):
         X = check_data(X)
         switch, low_switch = check_switch(switch), check_switch(low_switch, "low_switch")
         if low_switch > switch:
             raise ValueError(f"low_switch must be at most switch ({switch}), got {low_switch}")
+        if middle not in PARZEN_LOCAL_MIDDLE:
+            raise ValueError(f"middle must be one of {', '.join(PARZEN_LOCAL_MIDDLE)}, got {middle!r}")
         s = spread(X)  # both switches at this data's scale
         self.switch, self.low_switch = switch * s / REFERENCE_SPREAD, low_switch * s / REFERENCE_SPREAD
         self.shape = tuple(X.shape[1:])
         self.parzen = build(ParzenDenoiser, X, device=device, **(parzen or {}))
-        self.local_gaussian = build(LocalGaussianDenoiser, X, device=device, **(local_gaussian or {}))
+        self.middle = build(PARZEN_LOCAL_MIDDLE[middle], X, device=device, **(local_gaussian or {}))
         self.local = build(LocalDenoiser, X, device=device, **{"schedule": PARZEN_LOCAL_LOW_SIDE, **(local or {})})
 
     def __call__(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
         return switched(x, alpha, sigma, self.shape, self.switch, self.parzen, self._below)
 
     def _below(self, x: torch.Tensor, alpha: Coef, sigma: Coef) -> torch.Tensor:
-        return switched(x, alpha, sigma, self.shape, self.low_switch, self.local_gaussian, self.local)
+        return switched(x, alpha, sigma, self.shape, self.low_switch, self.middle, self.local)

@@ -519,6 +519,27 @@ def test_parzen_local_is_parzen_above_the_switch_local_gaussian_below_and_local_
         ParzenLocalDenoiser(X, switch=0.5, low_switch=1.0)
 
 
+def test_parzen_local_middle_names_the_member_between_the_switches(X):
+    """``middle="patch-composite"``: the patch composite, with the options of ``local_gaussian``, answers between the
+    switches; above and below, the same members as the default."""
+    from boneless.composites import ParzenLocalDenoiser
+    from boneless.patches import PatchCompositeDenoiser
+    x = images(4, seed=17).double()
+    a = torch.tensor([1.0, 0.5, 1.0, 1.0], dtype=torch.float64)
+    s = torch.tensor([0.05, 1.0, 0.4, 0.3], dtype=torch.float64)  # sigma / alpha = 0.05, 2, 0.4, 0.3
+    options = dict(switch=1.0, low_switch=0.2, parzen=dict(neighbours=5))
+    default = ParzenLocalDenoiser(X, **options)
+    den = ParzenLocalDenoiser(X, middle="patch-composite", local_gaussian=dict(schedule=5), **options)
+    got, ref = den(x, a, s), default(x, a, s)
+    mid = torch.tensor([False, False, True, True])
+    composite = PatchCompositeDenoiser(X, schedule=5)(x[mid], a[mid], s[mid])
+    torch.testing.assert_close(got[mid], composite, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got[~mid], ref[~mid], rtol=0, atol=0)
+    assert float((got[mid] - ref[mid]).abs().max()) > 1e-3  # the members differ, so the choice is seen
+    with pytest.raises(ValueError, match="middle must be one of local-gaussian, patch-composite, got 'gmm'"):
+        ParzenLocalDenoiser(X, middle="gmm")
+
+
 @pytest.mark.parametrize("K, d", [(12, 5), (5, 12), (7, 7), (170, 160), (160, 170)])
 def test_wiener_step_in_either_space_is_the_posterior_mean(K, d):
     """The local Gaussian's Wiener step ``mu + C (C + lam^2 I)^-1 (y - mu)``, solved in the d x d space or (K < d)

@@ -5,7 +5,6 @@ import ast
 import torch
 
 from boneless import make_denoiser
-from boneless.composites import ParzenLocalDenoiser
 from boneless.schedules import get_schedule, time_grid
 
 RF = get_schedule("rectified-flow")
@@ -21,13 +20,6 @@ def grid(arg: str) -> tuple[int, torch.Tensor]:
 
 
 def denoiser(pool: torch.Tensor, spec: str):
-    """`parzen-local` with the options of ``spec``, a Python dict literal; its optional "middle" names the registry
-    denoiser that answers in `local-gaussian`'s place. A denoiser so changed is built by its class: inside
-    boneless.memo.sharing() the registry's is shared and cannot be changed."""
-    options = ast.literal_eval(spec)
-    middle = options.pop("middle", None)
-    if not middle:
-        return make_denoiser("parzen-local", pool, **options)
-    den = ParzenLocalDenoiser(pool, **options)
-    den.local_gaussian = make_denoiser(middle, pool)
-    return den
+    """`parzen-local` with the options of ``spec``, a Python dict literal (e.g. ``{'middle': 'patch-composite'}``:
+    the patch composite answers in `local-gaussian`'s place)."""
+    return make_denoiser("parzen-local", pool, **ast.literal_eval(spec))

@@ -3,9 +3,9 @@ Exploration only, on validation images (training images 10000-10499); never test
 
     python gen.py N SEED K SPEC...    # K: index on heun-split (6: t = 0.6, 7: t = 0.376), or K:STEPS to go on
                                       # from there on a Karras grid of STEPS steps; SPEC: a Python dict literal
-                                      # of parzen-local's options ("{}": the shipped denoiser), plus
-                                      # optionally "middle": the registry name of the denoiser that answers
-                                      # in local-gaussian's place
+                                      # of parzen-local's options ("{}": the shipped denoiser;
+                                      # "{'middle': 'patch-composite'}": the patch composite in
+                                      # local-gaussian's place)
 
 N samples from SEED go down `heun-split` with the shipped `parzen-local` to grid point K, kept in
 state-K-N-SEED.pt; each SPEC goes on from there to t = 0. With K = 7 and the same SEED the starts are those of

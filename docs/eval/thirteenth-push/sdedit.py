@@ -3,9 +3,9 @@ flow makes the FD gap? docs/EVAL.md, "Thirteenth push". Exploration only, on val
 
     python sdedit.py N SEED K SPEC...    # K: index of the start on heun-split (7: t = 0.376, 8: t = 0.174,
                                          # 9: t = 0.058), or K:STEPS to go on from there on a Karras grid of
-                                         # STEPS steps; SPEC: a Python dict literal of parzen-local's options,
-                                         # plus optionally "middle": the registry name of the denoiser that
-                                         # answers in local-gaussian's place
+                                         # STEPS steps; SPEC: a Python dict literal of parzen-local's options
+                                         # ("{'middle': 'patch-composite'}": the patch composite in
+                                         # local-gaussian's place)
 
 The N real images are training images 30000-(30000 + N), outside the pool, the validation images and the images
 the "matched" column draws from (docs/eval/tenth-push/scoring.py). Each is noised once, x_t = (1 - t) x + t z with

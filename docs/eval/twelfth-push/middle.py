@@ -52,7 +52,7 @@ with sharing():
         # with mirror images the members change, so the denoiser is built by its class, not shared (boneless.memo)
         den = (ParzenLocalDenoiser(pool, **options) if mirror else make_denoiser("parzen-local", pool, **options))
         if "local_gaussian" in mirror:
-            den.local_gaussian = build(LocalGaussianDenoiser, mirrored, **options.get("local_gaussian", {}))
+            den.middle = build(LocalGaussianDenoiser, mirrored, **options.get("local_gaussian", {}))
         if "local" in mirror:
             den.local = build(LocalDenoiser, mirrored,
                               **{"schedule": PARZEN_LOCAL_LOW_SIDE, **options.get("local", {})})
