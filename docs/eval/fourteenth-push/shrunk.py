@@ -1,0 +1,45 @@
+"""`parzen-local` with shrunk Parzen centres: docs/EVAL.md, "Fourteenth push". Exploration only; score the samples
+with dev.py (dev targets from the test split), never against the eval's test images.
+
+    python shrunk.py N SEED C [C ...]    # C: the shrink, 0 to 1 (0: the shipped denoiser)
+
+A kernel estimate's samples spread wider than the data by the kernels' width; Silverman's shrunk smoothed bootstrap
+takes that back by moving each centre towards the mean. Here, locally: each Parzen component's mean moves from its
+example x_i to x_i + C (xbar_i - x_i), xbar_i the mean of its 32 neighbours (the component's covariance unchanged),
+and the rest of the mixture is computed as `ParzenDenoiser` computes it (its attributes are replaced after the
+build). N samples from SEED (the noise of `boneless eval --seed SEED`) go down `heun-split` with Heun, and are kept
+in K-N-SEED-cC.npy.
+"""
+import sys
+import time
+
+import numpy as np
+import torch
+
+from boneless import samplers
+from boneless.composites import ParzenLocalDenoiser
+from boneless.data import load_dataset
+from boneless.schedules import get_schedule, time_grid
+
+pool = load_dataset("fashion-mnist", limit=10000)
+RF = get_schedule("rectified-flow")
+ts = time_grid(RF, 12, spacing="split")
+n, seed = int(sys.argv[1]), int(sys.argv[2])
+for c in map(float, sys.argv[3:]):
+    t0 = time.perf_counter()
+    den = ParzenLocalDenoiser(pool)  # built by its class, outside boneless.memo.sharing(): its own members
+    p = den.parzen
+    F, K = p.X, p.var.shape[1]  # the examples, centred on their mean, and the neighbours
+    towards = torch.empty_like(F)
+    for i in range(0, len(F), 500):
+        d2 = p.xx[i:i + 500, None] + p.xx[None] - 2 * F[i:i + 500] @ F.T
+        d2[torch.arange(len(d2)), torch.arange(i, i + len(d2))] = float("inf")  # not itself
+        towards[i:i + 500] = F[d2.topk(K, largest=False).indices].mean(1) - F[i:i + 500]
+    # at alpha = 0 (t = 1, the first call) the data's mean is still returned, not the shrunk mixture's mean (they
+    # differ by C mean(towards), small)
+    p.X = F + c * towards
+    p.xx, p.Vx = (p.X * p.X).sum(1), (p.V @ p.X[..., None])[..., 0]
+    x1 = torch.randn((n, 1, 28, 28), generator=torch.Generator().manual_seed(seed))
+    S = samplers.heun(den, RF, x1, ts).float()
+    np.save(f"K-{n}-{seed}-c{c}.npy", S.numpy())
+    print(f"shrink {c}: {time.perf_counter() - t0:.0f} s", flush=True)
