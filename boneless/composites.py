@@ -240,13 +240,13 @@ class ParzenLocalDenoiser:
     around each training image) while ``sigma / alpha >= switch``, the :class:`~boneless.patches.
     LocalGaussianDenoiser` estimate (``local-gaussian``; or the patch composite, ``middle="patch-composite"``) below
     it down to ``low_switch``, and the :class:`~boneless.patches.LocalDenoiser` estimate (``local``, Kamb &
-    Ganguli's local score machine, squares of side 3 by default) below ``low_switch``. Above the switch the Parzen posterior weighs the training images nearly as the exact one
-    does, so the flow picks classes in the data's proportions (the local Gaussian alone under-samples the rarer
-    shapes there); unlike the exact posterior its components have width, so the state it hands on lies near, not
-    on, a training image, and the patches below add the detail. A Gaussian prior of a square cannot hold a pixel
-    that is either exactly background or part of the garment, so the local Gaussians leave a faint haze around the
-    shapes; at the lowest noise levels the posterior over the training squares themselves (a mixture of points)
-    takes it away.
+    Ganguli's local score machine, squares of side 3 by default) below ``low_switch``. Above the switch the Parzen
+    posterior weighs the training images nearly as the exact one does, so the flow picks classes in the data's
+    proportions (the local Gaussian alone under-samples the rarer shapes there); unlike the exact posterior its
+    components have width, so the state it hands on lies near, not on, a training image, and the patches below add
+    the detail. A Gaussian prior of a square cannot hold a pixel that is either exactly background or part of the
+    garment, so the local Gaussians leave a faint haze around the shapes; at the lowest noise levels the posterior
+    over the training squares themselves (a mixture of points) takes it away.
 
     Args:
         X: training images [N, C, H, W].
