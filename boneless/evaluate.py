@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import platform
+import re
 import time
 import warnings
 from pathlib import Path
@@ -64,11 +65,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool", type=positive_int, default=10000, help="training images the denoisers see (10000)")
     p.add_argument("--test", type=positive_int, default=500, help="held-out images for the error table (500)")
     p.add_argument("--denoisers", default="all", metavar="A,B,...",
-                   help=f"comma-separated names or 'all' (now: {', '.join(DENOISERS)})")
+                   help=f"comma-separated names, 'all' or 'none' (now: {', '.join(DENOISERS)})")
     add_option_arguments(p, several=True)
     p.add_argument("--reference", metavar="DIR",
                    help="also evaluate a trained network, a diffusers pipeline folder (as `boneless "
                         "train-reference` writes), as the row 'reference', with its size and training time")
+    p.add_argument("--score", action="append", default=[], metavar="NAME=PATH",
+                   help="also score a sample set made elsewhere (another model's, an earlier run's): the first "
+                        "--samples images of an array file or image folder, read as --data reads a path, as the "
+                        "row NAME, with the sample columns only (repeatable)")
     p.add_argument("--sigmas", default=DEFAULT_SIGMAS, metavar="S1,S2,...",
                    help=f"noise levels of y = x + sigma z (default {DEFAULT_SIGMAS})")
     p.add_argument("--in-sample", type=positive_int,
@@ -119,11 +124,46 @@ def parse_denoisers(text: str) -> list[str]:
         raise ValueError("--denoisers: give at least one name, or 'all'")
     if names == ["all"]:
         return list(DENOISERS)
+    if names == ["none"]:  # only --score or --reference rows
+        return []
     unknown = [n for n in names if n not in DENOISERS]
     if unknown:
         raise ValueError(f"--denoisers: unknown {', '.join(map(repr, unknown))}; choose from "
                          f"{', '.join(DENOISERS)} or 'all'")
     return list(dict.fromkeys(names))
+
+
+def parse_scores(items: list[str], names: list[str]) -> dict[str, str]:
+    """``--score NAME=PATH`` items -> {NAME: PATH}; a NAME must be new (not a denoiser's, not ``reference``) and
+    fit in a file name."""
+    scores = {}
+    for item in items:
+        name, eq, path = item.partition("=")
+        name, path = name.strip(), path.strip()
+        if not eq or not name or not path:
+            raise ValueError(f"--score: expected NAME=PATH, got {item!r}")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise ValueError(f"--score {item}: NAME may hold letters, digits, '_', '.' and '-' only")
+        if name in DENOISERS or name in names or name == REFERENCE or name in scores:
+            raise ValueError(f"--score {item}: the row name {name!r} is taken; give the set another name")
+        scores[name] = path
+    return scores
+
+
+def load_scored(name: str, path: str, *, n: int, shape: tuple, size: int | None) -> torch.Tensor:
+    """The first ``n`` images of the sample set ``path`` (``boneless.load_dataset``'s reading of a path), which
+    must hold at least ``n`` of the data's shape: a Frechet distance depends on the size of the sets."""
+    try:
+        S = load_dataset(Path(path).expanduser(), size=size)
+    except ValueError as e:
+        raise ValueError(f"--score {name}: {one_line(e)}") from None
+    if tuple(S.shape[1:]) != tuple(shape):
+        raise ValueError(f"--score {name}: {path} holds examples of shape {list(S.shape[1:])}, the data here are "
+                         f"{list(shape)}")
+    if len(S) < n:
+        raise ValueError(f"--score {name}: {path} holds {len(S)} examples, fewer than --samples {n} (the real "
+                         "sets have --samples images, and a Frechet distance depends on the set size)")
+    return torch.as_tensor(S[:n]).float()
 
 
 def split_data(data: str, *, pool: int, test: int, extra: int, second_pool: bool, size: int | None,
@@ -261,6 +301,9 @@ def run(args) -> int:
     start = time.perf_counter()
     sigmas = parse_sigmas(args.sigmas)
     names = parse_denoisers(args.denoisers)
+    scores = parse_scores(args.score, names)
+    if not (names or scores or args.reference):
+        raise ValueError("--denoisers none: nothing to evaluate (add --score NAME=PATH or --reference DIR)")
     schedule = get_schedule(args.schedule)
     device = torch_device(args.device)
     out = check_output_dir(args.out, files=("results.json", "table.md"))
@@ -283,6 +326,7 @@ def run(args) -> int:
     settings = {k: v for k, v in vars(args).items() if k != "func"}
     kept = previous_records(out, settings) if args.resume else {}  # checked before any work
     network = load_reference(args.reference, shape) if args.reference else None
+    scored = {k: load_scored(k, v, n=args.samples, shape=shape, size=args.size) for k, v in scores.items()}
     if network is not None:
         names = names + [REFERENCE]
 
@@ -361,7 +405,7 @@ def run(args) -> int:
         bar = tqdm(total=per_denoiser * len(names), desc="eval", unit="call")
     samples = {}
     redo = [n for n in names if kept.get(n, {}).get("status") == "failed" or n == REFERENCE]  # the given network
-    take_in(out, results, samples, kept, skip=redo)
+    take_in(out, results, samples, kept, skip=redo + list(scored))
     if results["denoisers"]:
         print(f"resuming: {', '.join(results['denoisers'])} already in {out / 'results.json'}")
     # one sharing block for the run (boneless.memo): a denoiser built again from the same pool and options (a
@@ -392,11 +436,19 @@ def run(args) -> int:
             _merge_and_write(out, results, samples, test[:args.samples], pool, args, start, names)
     if bar is not None:
         bar.close()
+    for name, S in scored.items():  # sets made elsewhere: the sample columns only, scored again on every run
+        t0 = time.perf_counter()
+        results["denoisers"][name] = {"status": "ok", "source": scores[name],
+                                      "samples": sample_scores(S, pool, test, quality),
+                                      "timings": {"total_s": round(time.perf_counter() - t0, 3)}}
+        samples[name] = S
+        _write_sample_pictures(out, name, S, pool)
     _merge_and_write(out, results, samples, test[:args.samples], pool, args, start, names)
     ok = [n for n in names if results["denoisers"][n]["status"] in ("ok", "partial")]
-    print(f"evaluated {len(ok)} of {len(names)} denoisers on {args.data} (pool {len(pool)}, test {len(test)}) in "
-          f"{results['seconds']:.1f} s; wrote {out}/table.md")
-    return 0 if ok else 1
+    also = f" and scored {len(scored)} sample set{'s' * (len(scored) != 1)}" if scored else ""
+    print(f"evaluated {len(ok)} of {len(names)} denoisers{also} on {args.data} (pool {len(pool)}, test {len(test)}) "
+          f"in {results['seconds']:.1f} s; wrote {out}/table.md")
+    return 0 if ok or not names else 1
 
 
 def probe_costs(timed, *, b_err: int, n_test: int, budget: float) -> tuple[float, float]:
@@ -504,11 +556,7 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
                 rec["_samples"] = samples
                 if not bool(torch.isfinite(samples).all()):
                     raise ValueError("samples contain NaN or inf values")
-                st = nearest_distance_stats(samples, pool, heldout=test)
-                q = {k: st[k] for k in ("copy_rate", "nearest_median", "nearest_mean", "median_ratio", "ks")}
-                slack = 0.025 * (hi - lo)
-                q["out_of_range"] = float(((samples < lo - slack) | (samples > hi + slack)).double().mean())
-                q.update(quality(samples.clamp(lo, hi)))
+                q = sample_scores(samples, pool, test, quality)
                 eff = effective_examples(res.trajectory)
                 if eff is not None:
                     q["n_eff"] = {"times": [round(float(t), 5) for t in eff.times],
@@ -537,6 +585,19 @@ def evaluate_denoiser(name, args, split, sigmas, w_held, w_in, quality, schedule
         rec.update(status="failed", error=f"{stage}: {type(e).__name__}: {one_line(e)}")
     rec["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
     return rec
+
+
+def sample_scores(samples: torch.Tensor, pool: torch.Tensor, test: torch.Tensor, quality) -> dict:
+    """The sample columns of a set: copy rate and nearest-training distances against the held-out images', the
+    share of pixels outside the data's range, and ``quality`` (Frechet distances, confidence, classes) of the
+    samples clamped to that range."""
+    lo, hi = display_range(pool)
+    st = nearest_distance_stats(samples, pool, heldout=test)
+    q = {k: st[k] for k in ("copy_rate", "nearest_median", "nearest_mean", "median_ratio", "ks")}
+    slack = 0.025 * (hi - lo)
+    q["out_of_range"] = float(((samples < lo - slack) | (samples > hi + slack)).double().mean())
+    q.update(quality(samples.clamp(lo, hi)))
+    return q
 
 
 # ---------------------------------------------------------------- outputs
@@ -676,6 +737,9 @@ def markdown_table(results: dict) -> str:
     for name, r in dens.items():
         if "network" in r:
             lines += ["", network_note(name, r["network"], p["pool"], s["data"])]
+        if "source" in r:
+            lines += ["", f"Row '{name}': the first {s['samples']} images of {r['source']}, made elsewhere and "
+                          "scored here (--score)."]
         if r.get("options"):
             lines += ["", f"Row '{name}': built with " + ", ".join(f"{k}={v}" for k, v in r["options"].items())
                       + " (--option)."]

@@ -361,6 +361,54 @@ def test_bad_values_are_rejected_by_the_parser(extra, tmp_path, capsys):
     _error_line(capsys)
 
 
+def test_score_rows_give_a_saved_sample_set_the_figures_of_the_run_that_made_it(tmp_path, registry):
+    """--score NAME=PATH: a set made elsewhere is scored on the same footing as the denoisers' samples. The samples
+    one run saved, scored by another run, get that run's figures; copies of the pool are copies."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(TINY + ["--denoisers", "wiener-test", "--consistency", "0", "--out", str(first)]) == 0
+    from boneless.evaluate import split_data
+
+    pool = split_data("digits", pool=300, test=40, extra=40, second_pool=False, size=None, seed=0)["pool"]
+    np.save(tmp_path / "copies.npy", pool[10:30].numpy())  # more than --samples: the first 8 are scored
+    rc = main(TINY + ["--denoisers", "none", "--consistency", "0", "--out", str(second), "--score",
+                      f"again={first / 'samples_wiener-test.npy'}", "--score", f"copies={tmp_path / 'copies.npy'}"])
+    assert rc == 0
+    a, b = (json.loads((d / "results.json").read_text())["denoisers"] for d in (first, second))
+    assert list(b) == ["again", "copies"]
+    for key in ("copy_rate", "nearest_median", "median_ratio", "ks", "fd_pca", "out_of_range"):
+        assert b["again"]["samples"][key] == a["wiener-test"]["samples"][key], key
+    assert b["copies"]["samples"]["copy_rate"] == 1.0 and b["copies"]["samples"]["nearest_median"] < 1e-3
+    assert "heldout" not in b["copies"]
+    table = (second / "table.md").read_text()
+    assert "Row 'copies': the first 8 images of" in table and "| again | – | – | – |" in table
+    assert (second / "samples_copies.png").is_file() and (second / "neighbours_again.png").is_file()
+
+
+@pytest.mark.parametrize("arrays, score, message", [
+    ({"small.npy": np.zeros((8, 2, 2), np.float32)}, "s=small.npy", "shape [1, 2, 2]"),
+    ({"few.npy": np.zeros((3, 1, 8, 8), np.float32)}, "f=few.npy", "holds 3 examples, fewer than --samples 8"),
+    ({"bad.npy": np.full((8, 1, 8, 8), np.nan, np.float32)}, "b=bad.npy", "--score b:"),
+    ({}, "m=missing.npy", "--score m:"),
+    ({}, "nopath", "expected NAME=PATH"),
+    ({}, "empirical=x.npy", "is taken"),
+    ({}, "a b=x.npy", "NAME may hold"),
+])
+def test_bad_score_sets_are_one_line_errors_before_any_work(arrays, score, message, tmp_path, capsys):
+    for name, a in arrays.items():
+        np.save(tmp_path / name, a)
+    out = tmp_path / "x"
+    path = score.partition("=")[2]
+    score = score if "=" not in score or not path else score.replace(path, str(tmp_path / path))
+    assert main(TINY + ["--out", str(out), "--denoisers", "empirical", "--score", score]) == 2
+    assert message in _error_line(capsys)
+    assert not out.exists() or not list(out.iterdir())  # nothing computed or written
+
+
+def test_nothing_to_evaluate_is_an_error(tmp_path, capsys):
+    assert main(TINY + ["--out", str(tmp_path / "x"), "--denoisers", "none"]) == 2
+    assert "nothing to evaluate" in _error_line(capsys)
+
+
 def test_out_must_be_a_folder(tmp_path, capsys):
     f = tmp_path / "file"
     f.write_text("x")
