@@ -154,7 +154,7 @@ def load_scored(name: str, path: str, *, n: int, shape: tuple, size: int | None)
     """The first ``n`` images of the sample set ``path`` (``boneless.load_dataset``'s reading of a path), which
     must hold at least ``n`` of the data's shape: a Frechet distance depends on the size of the sets."""
     try:
-        S = load_dataset(Path(path).expanduser(), size=size)
+        S = load_dataset(Path(path).expanduser(), size=size, mmap=False)
     except ValueError as e:
         raise ValueError(f"--score {name}: {one_line(e)}") from None
     if tuple(S.shape[1:]) != tuple(shape):
