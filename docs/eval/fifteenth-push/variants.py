@@ -14,14 +14,14 @@ narrowed and the rest kept. The mixture is otherwise computed as `ParzenDenoiser
 import math
 import sys
 import time
+from pathlib import Path
 
-import numpy as np
 import torch
 
-from boneless import samplers
-from boneless.composites import ParzenLocalDenoiser
-from boneless.data import load_dataset
-from boneless.schedules import get_schedule, time_grid
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from prototypes import pool, sample  # noqa: E402  (the pool, heun-split, the eval's start noise)
+
+from boneless.composites import ParzenLocalDenoiser  # noqa: E402
 
 
 def blur(v: torch.Tensor, sd: float, side: int = 28) -> torch.Tensor:
@@ -56,9 +56,6 @@ def capped(p, q: float) -> None:
     p.var *= (torch.quantile(total, q) / total).clamp(max=1.0)[:, None]
 
 
-pool = load_dataset("fashion-mnist", limit=10000)
-RF = get_schedule("rectified-flow")
-ts = time_grid(RF, 12, spacing="split")
 n, seed = int(sys.argv[1]), int(sys.argv[2])
 for spec in sys.argv[3:]:
     t0 = time.perf_counter()
@@ -74,7 +71,4 @@ for spec in sys.argv[3:]:
         sys.exit(f"variants.py: unknown SPEC {spec!r} (blur:SD[:SCALE] or cap:Q[:SCALE])")
     print(f"{spec}: mean total variance of a component {float(den.parzen.var.sum(1).mean()):.1f} (was {total:.1f})",
           flush=True)
-    x1 = torch.randn((n, 1, 28, 28), generator=torch.Generator().manual_seed(seed))
-    S = samplers.heun(den, RF, x1, ts).float()
-    np.save(f"P-{n}-{seed}-{spec.replace(':', '_')}.npy", S.numpy())
-    print(f"{spec}: {time.perf_counter() - t0:.0f} s", flush=True)
+    sample(den, n, seed, f"P-{n}-{seed}-{spec.replace(':', '_')}.npy", spec, t0)

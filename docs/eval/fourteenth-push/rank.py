@@ -12,18 +12,13 @@ Heun, and are kept in R-N-SEED-rR.npy (R-N-SEED-rR-sSCALE.npy with a SCALE).
 """
 import sys
 import time
+from pathlib import Path
 
-import numpy as np
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from prototypes import pool, sample  # noqa: E402  (the pool, heun-split, the eval's start noise)
 
-from boneless import samplers
-from boneless.composites import ParzenLocalDenoiser
-from boneless.data import load_dataset
-from boneless.schedules import get_schedule, time_grid
+from boneless.composites import ParzenLocalDenoiser  # noqa: E402
 
-pool = load_dataset("fashion-mnist", limit=10000)
-RF = get_schedule("rectified-flow")
-ts = time_grid(RF, 12, spacing="split")
 n, seed = int(sys.argv[1]), int(sys.argv[2])
 for spec in sys.argv[3:]:
     t0 = time.perf_counter()
@@ -33,7 +28,4 @@ for spec in sys.argv[3:]:
     den = ParzenLocalDenoiser(pool, parzen={"scale": float(scale)} if scale else None)
     var = den.parzen.var  # [N, K], each row ascending (torch.linalg.eigh)
     var[:, :max(var.shape[1] - r, 0)] = 0.0
-    x1 = torch.randn((n, 1, 28, 28), generator=torch.Generator().manual_seed(seed))
-    S = samplers.heun(den, RF, x1, ts).float()
-    np.save(f"R-{n}-{seed}-r{r}" + (f"-s{scale}" if scale else "") + ".npy", S.numpy())
-    print(f"rank {spec}: {time.perf_counter() - t0:.0f} s", flush=True)
+    sample(den, n, seed, f"R-{n}-{seed}-r{r}" + (f"-s{scale}" if scale else "") + ".npy", f"rank {spec}", t0)

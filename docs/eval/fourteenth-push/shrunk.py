@@ -12,18 +12,15 @@ in K-N-SEED-cC.npy.
 """
 import sys
 import time
+from pathlib import Path
 
-import numpy as np
 import torch
 
-from boneless import samplers
-from boneless.composites import ParzenLocalDenoiser
-from boneless.data import load_dataset
-from boneless.schedules import get_schedule, time_grid
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from prototypes import pool, sample  # noqa: E402  (the pool, heun-split, the eval's start noise)
 
-pool = load_dataset("fashion-mnist", limit=10000)
-RF = get_schedule("rectified-flow")
-ts = time_grid(RF, 12, spacing="split")
+from boneless.composites import ParzenLocalDenoiser  # noqa: E402
+
 n, seed = int(sys.argv[1]), int(sys.argv[2])
 for c in map(float, sys.argv[3:]):
     t0 = time.perf_counter()
@@ -39,7 +36,4 @@ for c in map(float, sys.argv[3:]):
     # differ by C mean(towards), small)
     p.X = F + c * towards
     p.xx, p.Vx = (p.X * p.X).sum(1), (p.V @ p.X[..., None])[..., 0]
-    x1 = torch.randn((n, 1, 28, 28), generator=torch.Generator().manual_seed(seed))
-    S = samplers.heun(den, RF, x1, ts).float()
-    np.save(f"K-{n}-{seed}-c{c}.npy", S.numpy())
-    print(f"shrink {c}: {time.perf_counter() - t0:.0f} s", flush=True)
+    sample(den, n, seed, f"K-{n}-{seed}-c{c}.npy", f"shrink {c}", t0)
