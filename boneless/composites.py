@@ -229,7 +229,8 @@ PARZEN_LOCAL_SWITCH = 0.3 / 0.7
 PARZEN_LOCAL_LOW_SWITCH = 0.1
 PARZEN_LOCAL_LOW_SIDE = 3
 # the members that parzen-local's ``middle`` may name, between the two switches
-PARZEN_LOCAL_MIDDLE = {"local-gaussian": LocalGaussianDenoiser, "patch-composite": PatchCompositeDenoiser}
+PARZEN_LOCAL_MIDDLE = {"local-gaussian": LocalGaussianDenoiser, "patch-composite": PatchCompositeDenoiser,
+                       "blend": BlendDenoiser}
 
 
 class ParzenLocalDenoiser:
@@ -238,7 +239,8 @@ class ParzenLocalDenoiser:
 
     ``x0_hat`` is the :class:`~boneless.closed_form.ParzenDenoiser` estimate (``parzen``: one low-rank Gaussian
     around each training image) while ``sigma / alpha >= switch``, the :class:`~boneless.patches.
-    LocalGaussianDenoiser` estimate (``local-gaussian``; or the patch composite, ``middle="patch-composite"``) below
+    LocalGaussianDenoiser` estimate (``local-gaussian``; or the patch composite, ``middle="patch-composite"``, or
+    the :class:`BlendDenoiser`, ``middle="blend"``) below
     it down to ``low_switch``, and the :class:`~boneless.patches.LocalDenoiser` estimate (``local``, Kamb &
     Ganguli's local score machine, squares of side 3 by default) below ``low_switch``. Above the switch the Parzen
     posterior weighs the training images nearly as the exact one does, so the flow picks classes in the data's

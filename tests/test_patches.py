@@ -519,24 +519,25 @@ def test_parzen_local_is_parzen_above_the_switch_local_gaussian_below_and_local_
         ParzenLocalDenoiser(X, switch=0.5, low_switch=1.0)
 
 
-def test_parzen_local_middle_names_the_member_between_the_switches(X):
-    """``middle="patch-composite"``: the patch composite, with the options of ``local_gaussian``, answers between the
-    switches; above and below, the same members as the default."""
-    from boneless.composites import ParzenLocalDenoiser
-    from boneless.patches import PatchCompositeDenoiser
+@pytest.mark.parametrize("middle, member_options", [("patch-composite", dict(schedule=5)),
+                                                    ("blend", dict(holdout=8, components=3))])
+def test_parzen_local_middle_names_the_member_between_the_switches(X, middle, member_options):
+    """``middle="patch-composite"`` or ``"blend"``: that member, with the options of ``local_gaussian``, answers
+    between the switches; above and below, the same members as the default."""
+    from boneless.composites import PARZEN_LOCAL_MIDDLE, ParzenLocalDenoiser
     x = images(4, seed=17).double()
     a = torch.tensor([1.0, 0.5, 1.0, 1.0], dtype=torch.float64)
     s = torch.tensor([0.05, 1.0, 0.4, 0.3], dtype=torch.float64)  # sigma / alpha = 0.05, 2, 0.4, 0.3
     options = dict(switch=1.0, low_switch=0.2, parzen=dict(neighbours=5))
     default = ParzenLocalDenoiser(X, **options)
-    den = ParzenLocalDenoiser(X, middle="patch-composite", local_gaussian=dict(schedule=5), **options)
+    den = ParzenLocalDenoiser(X, middle=middle, local_gaussian=member_options, **options)
     got, ref = den(x, a, s), default(x, a, s)
     mid = torch.tensor([False, False, True, True])
-    composite = PatchCompositeDenoiser(X, schedule=5)(x[mid], a[mid], s[mid])
-    torch.testing.assert_close(got[mid], composite, rtol=0, atol=1e-6)
+    member = PARZEN_LOCAL_MIDDLE[middle](X, **member_options)(x[mid], a[mid], s[mid])
+    torch.testing.assert_close(got[mid], member, rtol=0, atol=1e-6)
     torch.testing.assert_close(got[~mid], ref[~mid], rtol=0, atol=0)
     assert float((got[mid] - ref[mid]).abs().max()) > 1e-3  # the members differ, so the choice is seen
-    with pytest.raises(ValueError, match="middle must be one of local-gaussian, patch-composite, got 'gmm'"):
+    with pytest.raises(ValueError, match="middle must be one of local-gaussian, patch-composite, blend, got 'gmm'"):
         ParzenLocalDenoiser(X, middle="gmm")
 
 
