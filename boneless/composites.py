@@ -240,9 +240,9 @@ class ParzenLocalDenoiser:
     ``x0_hat`` is the :class:`~boneless.closed_form.ParzenDenoiser` estimate (``parzen``: one low-rank Gaussian
     around each training image) while ``sigma / alpha >= switch``, the :class:`~boneless.patches.
     LocalGaussianDenoiser` estimate (``local-gaussian``; or the patch composite, ``middle="patch-composite"``, or
-    the :class:`BlendDenoiser`, ``middle="blend"``) below
-    it down to ``low_switch``, and the :class:`~boneless.patches.LocalDenoiser` estimate (``local``, Kamb &
-    Ganguli's local score machine, squares of side 3 by default) below ``low_switch``. Above the switch the Parzen
+    the :class:`BlendDenoiser`, ``middle="blend"``) below it down to ``low_switch``, and the :class:`~boneless.
+    patches.LocalDenoiser` estimate (``local``, Kamb & Ganguli's local score machine, squares of side 3 by default)
+    below ``low_switch``. Above the switch the Parzen
     posterior weighs the training images nearly as the exact one does, so the flow picks classes in the data's
     proportions (the local Gaussian alone under-samples the rarer shapes there); unlike the exact posterior its
     components have width, so the state it hands on lies near, not on, a training image, and the patches below add

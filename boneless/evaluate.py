@@ -133,7 +133,7 @@ def parse_denoisers(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def parse_scores(items: list[str], names: list[str]) -> dict[str, str]:
+def parse_scores(items: list[str]) -> dict[str, str]:
     """``--score NAME=PATH`` items -> {NAME: PATH}; a NAME must be new (not a denoiser's, not ``reference``) and
     fit in a file name."""
     scores = {}
@@ -144,7 +144,7 @@ def parse_scores(items: list[str], names: list[str]) -> dict[str, str]:
             raise ValueError(f"--score: expected NAME=PATH, got {item!r}")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
             raise ValueError(f"--score {item}: NAME may hold letters, digits, '_', '.' and '-' only")
-        if name in DENOISERS or name in names or name == REFERENCE or name in scores:
+        if name in DENOISERS or name == REFERENCE or name in scores:
             raise ValueError(f"--score {item}: the row name {name!r} is taken; give the set another name")
         scores[name] = path
     return scores
@@ -301,7 +301,7 @@ def run(args) -> int:
     start = time.perf_counter()
     sigmas = parse_sigmas(args.sigmas)
     names = parse_denoisers(args.denoisers)
-    scores = parse_scores(args.score, names)
+    scores = parse_scores(args.score)
     if not (names or scores or args.reference):
         raise ValueError("--denoisers none: nothing to evaluate (add --score NAME=PATH or --reference DIR)")
     schedule = get_schedule(args.schedule)
