@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from prototypes import pool, sample  # noqa: E402  (the pool, heun-split, the eval's start noise)
+from prototypes import neighbours, pool, sample  # noqa: E402  (the pool, heun-split, the eval's start noise)
 
 from boneless.composites import ParzenLocalDenoiser  # noqa: E402
 
@@ -39,10 +39,7 @@ def blurred_directions(p, sd: float, scale: float, step: int = 256) -> None:
     """Replace the Parzen member ``p``'s variances and directions by those of its low-passed neighbour deviations."""
     F, (N, K) = p.X, p.var.shape
     for i in range(0, N, step):
-        rows = F[i:i + step]
-        d2 = p.xx[i:i + step, None] + p.xx[None] - 2 * rows @ F.T
-        d2[torch.arange(len(rows)), torch.arange(i, i + len(rows))] = float("inf")  # not itself
-        dev = blur((F[d2.topk(K, largest=False).indices] - rows[:, None]) * (scale / math.sqrt(K)), sd)
+        dev = blur((F[neighbours(p, i, i + step)] - F[i:i + step, None]) * (scale / math.sqrt(K)), sd)
         var, Q = torch.linalg.eigh(dev @ dev.transpose(1, 2))
         keep = var > 1e-12 * var.amax(1, keepdim=True)
         V = Q.transpose(1, 2) @ dev / var.clamp(min=1e-300).sqrt()[..., None]

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from prototypes import pool, sample  # noqa: E402  (the pool, heun-split, the eval's start noise)
+from prototypes import neighbours, pool, sample  # noqa: E402  (the pool, heun-split, the eval's start noise)
 
 from boneless.composites import ParzenLocalDenoiser  # noqa: E402
 
@@ -26,12 +26,10 @@ for c in map(float, sys.argv[3:]):
     t0 = time.perf_counter()
     den = ParzenLocalDenoiser(pool)  # built by its class, outside boneless.memo.sharing(): its own members
     p = den.parzen
-    F, K = p.X, p.var.shape[1]  # the examples, centred on their mean, and the neighbours
+    F = p.X  # the examples, centred on their mean
     towards = torch.empty_like(F)
     for i in range(0, len(F), 500):
-        d2 = p.xx[i:i + 500, None] + p.xx[None] - 2 * F[i:i + 500] @ F.T
-        d2[torch.arange(len(d2)), torch.arange(i, i + len(d2))] = float("inf")  # not itself
-        towards[i:i + 500] = F[d2.topk(K, largest=False).indices].mean(1) - F[i:i + 500]
+        towards[i:i + 500] = F[neighbours(p, i, i + 500)].mean(1) - F[i:i + 500]
     # at alpha = 0 (t = 1, the first call) the data's mean is still returned, not the shrunk mixture's mean (they
     # differ by C mean(towards), small)
     p.X = F + c * towards
