@@ -664,25 +664,30 @@ def markdown_table(results: dict) -> str:
     s, p = results["settings"], results["protocol"]
     sig = results["sigmas"]
     dens = results["denoisers"]
+    built = {name: r for name, r in dens.items() if "source" not in r}  # denoisers' rows, not --score sets
+    if built:
+        sampling = (f"{s['samples']} samples per denoiser ({s['sampler']}, {s['schedule']}, {s['steps']} steps"
+                    f"{', ' + s['spacing'] + ' spacing' if s.get('spacing') else ''}"
+                    f"{', times ' + ','.join(f'{t:g}' for t in s['times']) if s.get('times') else ''}"
+                    f"{', eta ' + format(s['eta'], 'g') if s['sampler'] == 'ddim' and s.get('eta') else ''}"
+                    f"{', churn ' + format(s.get('churn', 1.0), 'g') if s['sampler'] == 'euler-maruyama' else ''}"
+                    f", seed {s['seed']}).")
+    else:
+        sampling = f"The first {s['samples']} images of each set given by --score are scored."
     lines = [f"# boneless eval: {s['data']}", "",
              f"Pool {p['pool']} training images; {p['test']} held-out images ({p['test_source']}); "
-             f"y = x + sigma z with one z per image for every sigma and denoiser. "
-             f"{s['samples']} samples per denoiser ({s['sampler']}, {s['schedule']}, {s['steps']} steps"
-             f"{', ' + s['spacing'] + ' spacing' if s.get('spacing') else ''}"
-             f"{', times ' + ','.join(f'{t:g}' for t in s['times']) if s.get('times') else ''}"
-             f"{', eta ' + format(s['eta'], 'g') if s['sampler'] == 'ddim' and s.get('eta') else ''}"
-             f"{', churn ' + format(s.get('churn', 1.0), 'g') if s['sampler'] == 'euler-maruyama' else ''}"
-             f", seed {s['seed']}). "
+             f"y = x + sigma z with one z per image for every sigma and denoiser. {sampling} "
              f"This run took {results.get('seconds', 0):.0f} s; the denoisers' times (column 'seconds', runs "
              f"resumed with --resume included) sum to "
-             f"{sum(r['timings'].get('total_s', 0) for r in dens.values()):.0f} s.", "",
-             "## Held-out MSE / Wiener MSE (in-sample ratio in parentheses; lower is better, best in bold)", "",
-             "| denoiser | " + " | ".join(f"σ = {v:g}" for v in sig) + " |",
-             "|---|" + "---:|" * len(sig),
-             "| Wiener MSE (absolute) | " + " | ".join(_fmt(v, 3) for v in results["wiener"]["heldout"]["mse"]) + " |"]
-    best = [min((r["heldout"]["ratio"][i] for r in dens.values()
+             f"{sum(r['timings'].get('total_s', 0) for r in dens.values()):.0f} s."]
+    if built:  # sets made elsewhere have no held-out error
+        lines += ["", "## Held-out MSE / Wiener MSE (in-sample ratio in parentheses; lower is better, best in bold)",
+                  "", "| denoiser | " + " | ".join(f"σ = {v:g}" for v in sig) + " |", "|---|" + "---:|" * len(sig),
+                  "| Wiener MSE (absolute) | " + " | ".join(_fmt(v, 3) for v in results["wiener"]["heldout"]["mse"])
+                  + " |"]
+    best = [min((r["heldout"]["ratio"][i] for r in built.values()
                  if "heldout" in r and r["heldout"]["ratio"][i] is not None), default=None) for i in range(len(sig))]
-    for name, r in dens.items():
+    for name, r in built.items():
         if "heldout" not in r:
             lines.append(f"| {name} | " + " | ".join("–" for _ in sig) + " |")
             continue

@@ -380,8 +380,16 @@ def test_score_rows_give_a_saved_sample_set_the_figures_of_the_run_that_made_it(
     assert b["copies"]["samples"]["copy_rate"] == 1.0 and b["copies"]["samples"]["nearest_median"] < 1e-3
     assert "heldout" not in b["copies"]
     table = (second / "table.md").read_text()
-    assert "Row 'copies': the first 8 images of" in table and "| again | – | – | – |" in table
+    assert "Row 'copies': the first 8 images of" in table
+    assert "Held-out MSE" not in table and "samples per denoiser" not in table  # no denoiser ran here
+    assert "The first 8 images of each set given by --score are scored." in table
     assert (second / "samples_copies.png").is_file() and (second / "neighbours_again.png").is_file()
+    mixed = tmp_path / "mixed"  # beside a denoiser: its held-out row, and none for the set made elsewhere
+    assert main(TINY + ["--denoisers", "wiener-test", "--consistency", "0", "--out", str(mixed), "--score",
+                        f"copies={tmp_path / 'copies.npy'}"]) == 0
+    heldout, samples = (mixed / "table.md").read_text().split("## Samples")
+    assert "| wiener-test |" in heldout and "| copies |" not in heldout and "| copies |" in samples
+    assert "8 samples per denoiser" in heldout
 
 
 @pytest.mark.parametrize("arrays, score, message", [
