@@ -631,7 +631,8 @@ def _write_outputs(out: Path, results: dict, samples: dict, real: torch.Tensor, 
     with atomic_path(out / "table.md") as tmp:
         Path(tmp).write_text(markdown_table(results))
     try:
-        save_figure(heldout_figure(results), out / "heldout.png")
+        if any("heldout" in r for r in results["denoisers"].values()):  # not when only --score sets were scored
+            save_figure(heldout_figure(results), out / "heldout.png")
         if samples and is_image(pool):
             save_figure(comparison_figure(samples, real), out / "comparison.png")
         if any("n_eff" in r.get("samples", {}) for r in results["denoisers"].values()):

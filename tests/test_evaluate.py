@@ -383,6 +383,7 @@ def test_score_rows_give_a_saved_sample_set_the_figures_of_the_run_that_made_it(
     assert "Row 'copies': the first 8 images of" in table
     assert "Held-out MSE" not in table and "samples per denoiser" not in table  # no denoiser ran here
     assert "The first 8 images of each set given by --score are scored." in table
+    assert not (second / "heldout.png").exists() and (first / "heldout.png").is_file()
     assert (second / "samples_copies.png").is_file() and (second / "neighbours_again.png").is_file()
     mixed = tmp_path / "mixed"  # beside a denoiser: its held-out row, and none for the set made elsewhere
     assert main(TINY + ["--denoisers", "wiener-test", "--consistency", "0", "--out", str(mixed), "--score",
