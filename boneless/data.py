@@ -102,6 +102,9 @@ def _load_array_file(path: Path, name: str) -> tuple[np.ndarray | torch.Tensor, 
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
+            with open(path, "rb") as f:  # else numpy takes it for a pickle and says so
+                if f.read(6) != b"\x93NUMPY":
+                    raise ValueError(f"{name}: cannot read file: not a NumPy .npy file (no .npy header)")
             return np.load(path, mmap_mode="r", allow_pickle=False), None
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
