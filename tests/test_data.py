@@ -290,7 +290,7 @@ def test_bad_shapes(tmp_path, shape, match):
 def test_bad_files(tmp_path):
     (tmp_path / "junk.npy").write_bytes(b"garbage")
     _raises("junk.npy: cannot read file: not a NumPy .npy file", load_dataset, tmp_path / "junk.npy")
-    (tmp_path / "cut.npy").write_bytes(b"\x93NUMPY")  # the header, then nothing
+    (tmp_path / "cut.npy").write_bytes(b"\x93NUMPY")  # the magic string, then nothing
     _raises("cut.npy: cannot read file", load_dataset, tmp_path / "cut.npy")
     (tmp_path / "a.csv").write_text("1,2")
     _raises("unsupported file type", load_dataset, tmp_path / "a.csv")
