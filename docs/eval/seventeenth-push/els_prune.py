@@ -8,7 +8,8 @@ logit lies within T nats of the largest: |q - p|^2 - min |q - p'|^2 < 2 sigma^2 
 patch beyond T nats changes the posterior by at most (bank size) x e^-T of its mass: T = 30 keeps float32
 exactness at these sizes (4.4M e^-30 = 4e-7), T = 20 keeps 1e-2. Any exact pruning (bounds from projections,
 clusters, norms) must still compute at least this share of the logits exactly, and more, since its bounds are
-looser than the truth this oracle uses.
+looser than the truth this oracle uses. (The logits here leave out the bank's log count of each repeated patch,
+which raises a few heavily repeated patches, such as the flat background, by up to log(count) nats.)
 """
 import torch
 
