@@ -103,7 +103,8 @@ def _load_array_file(path: Path, name: str) -> tuple[np.ndarray | torch.Tensor, 
     try:
         if suffix == ".npy":
             with open(path, "rb") as f:  # else numpy takes it for a pickle and says so
-                if f.read(6) != b"\x93NUMPY":
+                magic = np.lib.format.MAGIC_PREFIX
+                if f.read(len(magic)) != magic:
                     raise ValueError(f"{name}: cannot read file: not a NumPy .npy file (no .npy header)")
             return np.load(path, mmap_mode="r", allow_pickle=False), None
         if suffix == ".npz":
